@@ -1,0 +1,110 @@
+"""The one error root of deploy_tasks and its domain subclasses.
+
+Library code raises these; only the task layer (``deploy_tasks.tasks``) turns
+them into ``invoke.exceptions.Exit(message, code)``. Messages are written for
+the person at the terminal: they say where (sheet!cell, host, component,
+command) and what to do next, and never carry a secret.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Optional
+
+
+class DeployError(Exception):
+    """Root of every error this project raises on purpose."""
+
+    #: exit code the task layer uses for this error
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One located finding about the inventory (an error or a warning)."""
+
+    where: str  # "Servers!B7", "Mapping row 12", "workbook"
+    message: str
+    hint: Optional[str] = None
+    severity: str = "error"  # "error" or "warning"
+
+    def __str__(self) -> str:
+        text = f"{self.where}: {self.message}"
+        if self.hint:
+            text += f" ({self.hint})"
+        return text
+
+    def as_dict(self) -> dict:
+        return {
+            "where": self.where,
+            "message": self.message,
+            "hint": self.hint,
+            "severity": self.severity,
+        }
+
+
+class InventoryError(DeployError, ValueError):
+    """The workbook cannot be used; carries every problem found, located."""
+
+    def __init__(self, problems: Iterable[Problem], source: str = "", warnings: Iterable[Problem] = ()):
+        self.problems = tuple(problems)
+        self.warnings = tuple(warnings)
+        self.source = source
+        super().__init__(self._text())
+
+    def _text(self) -> str:
+        n = len(self.problems)
+        head = f"{self.source}: " if self.source else ""
+        lines = [f"{head}{n} problem{'s' if n != 1 else ''} found in the inventory:"]
+        lines += [f"  - {p}" for p in self.problems]
+        return "\n".join(lines)
+
+
+class WorkbookFormatError(InventoryError):
+    """The file is not a readable .xlsx or .xls workbook."""
+
+    def __init__(self, source: str, message: str):
+        super().__init__([Problem("workbook", message)], source=source)
+        self.args = (f"{source}: {message}",)
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+class ConfigError(DeployError, ValueError):
+    """A setting, template or generated file is wrong."""
+
+
+class TransportError(DeployError, ConnectionError):
+    """A host could not be reached or the connection broke (SSH or WinRM)."""
+
+    def __init__(self, host: str, message: str):
+        self.host = host
+        super().__init__(f"{host}: {message}")
+
+
+class RemoteCommandError(DeployError):
+    """A command ran on a host and failed."""
+
+    def __init__(self, host: str, command: str, exit_code: int, output: str = "", hint: str = ""):
+        self.host = host
+        self.command = command
+        self.exit_code_remote = exit_code
+        self.output = output
+        text = f"{host}: command failed with exit code {exit_code}: {command}"
+        if output:
+            tail = "\n".join(output.strip().splitlines()[-15:])
+            text += "\n" + "\n".join("    " + line for line in tail.splitlines())
+        if hint:
+            text += f"\n  hint: {hint}"
+        super().__init__(text)
+
+
+class StepFailed(DeployError):
+    """A deployment step (host, step name) failed; wraps the cause."""
+
+    def __init__(self, host: str, step: str, cause: BaseException):
+        self.host = host
+        self.step = step
+        self.cause = cause
+        super().__init__(f"{host}: step {step} failed: {cause}")

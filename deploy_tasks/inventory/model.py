@@ -1,0 +1,143 @@
+"""The inventory model: frozen dataclasses built from a validated workbook."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Mapping, Optional
+
+from ..errors import Problem
+from .names import certname
+
+LOCAL = "local"
+
+
+@dataclass(frozen=True)
+class Server:
+    """A row of the Servers sheet."""
+
+    hostname: str
+    address: str
+    os: str  # "windows" or "linux"
+    roles: tuple[str, ...] = ()
+    winrm_port: Optional[int] = None
+    notes: str = ""
+    row: int = 0
+
+    @property
+    def is_windows(self) -> bool:
+        return self.os == "windows"
+
+    @property
+    def is_local(self) -> bool:
+        return self.address == LOCAL
+
+    @property
+    def network_address(self) -> str:
+        """The address other hosts use to reach this one (``local`` is loopback)."""
+        return "127.0.0.1" if self.is_local else self.address
+
+    def certname(self, domain: str = "") -> str:
+        return certname(self.hostname, domain)
+
+    def has_role(self, role: str) -> bool:
+        return role in self.roles
+
+
+@dataclass(frozen=True)
+class Component:
+    """A row of the Components sheet."""
+
+    name: str
+    version: str
+    artifact: str
+    depends_on: tuple[str, ...] = ()
+    puppet_class: str = ""  # blank: the default product::component type titled by name
+    timeout_s: Optional[int] = None
+    description: str = ""
+    row: int = 0
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """A row of the Mapping sheet: a component placed on a host, with its parameters."""
+
+    hostname: str
+    component: str
+    params: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    row: int = 0
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """A row of the Parameters sheet."""
+
+    scope: str  # "common", "component:<name>", "host:<hostname>"
+    key: str
+    value: Any
+    row: int = 0
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """Everything the workbook says, checked. Lookups are by exact (canonical) names."""
+
+    source: str
+    servers: tuple[Server, ...]
+    components: tuple[Component, ...]
+    mapping: tuple[Assignment, ...]
+    parameters: tuple[Parameter, ...] = ()
+    settings: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    warnings: tuple[Problem, ...] = ()
+
+    # -- lookups ---------------------------------------------------------------
+    def server(self, hostname: str) -> Server:
+        for server in self.servers:
+            if server.hostname.lower() == hostname.lower():
+                return server
+        raise KeyError(hostname)
+
+    def component(self, name: str) -> Component:
+        for component in self.components:
+            if component.name == name:
+                return component
+        raise KeyError(name)
+
+    @property
+    def windows_servers(self) -> tuple[Server, ...]:
+        return tuple(s for s in self.servers if s.is_windows)
+
+    def servers_with_role(self, role: str) -> tuple[Server, ...]:
+        return tuple(s for s in self.servers if s.has_role(role))
+
+    @property
+    def puppet_master(self) -> Server:
+        return self.servers_with_role("puppet-master")[0]
+
+    @property
+    def package_server(self) -> Server:
+        return self.servers_with_role("package-server")[0]
+
+    def hosts_for(self, component: str) -> tuple[str, ...]:
+        return tuple(a.hostname for a in self.mapping if a.component == component)
+
+    def components_on(self, hostname: str) -> tuple[str, ...]:
+        return tuple(a.component for a in self.mapping if a.hostname.lower() == hostname.lower())
+
+    def assignment(self, hostname: str, component: str) -> Assignment:
+        for a in self.mapping:
+            if a.hostname.lower() == hostname.lower() and a.component == component:
+                return a
+        raise KeyError((hostname, component))
+
+    def parameters_for(self, hostname: str, component: str) -> dict:
+        """A component's parameters on a host: Mapping columns > host: > component: > common."""
+        assignment = self.assignment(hostname, component)
+        merged: dict = {}
+        # scopes are stored canonically by validation: "host:<Hostname as in Servers>"
+        for scope in ("common", f"component:{component}", f"host:{assignment.hostname}"):
+            for p in self.parameters:
+                if p.scope == scope:
+                    merged[p.key] = p.value
+        merged.update(assignment.params)
+        return merged

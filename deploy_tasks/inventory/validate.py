@@ -1,0 +1,616 @@
+"""Build an ``Inventory`` from a raw workbook, collecting every problem with its place.
+
+Nothing here raises on the first problem: each rule appends a located
+``Problem`` and the caller gets one ``InventoryError`` listing them all.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Optional
+
+from ..errors import InventoryError, Problem
+from .. import settings as settings_mod
+from .graph import find_cycles
+from .model import Assignment, Component, Inventory, Parameter, Server
+from .names import (
+    ARTIFACT_NAME,
+    COMPONENT_NAME,
+    PARAMETER_NAME,
+    PUPPET_CLASS,
+    PUPPET_RESERVED,
+    VERSION_TEXT,
+    address_problem,
+    is_hostname,
+)
+from .workbook import CellError, RawSheet, RawWorkbook, cell_ref, is_date
+
+OS_NAMES = ("windows", "linux")
+ROLES = (
+    "puppet-master", "package-server", "app", "db", "web", "zeo", "search", "mail",
+    "reporting", "ldap", "cache", "worker", "proxy", "monitoring",
+)
+LINUX_ONLY_ROLES = ("puppet-master", "package-server")
+# Names Puppet gives meaning to on every resource: a component parameter cannot take them.
+RESERVED_PARAMETERS = frozenset(
+    "alias audit before loglevel noop notify require schedule stage subscribe tag name title".split()
+)
+
+
+@dataclass(frozen=True)
+class Column:
+    header: str  # canonical header text, as the template writes it
+    required: bool = True
+    aliases: tuple = ()
+
+    @property
+    def keys(self) -> tuple:
+        return (_norm(self.header),) + tuple(_norm(a) for a in self.aliases)
+
+
+@dataclass(frozen=True)
+class SheetSpec:
+    name: str
+    columns: tuple
+    required: bool = True
+    extra_columns: bool = False  # Mapping: extra columns are component parameters
+
+
+SCHEMA = (
+    SheetSpec("Settings", (Column("Key"), Column("Value"))),
+    SheetSpec("Servers", (
+        Column("Hostname"), Column("Address"), Column("OS"), Column("Roles"),
+        Column("WinRM Port", required=False), Column("Notes", required=False),
+    )),
+    SheetSpec("Components", (
+        Column("Component"), Column("Version"), Column("Artifact"), Column("Depends On"),
+        Column("Puppet Class", required=False), Column("Timeout (s)", required=False, aliases=("Timeout",)),
+        Column("Description", required=False),
+    )),
+    SheetSpec("Mapping", (Column("Hostname"), Column("Component")), extra_columns=True),
+    SheetSpec("Parameters", (Column("Scope"), Column("Key"), Column("Value")), required=False),
+)
+
+
+def _norm(text: str) -> str:
+    return re.sub(r"[^0-9a-z]", "", text.lower())
+
+
+def closest(word: str, choices, cutoff: float = 0.6) -> Optional[str]:
+    """The most similar of ``choices`` (case-insensitive), or None."""
+    lowered = {str(c).lower(): c for c in choices}
+    match = difflib.get_close_matches(str(word).lower(), list(lowered), n=1, cutoff=cutoff)
+    return lowered[match[0]] if match else None
+
+
+def _did_you_mean(word: str, choices) -> Optional[str]:
+    match = closest(word, choices)
+    return f"did you mean {match!r}?" if match else None
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and value.strip() == "")
+
+
+class _Sheet:
+    """A sheet with its header located: yields (row number, {column: value})."""
+
+    def __init__(self, raw: RawSheet, spec: SheetSpec, builder: "_Builder"):
+        self.raw = raw
+        self.spec = spec
+        self.title = raw.title
+        self.col_index: dict = {}  # canonical header -> 1-based column
+        self.extras: list = []  # (header text, 1-based column) for Mapping parameters
+        self.header_row = 0
+        self.ok = self._locate_header(builder)
+
+    def _locate_header(self, b: "_Builder") -> bool:
+        for index, row in enumerate(self.raw.rows):
+            if any(not _blank(v) for v in row):
+                self.header_row = index + 1
+                break
+        else:
+            b.error(f"{self.title} sheet", "the sheet is empty; it needs a header row: "
+                    + ", ".join(c.header for c in self.spec.columns))
+            return False
+        known = {}
+        for column in self.spec.columns:
+            for key in column.keys:
+                known[key] = column
+        seen: dict = {}
+        header = self.raw.rows[self.header_row - 1]
+        for col, value in enumerate(header, start=1):
+            if _blank(value):
+                continue
+            text = str(value).strip()
+            ref = cell_ref(self.title, self.header_row, col)
+            column = known.get(_norm(text))
+            if column is not None:
+                if column.header in seen:
+                    b.error(ref, f"column {text!r} appears twice (also {seen[column.header]})",
+                            "delete one of them")
+                    continue
+                seen[column.header] = ref
+                self.col_index[column.header] = col
+            elif self.spec.extra_columns:
+                self._extra(b, text, col, ref, seen)
+            else:
+                b.error(ref, f"unknown column {text!r}",
+                        _did_you_mean(text, [c.header for c in self.spec.columns])
+                        or "known columns: " + ", ".join(c.header for c in self.spec.columns))
+        missing = [c.header for c in self.spec.columns if c.required and c.header not in self.col_index]
+        for name in missing:
+            b.error(f"{self.title}!{self.header_row}:{self.header_row}", f"required column {name!r} is missing",
+                    "headers are matched ignoring case and spaces")
+        return not missing
+
+    def _extra(self, b: "_Builder", text: str, col: int, ref: str, seen: dict) -> None:
+        near = closest(text, [c.header for c in self.spec.columns], cutoff=0.75)
+        if near is not None:
+            b.error(ref, f"column {text!r} is neither {near!r} nor a parameter name", f"did you mean {near!r}?")
+            return
+        if not PARAMETER_NAME.match(text):
+            suggestion = re.sub(r"[^a-z0-9_]+", "_", text.lower()).strip("_")
+            b.error(ref, f"parameter column {text!r} is not a Puppet parameter name "
+                    "(lowercase letter first, then lowercase letters, digits, _)",
+                    f"rename it {suggestion!r}" if suggestion and PARAMETER_NAME.match(suggestion) else None)
+            return
+        if text in RESERVED_PARAMETERS:
+            b.error(ref, f"parameter column {text!r} is a name Puppet reserves for every resource", "rename it")
+            return
+        if text in seen:
+            b.error(ref, f"parameter column {text!r} appears twice (also {seen[text]})", "delete one of them")
+            return
+        seen[text] = ref
+        self.extras.append((text, col))
+
+    def rows(self):
+        get = self.col_index.get
+        start = self.header_row
+        for index in range(start, len(self.raw.rows)):
+            row = self.raw.rows[index]
+            if all(_blank(v) for v in row):
+                continue
+            values = {}
+            for header, col in self.col_index.items():
+                values[header] = row[col - 1] if col - 1 < len(row) else None
+            yield index + 1, values, row
+
+    def ref(self, row: int, header: str) -> str:
+        return cell_ref(self.title, row, self.col_index.get(header, 1))
+
+
+class _Builder:
+    def __init__(self, raw: RawWorkbook):
+        self.raw = raw
+        self.problems: list = []
+        self.warnings: list = []
+
+    def error(self, where: str, message: str, hint: Optional[str] = None) -> None:
+        self.problems.append(Problem(where, message, hint))
+
+    def warn(self, where: str, message: str, hint: Optional[str] = None) -> None:
+        self.warnings.append(Problem(where, message, hint, severity="warning"))
+
+    # -- cell conversions ------------------------------------------------------
+    def text(self, sheet: _Sheet, row: int, header: str, value: Any, required: bool = False) -> Optional[str]:
+        """Cell as stripped text; None (with a problem) when it cannot be text."""
+        ref = sheet.ref(row, header)
+        if isinstance(value, CellError):
+            self.error(ref, f"the cell shows the error {value.code}", "fix the formula or type the value")
+            return None
+        if _blank(value):
+            if required:
+                col = sheet.col_index.get(header, 1)
+                if self.raw.is_uncomputed_formula(sheet.title, row, col):
+                    self.error(ref, f"{header} is a formula without a computed value",
+                               "the file was written by a tool that does not compute formulas: "
+                               "open and save it in Excel or LibreOffice, or type the value")
+                else:
+                    self.error(ref, f"{header} is empty")
+                return None
+            return ""
+        if is_date(value):
+            self.error(ref, f"{header} is a date ({value}); the spreadsheet converted what was typed",
+                       "format the column as text and type the value again")
+            return None
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, float):
+            if math.isfinite(value) and value.is_integer():
+                return str(int(value))
+            return repr(value)
+        return str(value).strip()
+
+    def port(self, sheet: _Sheet, row: int, header: str, value: Any) -> Optional[int]:
+        ref = sheet.ref(row, header)
+        if _blank(value):
+            return None
+        number: Any = value
+        if isinstance(value, str):
+            try:
+                number = float(value.strip())
+            except ValueError:
+                self.error(ref, f"{header} {value.strip()!r} is not a number", "use a whole number from 1 to 65535")
+                return None
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or is_date(number):
+            self.error(ref, f"{header} {value!r} is not a port number", "use a whole number from 1 to 65535")
+            return None
+        if isinstance(number, float) and not (math.isfinite(number) and number.is_integer()):
+            self.error(ref, f"{header} {number!r} is not a whole number", "use a whole number from 1 to 65535")
+            return None
+        number = int(number)
+        if not 1 <= number <= 65535:
+            self.error(ref, f"{header} {number} is out of range", "use a whole number from 1 to 65535")
+            return None
+        return number
+
+    def positive_int(self, sheet: _Sheet, row: int, header: str, value: Any) -> Optional[int]:
+        if _blank(value):
+            return None
+        ref = sheet.ref(row, header)
+        try:
+            number = settings_mod._to_int(value) if not is_date(value) else None
+        except (ValueError, OverflowError):
+            number = None
+        if number is None or number < 1:
+            self.error(ref, f"{header} {value!r} is not a positive whole number of seconds")
+            return None
+        return number
+
+    def param_value(self, ref: str, value: Any) -> Any:
+        """A parameter value as typed: text kept exactly, whole numbers as int (xls floats too)."""
+        if isinstance(value, CellError):
+            self.error(ref, f"the cell shows the error {value.code}", "fix the formula or type the value")
+            return None
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                self.error(ref, f"value {value!r} is not a finite number")
+                return None
+            return int(value) if value.is_integer() else value
+        if is_date(value):
+            self.warn(ref, f"value {value} is a date; it is passed on as the text {value.isoformat()!r}",
+                      "format the cell as text if another form is meant")
+            return value.isoformat()
+        return value
+
+    # -- sheets ----------------------------------------------------------------
+    def sheet(self, spec: SheetSpec) -> Optional[_Sheet]:
+        wanted = _norm(spec.name)
+        for title, raw in self.raw.sheets.items():
+            if _norm(title) == wanted:
+                return _Sheet(raw, spec, self)
+        if spec.required:
+            near = _did_you_mean(spec.name, list(self.raw.sheets))
+            self.error("workbook", f"required sheet {spec.name!r} is missing",
+                       near or "sheets found: " + (", ".join(self.raw.sheets) or "none"))
+        return None
+
+    def settings(self, sheet: Optional[_Sheet]) -> dict:
+        found: dict = {}
+        if sheet is None or not sheet.ok:
+            return found
+        seen: dict = {}
+        for row, cells, _ in sheet.rows():
+            key = self.text(sheet, row, "Key", cells["Key"], required=True)
+            if not key:
+                continue
+            name = re.sub(r"[\s-]+", "_", key.strip().lower())
+            ref = sheet.ref(row, "Key")
+            spec = settings_mod.BY_NAME.get(name)
+            if spec is None or not spec.workbook:
+                self.error(ref, f"unknown setting {key!r}",
+                           _did_you_mean(name, settings_mod.WORKBOOK_KEYS)
+                           or "known settings: " + ", ".join(settings_mod.WORKBOOK_KEYS))
+                continue
+            if name in seen:
+                self.error(ref, f"setting {name!r} is given twice (also {seen[name]})", "delete one of them")
+                continue
+            seen[name] = ref
+            value = cells["Value"]
+            if isinstance(value, CellError):
+                self.error(sheet.ref(row, "Value"), f"the cell shows the error {value.code}")
+                continue
+            try:
+                found[name] = spec.coerce(value)
+            except ValueError as exc:
+                self.error(sheet.ref(row, "Value"), f"{name} = {value!r} {exc}", spec.doc)
+        return found
+
+    def servers(self, sheet: Optional[_Sheet]) -> list:
+        servers: list = []
+        if sheet is None or not sheet.ok:
+            return servers
+        by_name: dict = {}
+        by_address: dict = {}
+        for row, cells, _ in sheet.rows():
+            hostname = self.text(sheet, row, "Hostname", cells["Hostname"], required=True)
+            address = self.text(sheet, row, "Address", cells["Address"], required=True)
+            os_name = self.text(sheet, row, "OS", cells["OS"], required=True)
+            roles_text = self.text(sheet, row, "Roles", cells["Roles"]) or ""
+            port = self.port(sheet, row, "WinRM Port", cells.get("WinRM Port"))
+            notes = self.text(sheet, row, "Notes", cells.get("Notes")) or ""
+            ok = True
+            if hostname:
+                if not is_hostname(hostname):
+                    self.error(sheet.ref(row, "Hostname"), f"hostname {hostname!r} is not a valid host name",
+                               "letters, digits and hyphens, dot-separated labels of at most 63 characters, "
+                               "not starting or ending with a hyphen")
+                    ok = False
+                elif hostname.lower() in by_name:
+                    self.error(sheet.ref(row, "Hostname"),
+                               f"hostname {hostname!r} is already used in {by_name[hostname.lower()]}",
+                               "host names are compared ignoring case")
+                    ok = False
+                else:
+                    by_name[hostname.lower()] = sheet.ref(row, "Hostname")
+            else:
+                ok = False
+            if address:
+                if address.lower() == "local":
+                    address = "local"
+                reason = address_problem(address)
+                if reason:
+                    self.error(sheet.ref(row, "Address"), reason)
+                    ok = False
+                elif address != "local" and address.lower() in by_address:
+                    self.warn(sheet.ref(row, "Address"),
+                              f"address {address!r} is also used in {by_address[address.lower()]}")
+                else:
+                    by_address[address.lower()] = sheet.ref(row, "Address")
+            else:
+                ok = False
+            if os_name:
+                os_name = os_name.lower()
+                if os_name not in OS_NAMES:
+                    self.error(sheet.ref(row, "OS"), f"OS {os_name!r} is not one of {', '.join(OS_NAMES)}",
+                               _did_you_mean(os_name, OS_NAMES))
+                    ok = False
+            else:
+                ok = False
+            roles = []
+            for role in (r.strip().lower() for r in roles_text.split(",")):
+                if not role:
+                    continue
+                if role not in ROLES:
+                    self.error(sheet.ref(row, "Roles"), f"unknown role {role!r}",
+                               _did_you_mean(role, ROLES) or "known roles: " + ", ".join(ROLES))
+                    ok = False
+                elif role in LINUX_ONLY_ROLES and os_name == "windows":
+                    self.error(sheet.ref(row, "Roles"), f"role {role!r} needs a linux server")
+                    ok = False
+                elif role not in roles:
+                    roles.append(role)
+            if port and os_name == "linux":
+                self.warn(sheet.ref(row, "WinRM Port"), "a WinRM port on a linux server is ignored")
+            if ok:
+                servers.append(Server(hostname, address, os_name, tuple(roles), port, notes, row))
+        if sheet.ok and not self.problems_in(sheet.title):
+            for role in LINUX_ONLY_ROLES:
+                holders = [s for s in servers if role in s.roles]
+                if len(holders) != 1:
+                    where = ", ".join(f"{sheet.title} row {s.row}" for s in holders) or f"{sheet.title} sheet"
+                    self.error(where, f"exactly one linux server must have the role {role!r}, found {len(holders)}",
+                               "the Roles column is a comma list; one server may hold both puppet-master and package-server")
+        return servers
+
+    def problems_in(self, title: str) -> bool:
+        return any(p.where.startswith(f"{title}!") or p.where.startswith(f"'{title}'!") for p in self.problems)
+
+    def components(self, sheet: Optional[_Sheet]) -> list:
+        components: list = []
+        if sheet is None or not sheet.ok:
+            return components
+        rows: dict = {}
+        pending = []
+        for row, cells, _ in sheet.rows():
+            name = self.text(sheet, row, "Component", cells["Component"], required=True)
+            version_cell = cells["Version"]
+            version = self.text(sheet, row, "Version", version_cell, required=True)
+            artifact = self.text(sheet, row, "Artifact", cells["Artifact"], required=True)
+            deps_text = self.text(sheet, row, "Depends On", cells["Depends On"]) or ""
+            pclass = self.text(sheet, row, "Puppet Class", cells.get("Puppet Class")) or ""
+            timeout = self.positive_int(sheet, row, "Timeout (s)", cells.get("Timeout (s)"))
+            description = self.text(sheet, row, "Description", cells.get("Description")) or ""
+            ok = name is not None and version is not None and artifact is not None
+            if name:
+                if not COMPONENT_NAME.match(name):
+                    suggestion = re.sub(r"[^a-z0-9_]+", "_", name.lower()).strip("_")
+                    self.error(sheet.ref(row, "Component"),
+                               f"component name {name!r} must match ^[a-z][a-z0-9_]*$ "
+                               "(it becomes a Puppet class name, a tag and part of command lines)",
+                               f"for example {suggestion!r}" if COMPONENT_NAME.match(suggestion or "-") else None)
+                    ok = False
+                elif name in PUPPET_RESERVED:
+                    self.error(sheet.ref(row, "Component"), f"component name {name!r} is a Puppet reserved word",
+                               "choose another name")
+                    ok = False
+                elif name in rows:
+                    self.error(sheet.ref(row, "Component"), f"component {name!r} is already defined in {rows[name]}")
+                    ok = False
+                else:
+                    rows[name] = sheet.ref(row, "Component")
+            if version:
+                if isinstance(version_cell, (int, float)) and not isinstance(version_cell, bool):
+                    self.warn(sheet.ref(row, "Version"),
+                              f"version {version!r} is stored as a number, so 1.10 would read as 1.1",
+                              "format the Version column as text and retype the version")
+                if not VERSION_TEXT.match(version):
+                    self.error(sheet.ref(row, "Version"), f"version {version!r} may hold only letters, digits and . _ + -")
+                    ok = False
+            if artifact and (not ARTIFACT_NAME.match(artifact) or ".." in artifact):
+                self.error(sheet.ref(row, "Artifact"), f"artifact {artifact!r} must be a plain file name",
+                           "letters, digits and . _ + -, no folders; the release directory holds the file")
+                ok = False
+            if pclass and (not PUPPET_CLASS.match(pclass)
+                           or any(seg in PUPPET_RESERVED for seg in pclass.strip(":").split("::"))):
+                self.error(sheet.ref(row, "Puppet Class"), f"puppet class {pclass!r} is not a valid class name",
+                           "segments of lowercase letters, digits and _, joined by ::, for example product::zeo")
+                ok = False
+            deps = []
+            for dep in (d.strip() for d in deps_text.split(",")):
+                if dep and dep not in deps:
+                    deps.append(dep)
+            if ok:
+                pending.append((row, name, version, artifact, deps, pclass.lstrip(":"), timeout, description))
+        known = set(rows)
+        graph: dict = {}
+        for row, name, version, artifact, deps, pclass, timeout, description in pending:
+            good = []
+            for dep in deps:
+                ref = sheet.ref(row, "Depends On")
+                if dep == name:
+                    self.error(ref, f"component {name!r} depends on itself")
+                elif dep not in known:
+                    self.error(ref, f"{name!r} depends on unknown component {dep!r}",
+                               _did_you_mean(dep, known) or "add it to the Components sheet")
+                else:
+                    good.append(dep)
+            graph[name] = good
+            components.append(Component(name, version, artifact, tuple(good), pclass, timeout, description, row))
+        row_of = {c.name: c.row for c in components}
+        for cycle in find_cycles(graph):
+            where = ", ".join(sheet.ref(row_of[n], "Depends On") for n in cycle[:-1])
+            self.error(f"{sheet.ref(row_of[cycle[0]], 'Depends On')}",
+                       "dependency cycle " + " -> ".join(cycle), f"declared in {where}; remove one of these dependencies")
+        return components
+
+    def mapping(self, sheet: Optional[_Sheet], servers: list, components: list, server_names: set, component_names: set) -> list:
+        result: list = []
+        if sheet is None or not sheet.ok:
+            return result
+        hosts = {s.hostname.lower(): s for s in servers}
+        comps = {c.name for c in components}
+        seen: dict = {}
+        extras = sheet.extras
+        for row, cells, raw_row in sheet.rows():
+            hostname = self.text(sheet, row, "Hostname", cells["Hostname"], required=True)
+            component = self.text(sheet, row, "Component", cells["Component"], required=True)
+            if not hostname or not component:
+                continue
+            server = hosts.get(hostname.lower())
+            ok = True
+            if server is None:
+                if hostname.lower() not in server_names:  # a server row with its own problem is not re-reported
+                    self.error(sheet.ref(row, "Hostname"), f"unknown host {hostname!r}",
+                               _did_you_mean(hostname, [s.hostname for s in servers]) or "add it to the Servers sheet")
+                ok = False
+            elif not server.is_windows:
+                self.error(sheet.ref(row, "Hostname"),
+                           f"{server.hostname} is a {server.os} server; components deploy to windows servers only")
+                ok = False
+            if component not in comps:
+                if component not in component_names:
+                    self.error(sheet.ref(row, "Component"), f"unknown component {component!r}",
+                               _did_you_mean(component, comps) or "add it to the Components sheet")
+                ok = False
+            if not ok:
+                continue
+            key = (server.hostname.lower(), component)
+            if key in seen:
+                self.error(sheet.ref(row, "Component"),
+                           f"{component} is already mapped to {server.hostname} in {seen[key]}", "delete one of the rows")
+                continue
+            seen[key] = sheet.ref(row, "Component")
+            params = {}
+            for header, col in extras:
+                value = raw_row[col - 1] if col - 1 < len(raw_row) else None
+                if _blank(value) and not (isinstance(value, str) and value):
+                    continue
+                value = self.param_value(cell_ref(sheet.title, row, col), value)
+                if value is not None:
+                    params[header] = value
+            result.append(Assignment(server.hostname, component, MappingProxyType(params), row))
+        mapped = {a.component for a in result}
+        for c in components:
+            if c.name not in mapped:
+                self.warn(f"Components!A{c.row}", f"component {c.name!r} is not mapped to any host")
+        return result
+
+    def parameters(self, sheet: Optional[_Sheet], servers: list, components: list) -> list:
+        result: list = []
+        if sheet is None or not sheet.ok:
+            return result
+        hosts = {s.hostname.lower(): s.hostname for s in servers}
+        comps = {c.name for c in components}
+        seen: dict = {}
+        for row, cells, _ in sheet.rows():
+            scope = self.text(sheet, row, "Scope", cells["Scope"], required=True)
+            key = self.text(sheet, row, "Key", cells["Key"], required=True)
+            if not scope or not key:
+                continue
+            kind, _, target = scope.partition(":")
+            kind = kind.strip().lower()
+            target = target.strip()
+            ref = sheet.ref(row, "Scope")
+            if kind == "common" and not target:
+                scope = "common"
+            elif kind == "component" and target:
+                if target not in comps:
+                    self.error(ref, f"scope names unknown component {target!r}", _did_you_mean(target, comps))
+                    continue
+                scope = f"component:{target}"
+            elif kind == "host" and target:
+                if target.lower() not in hosts:
+                    self.error(ref, f"scope names unknown host {target!r}", _did_you_mean(target, list(hosts.values())))
+                    continue
+                scope = f"host:{hosts[target.lower()]}"
+            else:
+                self.error(ref, f"scope {scope!r} is not common, component:<name> or host:<hostname>")
+                continue
+            if not PARAMETER_NAME.match(key) or key in RESERVED_PARAMETERS:
+                self.error(sheet.ref(row, "Key"), f"key {key!r} is not a usable Puppet parameter name",
+                           "lowercase letter first, then lowercase letters, digits and _; not a metaparameter")
+                continue
+            if (scope, key) in seen:
+                self.error(sheet.ref(row, "Key"), f"{scope} {key} is already set in {seen[(scope, key)]}")
+                continue
+            seen[(scope, key)] = sheet.ref(row, "Key")
+            raw_value = cells["Value"]
+            if raw_value is None:
+                self.warn(sheet.ref(row, "Value"), f"{scope} {key} has no value; it is passed as an empty text")
+                raw_value = ""
+            value = self.param_value(sheet.ref(row, "Value"), raw_value)
+            if value is not None:
+                result.append(Parameter(scope, key, value, row))
+        return result
+
+
+def build_inventory(raw: RawWorkbook) -> Inventory:
+    """Validate ``raw`` into an Inventory, or raise InventoryError with every problem located."""
+    b = _Builder(raw)
+    sheets = {spec.name: b.sheet(spec) for spec in SCHEMA}
+    settings = b.settings(sheets["Settings"])
+    servers = b.servers(sheets["Servers"])
+    components = b.components(sheets["Components"])
+    # names that exist but whose row has its own problem: references to them are not re-reported
+    server_names = _names_in(sheets["Servers"], "Hostname", lower=True)
+    component_names = _names_in(sheets["Components"], "Component")
+    mapping = b.mapping(sheets["Mapping"], servers, components, server_names, component_names)
+    parameters = b.parameters(sheets.get("Parameters"), servers, components)
+    if b.problems:
+        raise InventoryError(b.problems, source=raw.path, warnings=b.warnings)
+    return Inventory(
+        source=raw.path,
+        servers=tuple(servers),
+        components=tuple(components),
+        mapping=tuple(mapping),
+        parameters=tuple(parameters),
+        settings=MappingProxyType(settings),
+        warnings=tuple(b.warnings),
+    )
+
+
+def _names_in(sheet: Optional[_Sheet], header: str, lower: bool = False) -> set:
+    names: set = set()
+    if sheet is None or not sheet.ok:
+        return names
+    for _, cells, _ in sheet.rows():
+        value = cells.get(header)
+        if isinstance(value, str) and value.strip():
+            names.add(value.strip().lower() if lower else value.strip())
+    return names

@@ -1,0 +1,207 @@
+"""Read an inventory workbook (.xlsx or .xls) into plain rows of cell values.
+
+The format is taken from the file's first bytes, not its name: a zip container
+is .xlsx (openpyxl, read-only), an OLE2 compound file is .xls (xlrd). Anything
+else gets one sentence saying what the file looks like. Cell values come out
+as Python values with the libraries' quirks evened out: xls dates become
+datetimes, xls booleans become bools, error cells become ``CellError``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import zipfile
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from ..errors import WorkbookFormatError
+
+ZIP_MAGIC = b"PK\x03\x04"
+OLE2_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
+EXCEL_ERRORS = frozenset({"#NULL!", "#DIV/0!", "#VALUE!", "#REF!", "#NAME?", "#NUM!", "#N/A", "#GETTING_DATA"})
+
+
+@dataclass(frozen=True)
+class CellError:
+    """An Excel error value such as #REF! or #DIV/0!."""
+
+    code: str
+
+    def __str__(self) -> str:
+        return self.code
+
+
+@dataclass
+class RawSheet:
+    """A sheet as read: its title and its rows (1-based row numbers implied by position)."""
+
+    title: str
+    rows: list  # list of tuples/lists of cell values; rows[0] is spreadsheet row 1
+
+
+@dataclass
+class RawWorkbook:
+    """All sheets of a workbook, plus a lazy probe for formulas without cached values."""
+
+    path: str
+    format: str  # "xlsx" or "xls"
+    sheets: dict  # title -> RawSheet, in workbook order
+    _formula_probe: Optional[Callable[[str, int, int], bool]] = None
+
+    def is_uncomputed_formula(self, title: str, row: int, col: int) -> bool:
+        """True when the (1-based) cell holds a formula whose value was never computed."""
+        if self._formula_probe is None:
+            return False
+        return self._formula_probe(title, row, col)
+
+
+def sniff_format(path: str) -> str:
+    """Return "xlsx" or "xls" from the file's content, or raise WorkbookFormatError."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(512)
+    except FileNotFoundError:
+        raise WorkbookFormatError(path, "file not found; pass --inventory PATH or set deploy.inventory in invoke.yaml") from None
+    except IsADirectoryError:
+        raise WorkbookFormatError(path, "is a directory, not a workbook") from None
+    except OSError as exc:
+        raise WorkbookFormatError(path, f"cannot be read: {exc.strerror}") from None
+    if not head:
+        raise WorkbookFormatError(path, "the file is empty; save the workbook from Excel or LibreOffice as .xlsx")
+    if head.startswith(ZIP_MAGIC):
+        return "xlsx"
+    if head.startswith(OLE2_MAGIC):
+        return "xls"
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if text.startswith((b"<!doctype html", b"<html", b"<table")):
+        looks = "an HTML page (some tools export 'Excel' files as HTML)"
+    elif text.startswith(b"<?xml"):
+        looks = "an XML file (perhaps Excel 2003 XML)"
+    elif b"," in head or b";" in head or b"\t" in head:
+        looks = "a text file such as CSV"
+    else:
+        looks = "neither a zip (.xlsx) nor an OLE2 (.xls) file"
+    raise WorkbookFormatError(
+        path, f"is not an Excel workbook: it looks like {looks}; open it in Excel or LibreOffice and save it as .xlsx"
+    )
+
+
+def read_workbook(path: str | os.PathLike) -> RawWorkbook:
+    """Read every sheet of the workbook at ``path``."""
+    path = os.fspath(path)
+    fmt = sniff_format(path)
+    try:
+        if fmt == "xlsx":
+            return _read_xlsx(path)
+        return _read_xls(path)
+    except WorkbookFormatError:
+        raise
+    except Exception as exc:  # the libraries raise anything from KeyError to struct.error on corrupt files
+        kind = ".xlsx (zip)" if fmt == "xlsx" else ".xls (OLE2)"
+        raise WorkbookFormatError(
+            path, f"looks like an {kind} workbook but cannot be read ({type(exc).__name__}: {exc}); "
+            "it may be truncated or corrupt: save it again from Excel or LibreOffice"
+        ) from None
+
+
+def _read_xlsx(path: str) -> RawWorkbook:
+    import openpyxl
+
+    if not zipfile.is_zipfile(path):
+        raise WorkbookFormatError(path, "is a truncated or corrupt zip file; save the workbook again as .xlsx")
+    with zipfile.ZipFile(path) as zf:
+        names = set(zf.namelist())
+    if "xl/workbook.xml" not in names and not any(n.endswith("workbook.xml") for n in names):
+        if "content.xml" in names:
+            looks = "an OpenDocument spreadsheet (.ods)"
+        elif "word/document.xml" in names:
+            looks = "a Word document"
+        else:
+            looks = "a zip archive"
+        raise WorkbookFormatError(path, f"is {looks}, not an .xlsx workbook; save it as .xlsx")
+
+    wb = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    try:
+        sheets = {}
+        for ws in wb.worksheets:
+            ws.reset_dimensions()  # some writers store a wrong dimension tag
+            rows = [_clean_xlsx_row(r) for r in ws.iter_rows(values_only=True)]
+            sheets[ws.title] = RawSheet(ws.title, rows)
+    finally:
+        wb.close()
+
+    cache: dict = {}
+
+    def probe(title: str, row: int, col: int) -> bool:
+        if "wb" not in cache:
+            cache["wb"] = openpyxl.load_workbook(path, read_only=False, data_only=False)
+        ws = cache["wb"][title]
+        value = ws.cell(row=row, column=col).value
+        return isinstance(value, str) and value.startswith("=")
+
+    return RawWorkbook(path, "xlsx", sheets, probe)
+
+
+def _clean_xlsx_row(row: tuple) -> tuple:
+    if any(isinstance(v, str) and v in EXCEL_ERRORS for v in row):
+        return tuple(CellError(v) if isinstance(v, str) and v in EXCEL_ERRORS else v for v in row)
+    return row
+
+
+def _read_xls(path: str) -> RawWorkbook:
+    import xlrd
+
+    book = xlrd.open_workbook(path, on_demand=True)
+    try:
+        sheets = {}
+        datemode = book.datemode
+        for index in range(book.nsheets):
+            sh = book.sheet_by_index(index)
+            rows = []
+            for r in range(sh.nrows):
+                values = sh.row_values(r)
+                types = sh.row_types(r)
+                if any(t >= 3 for t in types):
+                    values = [_xls_value(v, t, datemode) for v, t in zip(values, types)]
+                rows.append(values)
+            sheets[sh.name] = RawSheet(sh.name, rows)
+            book.unload_sheet(index)
+    finally:
+        book.release_resources()
+    return RawWorkbook(path, "xls", sheets, None)
+
+
+def _xls_value(value: Any, ctype: int, datemode: int) -> Any:
+    import xlrd
+
+    if ctype == xlrd.XL_CELL_DATE:
+        try:
+            return xlrd.xldate_as_datetime(value, datemode)
+        except Exception:
+            return value
+    if ctype == xlrd.XL_CELL_BOOLEAN:
+        return bool(value)
+    if ctype == xlrd.XL_CELL_ERROR:
+        return CellError(xlrd.error_text_from_code.get(value, "#ERROR"))
+    if ctype == xlrd.XL_CELL_EMPTY or ctype == xlrd.XL_CELL_BLANK:
+        return None
+    return value
+
+
+def column_letter(col: int) -> str:
+    """1 -> A, 27 -> AA."""
+    letters = ""
+    while col > 0:
+        col, rem = divmod(col - 1, 26)
+        letters = chr(65 + rem) + letters
+    return letters
+
+
+def cell_ref(title: str, row: int, col: int) -> str:
+    sheet = title if title.replace("_", "").isalnum() else f"'{title}'"
+    return f"{sheet}!{column_letter(col)}{row}"
+
+
+def is_date(value: Any) -> bool:
+    return isinstance(value, (_dt.datetime, _dt.date, _dt.time))

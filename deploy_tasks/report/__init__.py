@@ -1,0 +1,1 @@
+"""Reporting: console output (rich when interactive, plain lines otherwise)."""

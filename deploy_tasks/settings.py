@@ -1,0 +1,191 @@
+"""Settings: every key, its type, default and meaning, in one table.
+
+Precedence is Invoke's, with the workbook's ``Settings`` sheet slotted in just
+above the declared defaults:
+
+    task flag > INVOKE_DEPLOY_* env var > invoke.yaml (deploy:) > Settings sheet > defaults
+
+Every key below is declared in ``ns.configure`` (Invoke ignores env vars for
+undeclared keys). Keys marked ``workbook=True`` may also appear in the
+``Settings`` sheet; any other key there is an error. Secrets never live here:
+the WinRM credentials come from ``DEPLOY_WINRM_USER`` /
+``DEPLOY_WINRM_PASSWORD`` or a prompt.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+from .errors import ConfigError
+
+_ENV_NAME = re.compile(r"^[a-z0-9_]+$")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """The declaration of one setting."""
+
+    name: str
+    kind: str  # "str", "int", "choice", "bool"
+    default: Any
+    doc: str
+    workbook: bool = True
+    choices: Sequence[str] = ()
+    minimum: Optional[int] = None
+    maximum: Optional[int] = None
+    check: Optional[Callable[[Any], Optional[str]]] = None  # returns an error text or None
+
+    def coerce(self, value: Any) -> Any:
+        """Return ``value`` as this setting's type, or raise ValueError with a readable reason."""
+        if value is None or (isinstance(value, str) and value.strip() == ""):
+            if self.kind == "str":
+                return self.default if self.default is not None else ""
+            return self.default
+        if self.kind == "int":
+            value = _to_int(value)
+            if self.minimum is not None and value < self.minimum:
+                raise ValueError(f"must be at least {self.minimum}")
+            if self.maximum is not None and value > self.maximum:
+                raise ValueError(f"must be at most {self.maximum}")
+        elif self.kind == "bool":
+            value = _to_bool(value)
+        elif self.kind == "choice":
+            text = str(value).strip().lower()
+            if text not in self.choices:
+                raise ValueError(f"must be one of {', '.join(self.choices)}")
+            value = text
+        else:
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            value = str(value).strip()
+        if self.check is not None:
+            reason = self.check(value)
+            if reason:
+                raise ValueError(reason)
+        return value
+
+
+def _to_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("must be a whole number, not true/false")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if value.is_integer():
+            return int(value)
+        raise ValueError(f"must be a whole number, not {value!r}")
+    text = str(value).strip()
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            number = float(text)
+        except ValueError:
+            raise ValueError(f"must be a whole number, not {text!r}") from None
+        if number.is_integer():
+            return int(number)
+        raise ValueError(f"must be a whole number, not {text!r}") from None
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "on", "1"):
+        return True
+    if text in ("false", "no", "off", "0"):
+        return False
+    raise ValueError(f"must be true or false, not {value!r}")
+
+
+def _puppet_environment(value: str) -> Optional[str]:
+    if not _ENV_NAME.match(value) or value in ("main", "master", "agent", "user"):
+        return "must be a Puppet environment name: lowercase letters, digits and _ (not main, master, agent or user)"
+    return None
+
+
+def _domain(value: str) -> Optional[str]:
+    from .inventory.names import is_hostname  # leaf module, no cycle
+
+    if value and not is_hostname(value):
+        return "must be a DNS domain such as corp.example.com"
+    return None
+
+
+SETTINGS: tuple[Setting, ...] = (
+    # -- workbook keys (the Settings sheet) ---------------------------------
+    Setting("environment", "str", "production", "Puppet environment the nodes use and the generator writes.", check=_puppet_environment),
+    Setting("domain", "str", "", "DNS domain appended to a hostname without a dot to form its Puppet certname.", check=_domain),
+    Setting("package_port", "int", 8080, "TCP port nginx serves the package repository on.", minimum=1, maximum=65535),
+    Setting("artifact_source", "str", "build/release", "Directory or bundle (zip, tar, tar.gz) holding the release's component artifacts."),
+    Setting("puppet_agent_msi", "str", "", "Local path of the Puppet agent MSI placed on the package server for the Windows nodes."),
+    Setting("puppet_agent_version", "str", "7.23.0", "Version of that agent MSI (agents before 7 take PUPPET_MASTER_SERVER instead of PUPPET_SERVER)."),
+    Setting("winrm_transport", "choice", "ntlm", "WinRM authentication: ntlm, basic, kerberos, credssp or certificate.", choices=("ntlm", "basic", "kerberos", "credssp", "certificate")),
+    Setting("winrm_scheme", "choice", "https", "WinRM over https (5986, certificate validated) or http (5985, NTLM message encryption).", choices=("https", "http")),
+    Setting("winrm_port", "int", 0, "WinRM port when a server's WinRM Port cell is blank; 0 means 5986 for https, 5985 for http.", minimum=0, maximum=65535),
+    Setting("winrm_cert_validation", "choice", "validate", "Validate the nodes' WinRM certificates (validate) or not (ignore).", choices=("validate", "ignore")),
+    Setting("winrm_ca_path", "str", "", "CA bundle that signs the nodes' WinRM certificates (blank: the system's)."),
+    Setting("max_parallel", "int", 10, "Most hosts worked on at once.", minimum=1, maximum=1000),
+    Setting("command_timeout_s", "int", 1800, "Longest a single remote command may run, in seconds.", minimum=1),
+    Setting("retries", "int", 2, "Retries of a step that failed for a transient reason (1618, dropped connection).", minimum=0, maximum=20),
+    # -- controller-only keys (invoke.yaml, env, flags; not in the workbook) --
+    Setting("inventory", "str", "inventory/example.xlsx", "The inventory workbook (.xlsx or .xls).", workbook=False),
+    Setting("build_dir", "str", "build", "Where generated files, state and reports go.", workbook=False),
+)
+
+BY_NAME: Mapping[str, Setting] = {s.name: s for s in SETTINGS}
+WORKBOOK_KEYS: tuple[str, ...] = tuple(s.name for s in SETTINGS if s.workbook)
+
+
+def declared_defaults() -> dict:
+    """The ``deploy:`` namespace as declared in ``ns.configure``."""
+    return {s.name: s.default for s in SETTINGS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved, typed settings: what lower layers receive (plain values, no context)."""
+
+    values: Mapping[str, Any] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> Any:
+        values = object.__getattribute__(self, "values")
+        if name in values:
+            return values[name]
+        if name in BY_NAME:
+            return BY_NAME[name].default
+        raise AttributeError(name)
+
+    def effective_winrm_port(self, server_port: Optional[int] = None) -> int:
+        if server_port:
+            return server_port
+        if self.winrm_port:
+            return self.winrm_port
+        return 5986 if self.winrm_scheme == "https" else 5985
+
+
+def resolve(raw: Mapping[str, Any]) -> Settings:
+    """Type-check merged values (from any layer) into ``Settings``; unknown keys pass through."""
+    values: dict = {}
+    problems = []
+    for key, value in raw.items():
+        spec = BY_NAME.get(key)
+        if spec is None:
+            values[key] = value
+            continue
+        try:
+            values[key] = spec.coerce(value)
+        except ValueError as exc:
+            problems.append(
+                f"setting {key} = {value!r} {exc} (set by a --flag, INVOKE_DEPLOY_{key.upper()}, "
+                f"invoke.yaml deploy.{key}, or the Settings sheet)"
+            )
+    if problems:
+        raise ConfigError("invalid settings:\n  - " + "\n  - ".join(problems))
+    for spec in SETTINGS:
+        values.setdefault(spec.name, spec.default)
+    return Settings(values)

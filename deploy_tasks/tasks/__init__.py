@@ -1,0 +1,16 @@
+"""The Invoke namespace: every task module contributes its tasks; settings are declared once."""
+
+from __future__ import annotations
+
+from invoke import Collection
+
+from .. import settings
+from . import inventory as _inventory
+
+ns = Collection()
+for _module in (_inventory,):
+    for _task in _module.TASKS:
+        ns.add_task(_task)
+
+# Every key is declared here, or Invoke ignores its INVOKE_DEPLOY_* env var.
+ns.configure({"deploy": settings.declared_defaults()})

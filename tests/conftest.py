@@ -1,0 +1,50 @@
+"""Shared fixtures: real components on loopback; nothing from the user's own config leaks in."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.support import services  # noqa: E402
+
+EXAMPLE_XLSX = ROOT / "inventory" / "example.xlsx"
+EXAMPLE_XLS = ROOT / "inventory" / "example.xls"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_invoke_config(monkeypatch, tmp_path_factory):
+    """Keep a real ~/.invoke.yaml and INVOKE_* variables out of tests (as Invoke's own suite does)."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("HOME", str(home))
+    for key in list(os.environ):
+        if key.startswith("INVOKE_") or key in ("DEPLOY_WINRM_USER", "DEPLOY_WINRM_PASSWORD"):
+            monkeypatch.delenv(key, raising=False)
+
+
+@pytest.fixture(scope="session")
+def example_xlsx() -> Path:
+    return EXAMPLE_XLSX
+
+
+@pytest.fixture(scope="session")
+def example_xls() -> Path:
+    return EXAMPLE_XLS
+
+
+@pytest.fixture(scope="session")
+def sshd():
+    """A real OpenSSH server on 127.0.0.1:2222 (root, generated key); see tests/support/services.py."""
+    try:
+        server = services.ensure_sshd()
+    except services.Missing as exc:
+        pytest.skip(str(exc))
+    yield server
+    if server.started:
+        services.stop_sshd()
