@@ -48,3 +48,17 @@ def sshd():
     yield server
     if server.started:
         services.stop_sshd()
+
+
+@pytest.fixture(scope="session")
+def puppet_master():
+    """A real puppetserver on 127.0.0.1:8140, certname deploy01.example.test (reused when up).
+
+    Yields a dict: url, certname, codedir, environmentpath, ssldir, cacert. It is left
+    running for the rest of the session (start-up takes ~25 s); .ci/run stops it.
+    """
+    try:
+        info = services.ensure_puppetserver()
+    except services.Missing as exc:
+        pytest.skip(str(exc))
+    yield info

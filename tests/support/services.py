@@ -113,3 +113,92 @@ def puppetserver_status(port: int = PUPPETSERVER_PORT) -> str:
             return resp.read().decode().strip()
     except Exception:
         return ""
+
+
+# -- puppetserver -------------------------------------------------------------
+# The test master's certname matches the example inventory's puppet-master
+# (deploy01 + domain example.test), so `inv bootstrap` on the same machine
+# finds the configuration it would write and the server keeps its identity.
+MASTER_CERTNAME = "deploy01.example.test"
+PUPPET_CONFDIR = Path("/etc/puppet")
+PUPPETSERVER_LOG = Path("/var/log/puppetserver/puppetserver-daemon.log")
+
+
+def ensure_puppetserver(timeout: float = 240.0) -> dict:
+    """A real puppetserver (Debian 7.9.5) answering on 127.0.0.1:8140; reused when already up.
+
+    Started as the Debian systemd unit would (systemd does not run here),
+    with TLS 1.2 only (TLS 1.3 keep-alive stalls 30 s on this version) and
+    autosign off. Returns paths the tests need.
+    """
+    if not Path("/usr/share/puppetserver/puppetserver.jar").exists() or not shutil.which("java"):
+        raise Missing("puppetserver is not installed (apt-get install puppetserver)")
+    info = {
+        "url": f"https://127.0.0.1:{PUPPETSERVER_PORT}",
+        "certname": MASTER_CERTNAME,
+        "codedir": "/etc/puppet/code",
+        "environmentpath": "/etc/puppet/code/environments",
+        "ssldir": "/var/lib/puppet/ssl",
+        "cacert": "/var/lib/puppet/ssl/certs/ca.pem",
+        "started": False,
+    }
+    if puppetserver_status() == "running":
+        return info
+    _configure_puppetserver()
+    run_dir = Path("/run/puppetserver")
+    run_dir.mkdir(exist_ok=True)
+    shutil.chown(run_dir, "puppet", "puppet")
+    (run_dir / "restart").write_text("0")
+    shutil.chown(run_dir / "restart", "puppet", "puppet")
+    PUPPETSERVER_LOG.parent.mkdir(parents=True, exist_ok=True)
+    shutil.chown(PUPPETSERVER_LOG.parent, "puppet", "puppet")
+    cmd = [
+        "runuser", "-u", "puppet", "--", "java", "-Xms512m", "-Xmx1g",
+        "-Djruby.logger.class=com.puppetlabs.jruby_utils.jruby.Slf4jLogger",
+        "-Djruby.lib=/usr/share/jruby/lib", "-XX:+CrashOnOutOfMemoryError",
+        "-jar", "/usr/share/puppetserver/puppetserver.jar",
+        "--config", "/etc/puppet/puppetserver/conf.d",
+        "--bootstrap-config", "/etc/puppet/puppetserver/services.d",
+        "--restart-file", str(run_dir / "restart"),
+    ]
+    with open(PUPPETSERVER_LOG, "ab") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    (run_dir / "puppetserver.pid").write_text(str(proc.pid))
+    try:
+        wait_for(lambda: proc.poll() is not None or puppetserver_status() == "running", timeout, interval=1,
+                 what="puppetserver /status/v1/simple to answer running")
+    except TimeoutError:
+        raise TimeoutError("puppetserver did not start; last log lines:\n" + _tail(PUPPETSERVER_LOG)) from None
+    if proc.poll() is not None:
+        raise RuntimeError(f"puppetserver exited with {proc.returncode}; last log lines:\n" + _tail(PUPPETSERVER_LOG))
+    info["started"] = True
+    return info
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _configure_puppetserver() -> None:
+    import configparser
+
+    conf = PUPPET_CONFDIR / "puppet.conf"
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(conf)
+    for section in ("main", "server"):
+        if not parser.has_section(section):
+            parser.add_section(section)
+    parser.set("server", "certname", MASTER_CERTNAME)
+    parser.set("server", "dns_alt_names", "deploy01,deploy01.example.test,localhost,IP:127.0.0.1")
+    parser.set("server", "autosign", "false")
+    with open(conf, "w") as fh:
+        parser.write(fh)
+    web = PUPPET_CONFDIR / "puppetserver" / "conf.d" / "webserver.conf"
+    text = web.read_text()
+    if "ssl-protocols" not in text:
+        text = text.rstrip().rstrip("}") + "    ssl-protocols: [TLSv1.2]\n}\n"
+        web.write_text(text)
