@@ -135,6 +135,7 @@ SETTINGS: tuple[Setting, ...] = (
     # -- controller-only keys (invoke.yaml, env, flags; not in the workbook) --
     Setting("inventory", "str", "inventory/example.xlsx", "The inventory workbook (.xlsx or .xls).", workbook=False),
     Setting("build_dir", "str", "build", "Where generated files, state and reports go.", workbook=False),
+    Setting("repository", "str", "build/repository", "The package repository directory on the controller: extract-artifacts writes it, nginx serves it.", workbook=False),
 )
 
 BY_NAME: Mapping[str, Setting] = {s.name: s for s in SETTINGS}
