@@ -258,7 +258,8 @@ class _Builder:
         except (ValueError, OverflowError):
             number = None
         if number is None or number < 1:
-            self.error(ref, f"{header} {value!r} is not a positive whole number of seconds")
+            shown = int(value) if isinstance(value, float) and value.is_integer() else value
+            self.error(ref, f"{header} {shown!r} is not a positive whole number of seconds")
             return None
         return number
 
