@@ -167,3 +167,9 @@ def test_bad_setting_from_env_is_named():
     assert result.returncode == 1
     assert "setting max_parallel = 'lots' must be a whole number" in result.stderr
     assert "INVOKE_DEPLOY_MAX_PARALLEL" in result.stderr
+
+
+def test_inventory_readme_documents_every_setting():
+    text = (ROOT / "inventory" / "README.md").read_text()
+    for s in settings_mod.SETTINGS:
+        assert f"| `{s.name}` |" in text, f"setting {s.name} is not documented in inventory/README.md"
