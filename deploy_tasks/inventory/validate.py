@@ -383,7 +383,7 @@ class _Builder:
                 os_name = os_name.lower()
                 if os_name not in OS_NAMES:
                     self.error(sheet.ref(row, "OS"), f"OS {os_name!r} is not one of {', '.join(OS_NAMES)}",
-                               _did_you_mean(os_name, OS_NAMES))
+                               _did_you_mean(os_name, OS_NAMES) or "write the OS family only: windows or linux")
                     ok = False
             else:
                 ok = False
@@ -467,6 +467,9 @@ class _Builder:
                            "segments of lowercase letters, digits and _, joined by ::, for example product::zeo")
                 ok = False
             deps = []
+            if ";" in deps_text or "\n" in deps_text:
+                self.error(sheet.ref(row, "Depends On"), f"dependencies {deps_text!r} must be separated by commas")
+                ok = False
             for dep in (d.strip() for d in deps_text.split(",")):
                 if dep and dep not in deps:
                     deps.append(dep)
