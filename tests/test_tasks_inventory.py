@@ -76,7 +76,7 @@ def test_validate_json(tmp_path):
     doc = json.loads(bad.stdout)
     assert doc["valid"] is False
     assert doc["problems"] == [{"where": "Servers!C3", "message": "OS 'beos' is not one of windows, linux",
-                                "hint": None, "severity": "error"}]
+                                "hint": "write the OS family only: windows or linux", "severity": "error"}]
 
 
 def test_plan_json_shape():
