@@ -184,6 +184,7 @@ class Fleet:
                 except Exception:  # noqa: BLE001 - stopping must finish for every host
                     pass
         self.hosts.clear()
+        self.ntlm_user_file.unlink(missing_ok=True)  # it holds the password in clear
         if self._old_ntlm_env is None:
             if os.environ.get("NTLM_USER_FILE") == str(self.ntlm_user_file.resolve()):
                 os.environ.pop("NTLM_USER_FILE", None)
@@ -225,6 +226,19 @@ class Fleet:
 # -- the background process (inv fleet.up) ------------------------------------------
 
 
+def load_factory(spec: str) -> PersonaFactory:
+    """``module:callable`` -> the persona factory it names."""
+    import importlib
+
+    module, _, attr = spec.partition(":")
+    if not module or not attr:
+        raise ConfigError(f"persona factory {spec!r}: expected module:callable")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"persona factory {spec!r} cannot be loaded: {exc}") from None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deploy_tasks.rehearsal.fleet",
                                      description="Run the rehearsal fleet (emulated Windows hosts) until SIGTERM.")
@@ -234,6 +248,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--http-port", type=int, default=5985)
     parser.add_argument("--https-port", type=int, default=5986)
     parser.add_argument("--allow-unencrypted", action="store_true", help="accept plain SOAP over HTTP (Basic)")
+    parser.add_argument("--persona", default=None, help="persona factory as module:callable (default: WindowsPersona)")
     args = parser.parse_args(argv)
 
     from ..inventory import load_inventory
@@ -245,7 +260,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         inventory = load_inventory(args.inventory)
         fleet = Fleet.from_inventory(inventory, root, FleetSpec.load(args.spec), http_port=args.http_port,
-                                     https_port=args.https_port, allow_unencrypted=args.allow_unencrypted)
+                                     https_port=args.https_port, allow_unencrypted=args.allow_unencrypted,
+                                     persona_factory=load_factory(args.persona) if args.persona else None)
         fleet.start()
     except DeployError as exc:
         print(f"fleet: {exc}", file=sys.stderr, flush=True)
