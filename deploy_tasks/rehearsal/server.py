@@ -570,9 +570,6 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.split("?")[0].rstrip("/").lower() != "/wsman":
             self._reply(404, b"", close=False)
             return
-        if faults.auth_reject:
-            self._challenge()
-            return
         if not self._authenticate():
             return
         encrypted = "multipart/encrypted" in (self.headers.get("Content-Type") or "")
@@ -617,8 +614,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _authenticate(self) -> bool:
         """True when the request may proceed; otherwise the reply (a 401) has been sent."""
         auth = self.headers.get("Authorization")
+        rejecting = self.winrm.faults.auth_reject  # fault: the account is refused (locked out, password changed)
         if not auth:
-            if self.ntlm is not None:
+            if self.ntlm is not None and not rejecting:
                 return True
             self._challenge()
             return False
@@ -628,7 +626,7 @@ class _Handler(BaseHTTPRequestHandler):
             if not self.server.tls and not self.winrm.allow_unencrypted:
                 self._challenge()  # Basic over plain HTTP is refused like AllowUnencrypted=false
                 return False
-            if not self.winrm.credentials.basic_ok(token.strip()):
+            if rejecting or not self.winrm.credentials.basic_ok(token.strip()):
                 self._challenge()
                 return False
             self.owner = self.winrm.credentials.username
@@ -664,6 +662,9 @@ class _Handler(BaseHTTPRequestHandler):
             return False
         if message_type == b"\x03\x00\x00\x00" and self.ntlm_pending is not None:
             ctx, self.ntlm_pending = self.ntlm_pending, None
+            if self.winrm.faults.auth_reject:
+                self._challenge()
+                return False
             try:
                 ctx.step(token)
             except Exception:  # noqa: BLE001 - wrong password, wrong channel binding, unknown user

@@ -6,7 +6,7 @@ behaviour. It implements the seam of deploy_tasks/rehearsal/base.py.
 
 Commands: ``echo TEXT``, ``cmd /c exit N``, ``sleep SECONDS`` (terminable),
 ``more`` (echoes stdin until end of input), ``bigout BYTES``, ``hostname``,
-``shutdown /r /t 0`` (host down for 1 s), ``powershell -encodedcommand B64``
+``shutdown /r /t 0`` (host down for 1 s, 0.3 s after it returns), ``powershell -encodedcommand B64``
 (prints the script; a script containing ``throw`` writes CLIXML to stderr and
 exits 1); anything else answers as cmd.exe does (exit 9009).
 """
@@ -107,7 +107,8 @@ class FakePersona:
             threading.Thread(target=self._more, args=(handle,), daemon=True).start()
         elif exe == "shutdown":
             handle.emit(exit_code=0)
-            self.on_reboot(1.0)
+            # like Windows, the host goes away shortly after the command returned, not mid-reply
+            threading.Timer(0.3, self.on_reboot, args=(1.0,)).start()
         elif exe == "powershell" and len(args) == 2 and args[0].lower() == "-encodedcommand":
             script = base64.b64decode(args[1]).decode("utf-16-le")
             if "throw" in script:
