@@ -41,8 +41,10 @@ PersonaFactory = Callable[[str, str, Path, HostFaults, FleetSpec, RebootHook], P
 def default_persona_factory(hostname: str, address: str, sandbox: Path, faults: HostFaults, spec: FleetSpec,
                             on_reboot: RebootHook) -> Persona:
     """The Windows persona (deploy_tasks/rehearsal/persona.py), imported only when a fleet starts."""
-    from .persona import WindowsPersona
-
+    try:
+        from .persona import WindowsPersona
+    except ImportError as exc:
+        raise ConfigError(f"the emulated Windows persona (deploy_tasks/rehearsal/persona.py) cannot be loaded: {exc}") from None
     return WindowsPersona(hostname, address, sandbox, faults, spec, on_reboot)
 
 
