@@ -17,6 +17,7 @@ import winrm
 
 ROOT = Path(__file__).resolve().parent.parent
 INV = str(Path(sys.executable).with_name("inv"))
+pytestmark = pytest.mark.integration
 FAKE = "tests.support.fake_persona:FakePersona"
 
 

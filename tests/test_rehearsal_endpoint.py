@@ -42,6 +42,7 @@ def protocol(fleet, hostname="ZDB01", transport="basic", scheme="https", **kwarg
                     password=kwargs.pop("password", fleet.password), **kwargs)
 
 
+pytestmark = pytest.mark.integration
 DEFAULT = pytest.mark.parametrize("winrm_fleet", [fleet_params()], indirect=True)
 
 
@@ -70,8 +71,24 @@ def test_ntlm_with_message_encryption_over_http(winrm_fleet):
     p = protocol(winrm_fleet, transport="ntlm", scheme="http")
     shell = p.open_shell()
     assert p.transport.encryption is not None, "pywinrm did not set up NTLM message encryption over HTTP"
-    cid = p.run_command(shell, "echo", ["sealed"])
-    assert p.get_command_output(shell, cid) == (b"sealed\r\n", b"", 0)
+    wire = []
+    real_send = p.transport.session.send
+
+    def recording_send(request, **kwargs):
+        response = real_send(request, **kwargs)
+        wire.append((request.headers.get("Content-Type"), request.body, response.headers.get("Content-Type"), response.content))
+        return response
+
+    p.transport.session.send = recording_send
+    cid = p.run_command(shell, "echo", ["sealed-secret"])
+    assert p.get_command_output(shell, cid) == (b"sealed-secret\r\n", b"", 0)
+    # on the wire both ways: sealed multipart bodies, neither the command nor its base64 output in clear
+    assert len(wire) == 2
+    for req_type, req_body, resp_type, resp_body in wire:
+        assert req_type.startswith("multipart/encrypted") and 'protocol="application/HTTP-SPNEGO-session-encrypted"' in req_type
+        assert resp_type.startswith("multipart/encrypted")
+        assert b"sealed-secret" not in req_body and b"Envelope" not in req_body
+        assert b"c2VhbGVkLXNlY3JldA0K" not in resp_body and b"Envelope" not in resp_body
     p.cleanup_command(shell, cid)
     p.close_shell(shell)
     r = session(winrm_fleet, transport="ntlm", scheme="http").run_cmd("hostname")
@@ -174,6 +191,14 @@ def test_large_output_spans_several_receives(winrm_fleet):
     out, err, code = p.get_command_output(shell, cid)
     assert len(first[0]) + len(out) == 400000 and code == 0
     p.close_shell(shell)
+
+
+@DEFAULT
+def test_a_failing_persona_gets_a_500_fault_not_a_dead_server(winrm_fleet):
+    with pytest.raises(WSManFaultError) as err:
+        session(winrm_fleet).run_cmd("explode")
+    assert err.value.code == 500 and err.value.wsman_fault_code == 1726 and "the persona broke" in err.value.response
+    assert session(winrm_fleet).run_cmd("hostname").std_out == b"ZDB01\r\n"
 
 
 @DEFAULT

@@ -313,6 +313,10 @@ class WinRMHost:
         except WSManFault as fault:
             fault.relates_to = message_id
             raise
+        except Exception as exc:  # the emulated Windows failed: a 500 fault, as a sick WinRM service answers
+            fault = internal_error(f"{self.hostname}: {type(exc).__name__}: {exc}")
+            fault.relates_to = message_id
+            raise fault from None
         return _ENVELOPE.format(action=reply_action, message_id=str(uuid.uuid4()).upper(), relates_to=escape(message_id),
                                 body=reply_body).encode("utf-8")
 

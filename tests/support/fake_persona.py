@@ -5,7 +5,7 @@ own tests and benchmark, so that protocol tests do not depend on the persona's
 behaviour. It implements the seam of deploy_tasks/rehearsal/base.py.
 
 Commands: ``echo TEXT``, ``cmd /c exit N``, ``sleep SECONDS`` (terminable),
-``more`` (echoes stdin until end of input), ``bigout BYTES``, ``hostname``,
+``more`` (echoes stdin until end of input), ``bigout BYTES``, ``hostname``, ``explode`` (the persona raises),
 ``shutdown /r /t 0`` (host down for 1 s, 0.3 s after it returns), ``powershell -encodedcommand B64``
 (prints the script; a script containing ``throw`` writes CLIXML to stderr and
 exits 1); anything else answers as cmd.exe does (exit 9009).
@@ -93,6 +93,8 @@ class FakePersona:
         words = command_line.split()
         exe = words[0].lower() if words else ""
         args = words[1:]
+        if exe == "explode":
+            raise RuntimeError("the persona broke")
         if exe == "echo":
             handle.emit((" ".join(args) + "\r\n").encode(), exit_code=0)
         elif exe == "cmd" and [a.lower() for a in args[:2]] == ["/c", "exit"]:
