@@ -10,6 +10,7 @@ import re
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 import requests
@@ -21,6 +22,7 @@ from deploy_tasks.rehearsal.certs import make_ca
 from deploy_tasks.rehearsal.fleet import allocate_addresses
 from tests.support.fake_persona import FakePersona
 
+EXAMPLE_XLSX = Path(__file__).resolve().parent.parent / "inventory" / "example.xlsx"
 HOSTS = [("ZDB01", "127.0.0.11"), ("ZAPP01", "127.0.0.12")]
 
 
@@ -382,3 +384,30 @@ def test_fixture_places_hosts_on_their_own_addresses(winrm_fleet):
     for hostname, _ in HOSTS:
         sandbox = winrm_fleet.host(hostname).persona.sandbox
         assert sandbox.is_dir() and sandbox.name == "C" and sandbox.parent.name == hostname
+
+
+def _example_spec():
+    from deploy_tasks.rehearsal.faults import FleetSpec
+
+    return FleetSpec.from_mapping({"hosts": {"ZWEB01": {"http_500": 1}}})
+
+
+@pytest.mark.parametrize("winrm_fleet", [{"inventory": EXAMPLE_XLSX, "spec": _example_spec(), "persona_factory": FakePersona}],
+                         indirect=True)
+def test_fixture_from_a_workbook_and_a_spec(winrm_fleet):
+    from cryptography import x509
+
+    described = winrm_fleet.describe()
+    assert [(h["hostname"], h["address"]) for h in described["hosts"]] == [
+        ("ZDB01", "127.0.0.11"), ("ZAPP01", "127.0.0.12"), ("ZAPP02", "127.0.0.13"),
+        ("ZSRCH01", "127.0.0.14"), ("ZSVC01", "127.0.0.15"), ("ZWEB01", "127.0.0.16")]
+    # the certificate names the host as clients know it: hostname, FQDN in the inventory's domain, address
+    cert = x509.load_pem_x509_certificate((winrm_fleet.root / "ZWEB01" / "winrm.pem").read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "zweb01.example.test" in san.get_values_for_type(x509.DNSName)
+    assert [str(a) for a in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.16"]
+    # the spec's fault is on its host only
+    with pytest.raises(WSManFaultError):
+        session(winrm_fleet, "ZWEB01").run_cmd("hostname")
+    assert session(winrm_fleet, "ZWEB01").run_cmd("hostname").std_out == b"ZWEB01\r\n"
+    assert session(winrm_fleet, "ZSVC01").run_cmd("hostname").std_out == b"ZSVC01\r\n"

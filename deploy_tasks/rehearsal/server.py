@@ -544,9 +544,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.ntlm = None  # the established NTLM context: this connection's security context
         self.ntlm_pending = None
         self.owner = ""
-        self.winrm._track(self.connection)
         if self.server.tls:
+            # bounded by the idle timeout set above; a failure closes the socket (finish() does not run)
             self.connection.do_handshake()
+        self.winrm._track(self.connection)
 
     def finish(self):
         try:
