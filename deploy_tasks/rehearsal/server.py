@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import re
 import socket
+import socketserver
 import ssl
 import struct
 import threading
@@ -215,16 +216,16 @@ class WinRMHost:
             servers.append(_Server((self.address, self.https_port), self, tls=True))
             self.https_port = servers[1].server_address[1]
         for server in servers:
-            threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
-                             name=f"winrm-{self.hostname}-{server.server_address[1]}", daemon=True).start()
+            server.acceptor = threading.Thread(target=server.accept_loop, daemon=True,
+                                               name=f"winrm-{self.hostname}-{server.server_address[1]}")
+            server.acceptor.start()
         self._servers = servers
         self._state = "running"
 
     def _unlisten(self) -> None:
         servers, self._servers = self._servers, []
         for server in servers:
-            server.shutdown()
-            server.server_close()
+            server.stop_accepting()
         with self._lock:
             conns = list(self._connections)
             self._connections.clear()
@@ -518,7 +519,40 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, address, host: WinRMHost, tls: bool):
         self.winrm = host
         self.tls = tls
+        self.closing = False
+        self.acceptor: Optional[threading.Thread] = None
         super().__init__(address, _Handler)
+
+    def server_bind(self):
+        # HTTPServer.server_bind does a reverse DNS lookup of the address: seconds each for 127.0.x.y without a name
+        socketserver.TCPServer.server_bind(self)
+        self.server_name = self.winrm.hostname
+        self.server_port = self.server_address[1]
+
+    def accept_loop(self) -> None:
+        """Accept connections until stop_accepting(); blocks in accept(), so an idle host costs no CPU.
+
+        (serve_forever would poll every host's sockets several times a second:
+        with hundreds of emulated hosts that alone keeps a core busy.)
+        """
+        while not self.closing:
+            try:
+                request, client_address = self.get_request()
+            except OSError:
+                if self.closing:
+                    return
+                continue
+            self.process_request(request, client_address)  # ThreadingMixIn: one thread per connection
+
+    def stop_accepting(self) -> None:
+        self.closing = True
+        try:
+            self.socket.shutdown(socket.SHUT_RDWR)  # wakes the accept() above
+        except OSError:
+            pass
+        self.server_close()
+        if self.acceptor is not None and self.acceptor is not threading.current_thread():
+            self.acceptor.join(5)
 
     def get_request(self):
         sock, addr = self.socket.accept()
