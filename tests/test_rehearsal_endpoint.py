@@ -411,3 +411,17 @@ def test_fixture_from_a_workbook_and_a_spec(winrm_fleet):
         session(winrm_fleet, "ZWEB01").run_cmd("hostname")
     assert session(winrm_fleet, "ZWEB01").run_cmd("hostname").std_out == b"ZWEB01\r\n"
     assert session(winrm_fleet, "ZSVC01").run_cmd("hostname").std_out == b"ZSVC01\r\n"
+
+
+@pytest.mark.parametrize("winrm_fleet", [fleet_params(username="EXAMPLE\\deployer")], indirect=True)
+def test_domain_and_local_account_forms_of_the_user(winrm_fleet):
+    ca = str(winrm_fleet.ca_cert)
+    for user, transport, scheme in [("EXAMPLE\\deployer", "ntlm", "http"), ("ZDB01\\deployer", "ntlm", "http"),
+                                    ("deployer", "ntlm", "https"), ("EXAMPLE\\deployer", "basic", "https")]:
+        s = winrm.Session(winrm_fleet.endpoint("ZDB01", scheme), auth=(user, winrm_fleet.password), transport=transport,
+                          server_cert_validation="validate", ca_trust_path=ca)
+        assert s.run_cmd("hostname").std_out == b"ZDB01\r\n", (user, transport)
+    wrong_domain = winrm.Session(winrm_fleet.endpoint("ZDB01", "http"), auth=("OTHER\\deployer", winrm_fleet.password),
+                                 transport="ntlm", ca_trust_path=ca)
+    with pytest.raises(InvalidCredentialsError):
+        wrong_domain.run_cmd("hostname")
