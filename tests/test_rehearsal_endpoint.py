@@ -302,8 +302,18 @@ def test_fault_host_down_refuses_connections(winrm_fleet):
         session(winrm_fleet).run_cmd("hostname")
     assert "refused" in str(err.value).lower()
     assert session(winrm_fleet, "ZAPP01").run_cmd("hostname").std_out == b"ZAPP01\r\n"  # the others are up
-    winrm_fleet.host("ZDB01").set_down(False)
+    host = winrm_fleet.host("ZDB01")
+    host.set_down(False)
     assert session(winrm_fleet).run_cmd("hostname").std_out == b"ZDB01\r\n"
+    # an outage in the middle of a command: the connection is cut, the shell and the command survive it
+    p = protocol(winrm_fleet)
+    shell = p.open_shell()
+    cid = p.run_command(shell, "sleep", ["1"])
+    host.set_down(True)
+    with pytest.raises(requests.exceptions.ConnectionError):
+        p.get_command_output(shell, cid)
+    host.set_down(False)
+    assert protocol(winrm_fleet).get_command_output(shell, cid) == (b"slept\r\n", b"", 0)
 
 
 @pytest.mark.parametrize("winrm_fleet", [fleet_params(spec={"hosts": {"ZDB01": {"latency_ms": 150}}})], indirect=True)

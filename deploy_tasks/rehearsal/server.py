@@ -266,24 +266,27 @@ class WinRMHost:
 
         threading.Thread(target=go_down, name=f"reboot-{self.hostname}", daemon=True).start()
 
-    def _come_back(self) -> None:
+    def _come_back(self, rebooted: bool = True) -> None:
         if self._state != "down":
             return
-        self.boot_time = time.time()
+        if rebooted:
+            self.boot_time = time.time()
         try:
             self._listen()
         except OSError:
             self._state = "down"  # the address went away meanwhile: stay down
 
     def set_down(self, down: bool) -> None:
-        """Take the host off the network (connections refused) or bring it back."""
+        """Take the host off the network (connections refused, open connections cut) or bring it back.
+
+        A network outage, not a reboot: shells and running commands survive it.
+        """
         self.faults.down = down
         if down and self._state == "running":
             self._state = "down"
             self._unlisten()
-            self._drop_shells()
         elif not down and self._state == "down":
-            self._come_back()
+            self._come_back(rebooted=False)
 
     # -- connection bookkeeping ------------------------------------------------
     def _track(self, conn) -> None:
