@@ -26,7 +26,7 @@ from typing import Optional
 
 from ..errors import ConfigError, RemoteCommandError
 from . import StepResult, remote
-from .puppet_master import Layout
+from .puppet_master import Layout, environment_dirs
 
 q = shlex.quote
 
@@ -99,7 +99,7 @@ def publish(shell, layout: Layout, env: str, source: str, modules_dir: Optional[
     release = f"{releases}/{name}"
     link = f"{layout.environments}/{env}"
     result.note(remote.directory(shell, releases, mode="755"), f"created {releases}")
-    result.note(remote.directory(shell, layout.environments, mode="755"), f"created {layout.environments}")
+    result.note(environment_dirs(shell, layout), f"created {layout.environments} (and production/)")
 
     if not shell.test(f"test -d {q(release)}"):
         staging = f"{release}.deploy_tasks-tmp"

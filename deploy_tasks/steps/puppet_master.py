@@ -274,6 +274,7 @@ def run(shell, server, settings, result: StepResult) -> StepResult:
         changed_files.append(web_path)
     for path in changed_files:
         result.note(True, f"wrote {path}")
+    result.note(environment_dirs(shell, layout), f"created {layout.environments}/production")
 
     if plat.init == "none":
         heap_now = running_heap(shell)
@@ -300,6 +301,13 @@ def run(shell, server, settings, result: StepResult) -> StepResult:
         if not shell.dry_run:
             wait_running(shell, address, layout, timeout_s, pid_check=False)
     return result
+
+
+def environment_dirs(shell, layout: Layout) -> bool:
+    """environments/ and environments/production: puppetserver (running as puppet) cannot start
+    when it has to create production itself under a root-owned environments/."""
+    changed = remote.directory(shell, layout.environments, mode="755")
+    return remote.directory(shell, f"{layout.environments}/production", mode="755") or changed
 
 
 def _replace(shell, path: str, text: str, keep_previous: bool) -> None:
