@@ -25,7 +25,11 @@ SITE_TEMPLATE = "nginx-package-site.conf.j2"
 SITE_FILE = "/etc/nginx/conf.d/deploy_tasks-packages.conf"
 NGINX_PIDFILE = "/run/nginx.pid"
 PROBE_NAME = "deploy_tasks-probe.txt"
-PROBE_TEXT = b"deploy_tasks package repository\n"
+PROBE_TEXT = "deploy_tasks package repository at {root}\n"  # names the root: proves the new site is live
+
+
+def probe_text(root: str) -> bytes:
+    return PROBE_TEXT.format(root=root).encode()
 AGENT_DIR = "puppet-agent"
 DEFAULT_ROOT = "/srv/deploy_tasks/repository"
 
@@ -67,7 +71,7 @@ def run(shell, server, settings, result: StepResult) -> StepResult:
 
     result.note(remote.packages(shell, ["nginx"]), "installed nginx")
     result.note(remote.directory(shell, root, mode="755"), f"created {root}")
-    result.note(remote.upload(shell, PROBE_TEXT, f"{root}/{PROBE_NAME}"), f"wrote {root}/{PROBE_NAME}")
+    result.note(remote.upload(shell, probe_text(root), f"{root}/{PROBE_NAME}"), f"wrote {root}/{PROBE_NAME}")
     if msi:
         agent_dir = f"{root}/{AGENT_DIR}"
         result.note(remote.directory(shell, agent_dir, mode="755"), f"created {agent_dir}")
@@ -87,7 +91,7 @@ def run(shell, server, settings, result: StepResult) -> StepResult:
     if plat.init == "none":
         result.details.append("no systemd or SysV init: nginx started directly, not enabled at boot")
     if not shell.dry_run:
-        verify(server, settings, msi)
+        verify(server, settings, msi, probe_text(root))
     return result
 
 
@@ -129,7 +133,7 @@ def install_site(shell, text: str) -> bool:
     return True
 
 
-def verify(server, settings, msi: Optional[str], timeout: float = 10.0) -> None:
+def verify(server, settings, msi: Optional[str], probe: bytes, timeout: float = 15.0) -> None:
     """Fetch the probe (and the MSI) from the controller, as the nodes will."""
     url = f"{base_url(server, settings)}/{PROBE_NAME}"
     deadline = time.monotonic() + timeout
@@ -138,7 +142,7 @@ def verify(server, settings, msi: Optional[str], timeout: float = 10.0) -> None:
         try:
             with urllib.request.urlopen(url, timeout=5) as resp:
                 body = resp.read()
-            if body == PROBE_TEXT:
+            if body == probe:
                 break
             last = f"it answered {body[:80]!r} instead of the probe"
         except (urllib.error.URLError, OSError) as exc:
