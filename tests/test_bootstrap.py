@@ -339,3 +339,15 @@ def test_rollback_without_a_previous_version(lab, pub_env):
                INVOKE_DEPLOY_ENVIRONMENT=pub_env)
     assert proc.returncode == 1
     assert f"no previous version of environment {pub_env} to roll back to" in proc.stderr
+
+
+def test_publish_dry_run_changes_nothing(lab, pub_env, tmp_path):
+    source = write_environment(tmp_path / "env", "dry")
+    proc = inv(lab, "publish-config", "--inventory", lab["inventory"], "--source", str(source), "--dry-run",
+               INVOKE_DEPLOY_ENVIRONMENT=pub_env)
+    assert proc.returncode == 0, proc.all
+    assert step_lines(proc.stdout)[("deploy01", "publish-config")] == "would change"
+    assert "would run: cd /etc/puppet/code/releases/" in proc.stdout and "parser validate" in proc.stdout
+    assert f"mv -T /etc/puppet/code/environments/.{pub_env}.deploy_tasks-link" in proc.stdout
+    assert not os.path.lexists(f"/etc/puppet/code/environments/{pub_env}")
+    assert not list(Path("/etc/puppet/code/releases").glob(f"{pub_env}-*"))

@@ -150,7 +150,8 @@ def verify(server, settings, msi: Optional[str], probe: bytes, timeout: float = 
         if time.monotonic() > deadline:
             raise StepFailed(server.hostname, "package-server", ConfigError(
                 f"the package server does not serve {url}: {last} (check that port {settings.package_port} "
-                f"is free and open from the controller: ss -ltnp there; nginx log /var/log/nginx/error.log)"))
+                f"is free and open from the controller: ss -ltnp there; nginx's worker user must be able to read "
+                f"{settings.package_root or 'the repository'}; nginx log /var/log/nginx/error.log)"))
         time.sleep(0.3)
     if msi:
         url = agent_msi_url(server, settings)
