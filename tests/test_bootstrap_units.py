@@ -94,7 +94,8 @@ def test_start_command_is_the_debian_unit_s_java_line():
     cmd = puppet_master.start_command(DEBIAN, ("512m", "1g"))
     assert "runuser -u puppet -- java -Xms512m -Xmx1g" in cmd
     assert "-jar /usr/share/puppetserver/puppetserver.jar --config /etc/puppet/puppetserver/conf.d" in cmd
-    assert cmd.endswith("echo $! > /run/puppetserver/puppetserver.pid")
+    assert cmd.endswith("echo $! > /run/puppetserver/puppetserver.pid; fi")
+    assert "flock" in cmd and "9>&-" in cmd  # one start at a time; the server does not keep the lock
 
 
 @pytest.mark.parametrize("text,expected", [

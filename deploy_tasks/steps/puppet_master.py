@@ -159,7 +159,11 @@ def webserver_conf(current: Optional[str], layout: Layout, template_dir: str = "
 
 
 def start_command(layout: Layout, heap: tuple[str, str]) -> str:
-    """The project's own start of puppetserver (no systemd, no init script): detached, pid in PIDFILE."""
+    """The project's own start of puppetserver (no systemd, no init script): detached, pid in PIDFILE.
+
+    Serialized with flock: two callers at once (bootstrap and a test fixture)
+    start one server; the second finds it alive and starts nothing.
+    """
     java = ["runuser", "-u", "puppet", "--", "java", f"-Xms{heap[0]}", f"-Xmx{heap[1]}",
             "-Djruby.logger.class=com.puppetlabs.jruby_utils.jruby.Slf4jLogger"]
     if layout.ruby_lib:
@@ -169,9 +173,11 @@ def start_command(layout: Layout, heap: tuple[str, str]) -> str:
     logdir = layout.log.rsplit("/", 1)[0]
     return (
         f"mkdir -p {RUN_DIR} {q(logdir)} && chown puppet:puppet {RUN_DIR} {q(logdir)} && "
+        f"exec 9>{RUN_DIR}/start.lock && flock -w 120 9 && "
+        f"if [ -s {PIDFILE} ] && kill -0 \"$(cat {PIDFILE})\" 2>/dev/null; then echo 'already running'; else "
         f"echo 0 > {RESTART_FILE} && chown puppet:puppet {RESTART_FILE} && cd / && "
-        f"{{ setsid {' '.join(q(a) for a in java)} >> {q(layout.log)} 2>&1 < /dev/null & }} && "
-        f"echo $! > {PIDFILE}"
+        f"{{ setsid {' '.join(q(a) for a in java)} >> {q(layout.log)} 2>&1 < /dev/null 9>&- & }} && "
+        f"echo $! > {PIDFILE}; fi"
     )
 
 
@@ -282,10 +288,12 @@ def run(shell, server, settings, result: StepResult) -> StepResult:
         try:
             did = ensure_started(shell, address, layout, heap, timeout_s, restart=restart)
         except RemoteCommandError:
-            if changed_files and not shell.dry_run:
+            # never leave it stopped: start again with what it ran with before
+            if (changed_files or heap_now) and not shell.dry_run and not remote.pid_alive(shell, PIDFILE):
                 _restore(shell, changed_files)
-                ensure_started(shell, address, layout, heap, timeout_s, restart=False)
-                result.details.append("the previous configuration was put back and the server started with it")
+                ensure_started(shell, address, layout, heap_now or heap, timeout_s, restart=False)
+                result.details.append("the previous configuration (and heap) were put back and the server "
+                                      "started with them")
             raise
         result.note(bool(did), did)
         result.details.append("no systemd or SysV init: puppetserver started directly, not enabled at boot")

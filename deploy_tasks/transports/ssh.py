@@ -181,11 +181,14 @@ class Shell:
             self._put(io.BytesIO(data), path)
             return
         # not root: upload to a private temp file, then sudo mv it into place
-        tmp = self.run("mktemp").stdout.strip()
-        self._put(io.BytesIO(data), tmp, sudo=False)
-        self.run(f"mv -f {shlex.quote(tmp)} {shlex.quote(path)}")
+        made = self._raw("mktemp", sudo=False)  # the SSH user's own file, so SFTP can write it
+        if not made.ok:
+            raise RemoteCommandError(self.name, "mktemp", made.exited, made.output)
+        tmp = made.stdout.strip()
+        self._put(io.BytesIO(data), tmp)
+        self.run(f"mv -f {shlex.quote(tmp)} {shlex.quote(path)} && chown root:root {shlex.quote(path)}")
 
-    def _put(self, stream, path: str, sudo: bool = True) -> None:
+    def _put(self, stream, path: str) -> None:
         self.open()
         try:
             self.connection().put(stream, remote=path)
