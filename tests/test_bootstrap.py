@@ -351,3 +351,38 @@ def test_publish_dry_run_changes_nothing(lab, pub_env, tmp_path):
     assert f"mv -T /etc/puppet/code/environments/.{pub_env}.deploy_tasks-link" in proc.stdout
     assert not os.path.lexists(f"/etc/puppet/code/environments/{pub_env}")
     assert not list(Path("/etc/puppet/code/releases").glob(f"{pub_env}-*"))
+
+
+# -- the remote helpers over the real SSH ----------------------------------------------
+@pytest.fixture
+def ssh_shell(lab):
+    shell = Shell("deploy01", "127.0.0.1", ssh_config=lab["sshd"].ssh_config)
+    yield shell
+    shell.close()
+
+
+def test_a_check_that_cannot_run_is_an_error_not_absent(ssh_shell):
+    with pytest.raises(RemoteCommandError) as err:
+        ssh_shell.test("no-such-command-deploy-tasks /etc")
+    assert "exit code 127" in str(err.value) and "not read as 'absent'" in str(err.value)
+    assert remote.exists(ssh_shell, "/etc/os-release") and not remote.exists(ssh_shell, "/etc/no-such-file-here")
+
+
+def test_ensure_line_and_upload_are_idempotent_and_quote_safely(ssh_shell, tmp_path):
+    target = f"/tmp/deploy_tasks-test-{RUN_ID}/it's here.conf"
+    line = "say 'hello' \"world\" $HOME `id` ; rm -rf /nonexistent"
+    try:
+        assert remote.directory(ssh_shell, os.path.dirname(target), mode="750") is True
+        assert remote.directory(ssh_shell, os.path.dirname(target), mode="750") is False
+        assert oct(os.stat(os.path.dirname(target)).st_mode & 0o777) == "0o750"
+        assert remote.upload(ssh_shell, b"first\n", target) is True
+        assert remote.upload(ssh_shell, b"first\n", target) is False
+        assert remote.ensure_line(ssh_shell, target, line) is True
+        assert remote.ensure_line(ssh_shell, target, line) is False
+        assert Path(target).read_text() == f"first\n{line}\n"
+        dry = Shell("deploy01", "127.0.0.1", ssh_config=ssh_shell.ssh_config, dry_run=True, echo=lambda s: None)
+        assert remote.upload(dry, b"second\n", target) is True  # would change ...
+        dry.close()
+        assert Path(target).read_text() == f"first\n{line}\n"  # ... and did not
+    finally:
+        subprocess.run(["rm", "-rf", os.path.dirname(target)])
