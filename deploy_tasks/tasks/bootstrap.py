@@ -9,7 +9,7 @@ from invoke import task
 
 from ..errors import DeployError, TransportError
 from ..report import console
-from ..steps import CHANGED, FAILED, SKIPPED, UNCHANGED, StepResult, Timer
+from ..steps import CHANGED, FAILED, SKIPPED, StepResult, Timer
 from ..steps import package_server, publish, puppet_master, remote
 from ..transports.ssh import shell_for
 from ._common import deploy_task, load

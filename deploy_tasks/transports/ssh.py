@@ -50,7 +50,7 @@ class Shell:
     """Commands and files on one host; ``run`` reads, ``change`` acts (printed only in a dry run)."""
 
     def __init__(self, name: str, address: str, *, ssh_config: str = "", user: str = "",
-                 connect_timeout: int = 15, dry_run: bool = False,
+                 connect_timeout: int = 15, command_timeout: Optional[int] = None, dry_run: bool = False,
                  echo: Optional[Callable[[str], None]] = None):
         self.name = name  # the inventory hostname: what the user reads in messages
         self.address = address
@@ -58,6 +58,7 @@ class Shell:
         self.ssh_config = ssh_config
         self.user_setting = user
         self.connect_timeout = connect_timeout
+        self.command_timeout = command_timeout  # longest any one command may run (command_timeout_s)
         self.dry_run = dry_run
         self.echo = echo or (lambda line: console.say(line))
         self._conn = None
@@ -196,6 +197,7 @@ class Shell:
             raise TransportError(self.name, f"upload to {path} failed on {self.where}: {exc}") from None
 
     def _raw(self, command: str, sudo: bool, timeout: Optional[int] = None) -> Result:
+        timeout = timeout or self.command_timeout
         self.open()
         conn = self.connection()
         try:
@@ -273,4 +275,5 @@ def _transport_error(name: str, conn, exc: BaseException) -> TransportError:
 def shell_for(server, settings, dry_run: bool = False, echo=None) -> Shell:
     """A lazy Shell for an inventory server, from the resolved settings."""
     return Shell(server.hostname, server.address, ssh_config=getattr(settings, "ssh_config", "") or "",
-                 user=getattr(settings, "ssh_user", "") or "", dry_run=dry_run, echo=echo)
+                 user=getattr(settings, "ssh_user", "") or "",
+                 command_timeout=getattr(settings, "command_timeout_s", None), dry_run=dry_run, echo=echo)
