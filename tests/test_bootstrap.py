@@ -386,3 +386,38 @@ def test_ensure_line_and_upload_are_idempotent_and_quote_safely(ssh_shell, tmp_p
         assert Path(target).read_text() == f"first\n{line}\n"  # ... and did not
     finally:
         subprocess.run(["rm", "-rf", os.path.dirname(target)])
+
+
+@pytest.mark.parametrize("setting,value,what", [
+    ("INVOKE_DEPLOY_DOMAIN", "other.test", "wrote /etc/puppet/puppet.conf"),
+    ("INVOKE_DEPLOY_PUPPETSERVER_HEAP", "768m-1g", "restarted puppetserver"),
+])
+def test_master_changes_are_seen_and_a_dry_run_leaves_the_server_alone(lab, setting, value, what):
+    # a real restart would disturb everyone using the shared master: the dry run shows the decision
+    conf = Path("/etc/puppet/puppet.conf").read_bytes()
+    pid = Path(puppet_master.PIDFILE).read_text()
+    proc = inv(lab, "bootstrap", "--inventory", lab["inventory"], "--only", "puppet-master", "--dry-run",
+               **{setting: value})
+    assert proc.returncode == 0, proc.all
+    assert step_lines(proc.stdout)[("deploy01", "puppet-master")] == "would change"
+    assert what in proc.stdout
+    assert "would run: pid=$(cat /run/puppetserver/puppetserver.pid) && kill" in proc.stdout  # stop ...
+    assert "runuser -u puppet -- java -Xms" in proc.stdout  # ... and start again
+    assert Path("/etc/puppet/puppet.conf").read_bytes() == conf
+    assert Path(puppet_master.PIDFILE).read_text() == pid and puppet_master.status("127.0.0.1") == "running"
+
+
+def test_publish_the_example_s_generated_config(lab, pub_env, tmp_path):
+    """The chain: inv generate-config writes <build_dir>/puppet/environments/<env>; publish-config ships it."""
+    listing = inv(lab, "--list")
+    if "generate-config" not in listing.stdout:
+        pytest.skip("inv generate-config is not on this branch yet (config-generation issue)")
+    env = {"INVOKE_DEPLOY_ENVIRONMENT": pub_env, "INVOKE_DEPLOY_BUILD_DIR": str(tmp_path / "build")}
+    generated = inv(lab, "generate-config", "--inventory", lab["inventory"], **env)
+    assert generated.returncode == 0, generated.all
+    assert (tmp_path / "build" / "puppet" / "environments" / pub_env).is_dir(), generated.all
+    proc = inv(lab, "publish-config", "--inventory", lab["inventory"], **env)
+    assert proc.returncode == 0, proc.all
+    assert step_lines(proc.stdout)[("deploy01", "publish-config")] == "changed"
+    link = Path(f"/etc/puppet/code/environments/{pub_env}")
+    assert link.is_symlink() and (link / "manifests").is_dir()
