@@ -147,3 +147,17 @@ def test_publish_refuses_a_directory_that_is_not_an_environment(tmp_path):
     (tmp_path / "stuff.txt").write_text("x")
     with pytest.raises(ConfigError, match="not a Puppet environment"):
         publish.collect(str(tmp_path), None)
+
+
+def test_modules_the_environment_ships_win_over_the_product_modules(tmp_path):
+    env = tmp_path / "env"
+    (env / "modules" / "product" / "manifests").mkdir(parents=True)
+    (env / "modules" / "product" / "manifests" / "init.pp").write_text("class product { } # generated copy\n")
+    (env / "environment.conf").write_text("")
+    mods = tmp_path / "modules" / "product" / "manifests"
+    mods.mkdir(parents=True)
+    (mods / "init.pp").write_text("class product {}\n")
+    (mods / "extra.pp").write_text("class product::extra {}\n")
+    files = publish.collect(str(env), str(tmp_path / "modules"))
+    assert files["modules/product/manifests/init.pp"].endswith(b"# generated copy\n")
+    assert "modules/product/manifests/extra.pp" not in files

@@ -35,18 +35,14 @@ DEFAULT_ROOT = "/srv/deploy_tasks/repository"
 
 
 def repository_root(server, settings) -> str:
-    """Where the repository lives on the package server.
+    """Where the repository lives on the package server: the ``package_root`` setting.
 
-    ``package_root`` when set; otherwise, for a server whose Address is
-    ``local``, the controller's own ``repository`` directory (extract-artifacts
-    writes it, nginx serves it in place); for any other server
-    /srv/deploy_tasks/repository.
+    The same setting tells ``extract-artifacts --publish`` where to send the
+    repository; set it to the ``repository`` directory itself to have nginx
+    serve the controller's repository in place when the package server is
+    this machine.
     """
-    if settings.package_root:
-        return settings.package_root
-    if server.is_local:
-        return os.path.abspath(settings.repository)
-    return DEFAULT_ROOT
+    return settings.package_root or DEFAULT_ROOT
 
 
 def base_url(server, settings) -> str:

@@ -43,14 +43,11 @@ def collect(source: str, modules_dir: Optional[str]) -> dict:
     for path in sorted(src.rglob("*")):
         if path.is_file():
             files[path.relative_to(src).as_posix()] = path.read_bytes()
-    if modules_dir:
+    if modules_dir and not (src / "modules").is_dir():  # generate-config may have copied them already
         mods = Path(modules_dir)
         for path in sorted(mods.rglob("*")):
             if path.is_file():
                 rel = "modules/" + path.relative_to(mods).as_posix()
-                if rel in files and files[rel] != path.read_bytes():
-                    raise ConfigError(f"{source}/{rel} and {path} differ: the environment already ships "
-                                      f"that module file; remove one of them")
                 files[rel] = path.read_bytes()
     if not files:
         raise ConfigError(f"{source} holds no files")

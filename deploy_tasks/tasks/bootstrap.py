@@ -123,7 +123,7 @@ def bootstrap(c, inventory=None, only=None, dry_run=False):
 @task(help={
     "inventory": INVENTORY_HELP,
     "source": "The generated environment to publish; default: <build_dir>/puppet/environments/<environment>.",
-    "modules": "Directory of the product's Puppet modules, copied into the environment's modules/ (default: puppet/modules).",
+    "modules": "Product Puppet modules to ship in the environment's modules/ when it has none (default: puppet/modules).",
     "rollback": "Switch the environment back to the version published before the current one.",
     "dry_run": DRY_RUN_HELP,
 })
@@ -139,7 +139,9 @@ def publish_config(c, inventory=None, source=None, modules=None, rollback=False,
         source = source or os.path.join(settings.build_dir, "puppet", "environments", env)
         explicit = modules is not None
         modules = modules or "puppet/modules"
-        if os.path.isdir(modules):
+        if os.path.isdir(os.path.join(source, "modules")):
+            modules_dir = None  # the generated environment ships its modules already
+        elif os.path.isdir(modules):
             modules_dir = modules
         elif explicit:
             raise DeployError(f"--modules {modules}: no such directory")
