@@ -51,6 +51,9 @@ def _run_step(results: list, shell, step: str, body: Callable[[StepResult], Step
             result.error = str(exc)
             if isinstance(exc, TransportError):
                 dead_hosts.add(shell.name)
+        except OSError as exc:  # a local file (the MSI, a template dir) that cannot be read
+            result.status = FAILED
+            result.error = f"{shell.name}: {exc}"
     result.seconds = timer.elapsed()
     results.append(result)
     _say_result(result, shell.dry_run)
