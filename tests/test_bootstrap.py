@@ -422,3 +422,20 @@ def test_publish_the_example_s_generated_config(lab, pub_env, tmp_path):
     assert step_lines(proc.stdout)[("deploy01", "publish-config")] == "changed"
     link = Path(f"/etc/puppet/code/environments/{pub_env}")
     assert link.is_symlink() and (link / "manifests").is_dir()
+
+
+def test_a_local_server_runs_the_same_steps_without_ssh(lab, example_xlsx):
+    """The example as shipped: deploy01's Address is `local`, so invoke's local Context does the work."""
+    root = f"/srv/deploy_tasks-test/local-{RUN_ID}"
+    env = {"INVOKE_DEPLOY_PACKAGE_ROOT": root, "INVOKE_DEPLOY_PACKAGE_PORT": str(PORT),
+           "INVOKE_DEPLOY_PUPPET_AGENT_MSI": str(lab["msi"]),
+           "INVOKE_DEPLOY_SSH_CONFIG": "/nonexistent/ssh_config"}  # would fail if SSH were used
+    try:
+        first = inv(lab, "bootstrap", "--inventory", str(example_xlsx), **env)
+        assert first.returncode == 0, first.all
+        assert step_lines(first.stdout)[("deploy01", "package-server")] == "changed"
+        assert fetch(f"http://127.0.0.1:{PORT}/{package_server.PROBE_NAME}")[1] == package_server.probe_text(root)
+        second = inv(lab, "bootstrap", "--inventory", str(example_xlsx), **env)
+        assert set(step_lines(second.stdout).values()) == {"unchanged"}, second.all
+    finally:
+        subprocess.run(["rm", "-rf", root])
