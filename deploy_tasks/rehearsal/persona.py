@@ -291,12 +291,13 @@ class WindowsPersona:
     def _run_cmd_line(self, ctx: Command, line: str) -> int:
         """cmd.exe semantics: ``a & b`` binds loosest, then ``||``, then ``&&``; ``exit`` ends everything."""
         parts = split_cmd(line)
-        for op, part in parts:
+        for i, (op, part) in enumerate(parts):
             if op == "|":
                 ctx.err("The emulated persona does not support pipes.\n")
                 return 255
-            if not part and op:
-                ctx.err(f"{op} was unexpected at this time.\n")
+            if not part and len(parts) > 1 and not (i == len(parts) - 1 and op == "&"):
+                following = parts[i + 1][0] if i + 1 < len(parts) else op
+                ctx.err(f"{following} was unexpected at this time.\n")
                 return 255
         # sequences split at '&'; each is an '||' list of '&&' chains
         sequences: List[List[List[str]]] = [[[]]]

@@ -1,0 +1,471 @@
+"""The emulated Windows persona (issue 4), driven directly: no WinRM, real HTTP for msiexec, real Puppet.
+
+Everything a WinRM client would see is asserted on the bytes the persona
+returns (CRLF, exit codes, Windows' own message texts).
+"""
+
+from __future__ import annotations
+
+import base64
+import http.server
+import json
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from deploy_tasks.rehearsal import msi as msilib
+from deploy_tasks.rehearsal.cmdline import cmd_strip_c, split_argv, split_cmd
+from deploy_tasks.rehearsal.faults import FleetSpec, HostFaults
+from deploy_tasks.rehearsal.persona import EXIT_TERMINATED, WindowsPersona
+from deploy_tasks.rehearsal.puppet import deployed_components, read_journal
+
+NOT_RECOGNIZED = "'{}' is not recognized as an internal or external command,\r\noperable program or batch file.\r\n"
+
+
+# -- CommandLineToArgvW ------------------------------------------------------------------
+@pytest.mark.parametrize("line, argv", [
+    # Microsoft's documented examples (program name first, then the argument rules)
+    (r'prog "a b c" d e', ["prog", "a b c", "d", "e"]),
+    (r'prog "ab\"c" "\\" d', ["prog", 'ab"c', "\\", "d"]),
+    (r'prog a\\\b d"e f"g h', ["prog", r"a\\\b", "de fg", "h"]),
+    (r'prog a\\\"b c d', ["prog", r'a\"b', "c", "d"]),
+    (r'prog a\\\\"b c" d e', ["prog", r"a\\b c", "d", "e"]),
+    # CommandLineToArgvW specifics: "" inside quotes is a literal quote; argv[0] takes no escapes
+    (r'prog "a""b"', ["prog", 'a"b']),
+    (r'"C:\Program Files\x\p.exe" /i', [r"C:\Program Files\x\p.exe", "/i"]),
+    (r'C:\dir\p.exe\ "x\"', ["C:\\dir\\p.exe\\", 'x"']),
+    ('prog ""', ["prog", ""]),
+    ("prog   a\t b  ", ["prog", "a", "b"]),
+    ("msiexec /i http://h/p.msi PROP=\"a b\"", ["msiexec", "/i", "http://h/p.msi", "PROP=a b"]),
+])
+def test_split_argv_follows_commandlinetoargvw(line, argv):
+    assert split_argv(line) == argv
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(alphabet=st.sampled_from(list('ab \\"\t=/:')), max_size=8), min_size=1, max_size=6),
+       st.text(alphabet=st.sampled_from(list("ab \\:.")), min_size=1, max_size=8).filter(lambda p: p[-1] != "\\"))
+def test_split_argv_inverts_list2cmdline(args, program):
+    # argv[0] takes no backslash escapes, so a program name ending in a backslash (no Windows file name
+    # does) is the one place list2cmdline's quoting and CommandLineToArgvW disagree
+    argv = [program] + args
+    assert split_argv(subprocess.list2cmdline(argv)) == argv
+
+
+def test_cmd_operators_and_quote_stripping():
+    assert split_cmd('echo a && exit 3 & echo "x&&y" || b') == [
+        ("", "echo a"), ("&&", "exit 3"), ("&", 'echo "x&&y"'), ("||", "b")]
+    assert cmd_strip_c(' "echo" hi "there"') == 'echo" hi "there'
+    assert cmd_strip_c(' "C:\\Program Files\\x.exe"') == '"C:\\Program Files\\x.exe"'
+
+
+# -- a host ------------------------------------------------------------------------------------
+class Reboots(list):
+    def __call__(self, seconds):
+        self.append((time.monotonic(), seconds))
+
+
+@pytest.fixture
+def reboots():
+    return Reboots()
+
+
+def make_host(tmp_path, reboots=None, name="ZAPP01", mode="real", **faults):
+    spec = FleetSpec(mode=mode, timing_default_s=0.05, timing_components={"zeo_server": 0.3})
+    return WindowsPersona(name, "127.0.0.7", tmp_path / name / "C", HostFaults(**faults), spec,
+                          reboots if reboots is not None else Reboots())
+
+
+@pytest.fixture
+def host(tmp_path, reboots):
+    return make_host(tmp_path, reboots)
+
+
+def test_basic_executables_answer_as_windows(host):
+    assert host.run("hostname") == ("ZAPP01\r\n", "", 0)
+    assert host.run("WHOAMI.EXE") == ("zapp01\\administrator\r\n", "", 0)
+    assert host.run(r"C:\WINDOWS\system32\whoami") == ("zapp01\\administrator\r\n", "", 0)
+    assert host.run("ver") == ("\r\nMicrosoft Windows [Version 6.3.9600]\r\n", "", 0)
+    assert host.run("cmd /c exit 7") == ("", "", 7)
+    assert host.run('cmd.exe /C "echo one && exit 4 && echo never"') == ("one\r\n", "", 4)
+    assert host.run("cmd /c exit 5 && echo no || echo alt & echo last") == ("alt\r\nlast\r\n", "", 0)
+    assert host.run("cmd /c exit 0 || echo x && echo y") == ("", "", 0)
+
+
+@pytest.mark.parametrize("line, shown", [
+    ("ipconfig /all", "ipconfig"),
+    ("Get-Service", "Get-Service"),
+    (r"C:\nowhere\tool.exe x", r"C:\nowhere\tool.exe"),
+    ("puppet agent -t", "puppet"),  # only after the Puppet agent MSI
+    ("cmd /c frobnicate", "frobnicate"),
+])
+def test_unknown_programs_fail_like_windows(host, line, shown):
+    assert host.run(line) == ("", NOT_RECOGNIZED.format(shown), 9009)
+
+
+def test_sandbox_is_c_drive_and_cannot_be_escaped(host, tmp_path):
+    (host.sandbox / "data").mkdir()
+    (host.sandbox / "data" / "Note.txt").write_bytes(b"hello\r\n")
+    (tmp_path / "secret.txt").write_text("outside")
+    assert host.run(r"type c:\DATA\note.TXT") == ("hello\r\n", "", 0)  # NTFS is case-insensitive
+    assert host.to_sandbox(r"C:\data\note.txt") == host.sandbox / "data" / "Note.txt"
+    for escape in (r"C:\..\..\secret.txt", r"..\..\..\..\..\secret.txt", r"D:\secret.txt", r"\\srv\share\x"):
+        out, err, code = host.run(f"type {escape}")
+        assert code == 1 and "outside" not in out, escape
+    (host.sandbox / "link").symlink_to(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        host.to_sandbox(r"C:\link\secret.txt")
+
+
+def test_powershell_encodedcommand_subset_and_clixml_errors(host):
+    from winrm import Session
+
+    def ps(script):
+        return host.run("powershell -NoProfile -encodedcommand " +
+                        base64.b64encode(script.encode("utf-16-le")).decode())
+
+    assert ps("Write-Output $env:COMPUTERNAME; Write-Host 'a b'\nexit 3") == ("ZAPP01\r\na b\r\n", "", 3)
+    assert ps('"host $env:COMPUTERNAME"') == ("host ZAPP01\r\n", "", 0)
+    out, err, code = ps("Write-Output 1; Get-ChildItem C:\\")
+    assert code == 1 and out == "1\r\n"
+    assert err.startswith("#< CLIXML\r\n")
+    # the real pywinrm turns it into readable text, as it does with Windows' own CLIXML
+    text = Session("http://unused", auth=("u", "p"))._clean_error_msg(err.encode()).decode()
+    assert "The term 'Get-ChildItem' is not recognized" in text and "CLIXML" not in text
+
+
+def test_command_handle_streams_and_terminates(tmp_path):
+    host = make_host(tmp_path, slow_command_s=30)
+    handle = host.start("hostname")
+    assert handle.read(0.2) == (b"", b"", None)  # still running: no exit code yet
+    handle.terminate()
+    handle.terminate()  # idempotent
+    assert handle.read(1) == (b"", b"", EXIT_TERMINATED)
+    quick = make_host(tmp_path, name="ZQUICK").start("echo hi")
+    out, code = b"", None
+    while code is None:
+        o, e, code = quick.read(1)
+        out += o
+    assert out == b"hi\r\n"
+
+
+def test_sc_query_unknown_service_is_1060(host):
+    out, err, code = host.run("sc query zope")
+    assert code == 1060
+    assert out == ("[SC] EnumQueryServicesStatus:OpenService FAILED 1060:\r\n\r\n"
+                   "The specified service does not exist as an installed service.\r\n\r\n")
+
+
+def test_shutdown_reboots_with_a_new_boot_time(tmp_path, reboots):
+    host = make_host(tmp_path, reboots, reboot_down_s=1.5)
+    first_boot = host.boot_time
+    assert host.run("shutdown /r /t 0") == ("", "", 0)
+    deadline = time.monotonic() + 5
+    while not reboots and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [s for _, s in reboots] == [1.5]
+    assert host.boot_time > first_boot and len(host.state()["boots"]) == 2
+    assert host.run("shutdown /r /t 60") == ("", "", 0)
+    assert host.run("shutdown /a") == ("", "", 0)
+    time.sleep(0.4)
+    assert len(reboots) == 1  # aborted
+    assert host.run("shutdown /a")[2] == 1116
+
+
+# -- msiexec, with packages over real HTTP ----------------------------------------------------------
+class PackageServer:
+    def __init__(self, root: Path, delay: float = 0.0):
+        outer = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def __init__(self, *a, **kw):
+                super().__init__(*a, directory=str(root), **kw)
+
+            def do_GET(self):
+                time.sleep(outer.delay)
+                super().do_GET()
+
+            def log_message(self, *a):
+                pass
+
+        self.delay = delay
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def packages(tmp_path):
+    root = tmp_path / "packages"
+    msilib.write_fake_msi(root / "puppet-agent-7.23.0-x64.msi")
+    msilib.write_fake_msi(root / "renamed.msi", product="Puppet Agent", version="6.28.0")
+    msilib.write_fake_msi(root / "zope.msi", product="Zope", version="5.8")
+    (root / "notamsi.msi").write_bytes(b"MZ\x90\x00 this is an exe")
+    server = PackageServer(root)
+    yield server
+    server.close()
+
+
+def install_cmd(url, log=r"C:\Windows\Temp\agent.log", **props):
+    props = props or {"PUPPET_SERVER": "127.0.0.1", "PUPPET_AGENT_CERTNAME": "zapp01.example.test",
+                      "PUPPET_AGENT_ENVIRONMENT": "personatest"}
+    return subprocess.list2cmdline(["msiexec", "/qn", "/norestart", "/i", url, *(f"{k}={v}" for k, v in props.items()),
+                                    "/l*v", log])
+
+
+def test_msiexec_installs_the_puppet_agent_over_http(host, packages):
+    assert host.run(install_cmd(packages.url + "/puppet-agent-7.23.0-x64.msi")) == ("", "", 0)
+    product = host.installed_products()["Puppet Agent"]
+    assert product["version"] == "7.23.0"
+    assert product["properties"]["PUPPET_AGENT_CERTNAME"] == "zapp01.example.test"
+    log = (host.sandbox / "Windows" / "Temp" / "agent.log").read_text()
+    assert "Installation completed successfully" in log and "MainEngineThread is returning 0" in log
+    assert host.run("puppet config print server") == ("127.0.0.1\r\n", "", 0)
+    assert host.run("PUPPET.BAT config print certname environment") == (
+        "certname = zapp01.example.test\r\nenvironment = personatest\r\n", "", 0)
+    assert host.run(r'"C:\Program Files\Puppet Labs\Puppet\bin\puppet.bat" --version') == ("7.23.0\r\n", "", 0)
+    out, _, code = host.run("sc query puppet")
+    assert code == 0 and "STATE              : 4  RUNNING" in out
+    assert host.run("puppet config set environment other") == ("", "", 0)
+    assert host.run("puppet config print environment")[0] == "other\r\n"
+    conf = host.sandbox / "ProgramData" / "PuppetLabs" / "puppet" / "etc" / "puppet.conf"
+    assert "environment=other" in conf.read_text()
+
+
+def test_agent_before_7_takes_puppet_master_server(tmp_path, packages):
+    old = make_host(tmp_path, name="ZOLD")
+    assert old.run(install_cmd(packages.url + "/renamed.msi", PUPPET_MASTER_SERVER="deploy01"))[2] == 0
+    assert old.run("puppet config print server")[0] == "deploy01\r\n"
+    new = make_host(tmp_path, name="ZNEW")  # 7.x ignores the old property name, as Windows Installer would
+    assert new.run(install_cmd(packages.url + "/puppet-agent-7.23.0-x64.msi", PUPPET_MASTER_SERVER="deploy01"))[2] == 0
+    assert new.run("puppet config print server")[0] == "puppet\r\n"
+
+
+@pytest.mark.parametrize("path, code, reason", [
+    ("/missing.msi", 1619, "HTTP 404"),
+    ("/notamsi.msi", 1620, "not an OLE2 compound document"),
+])
+def test_msiexec_package_failures(host, packages, path, code, reason):
+    assert host.run(install_cmd(packages.url + path))[2] == code
+    log = (host.sandbox / "Windows" / "Temp" / "agent.log").read_text()
+    assert reason in log and f"MainEngineThread is returning {code}" in log
+    assert host.installed_products() == {}
+    assert host.run("puppet --version")[2] == 9009
+
+
+def test_msiexec_unreachable_server_and_local_path_and_bad_log(host, packages, tmp_path):
+    assert host.run(install_cmd("http://127.0.0.1:9/p.msi"))[2] == 1619
+    assert "download failed" in (host.sandbox / "Windows" / "Temp" / "agent.log").read_text()
+    msilib.write_fake_msi(host.sandbox / "pkgs" / "zope.msi", product="Zope", version="5.8")
+    assert host.run(install_cmd(r"C:\pkgs\zope.msi", X="1"))[2] == 0
+    assert host.installed_products()["Zope"]["version"] == "5.8"
+    assert host.run(install_cmd(r"C:\pkgs\zope.msi", log=r"C:\no\such\dir\x.log", X="1"))[2] == 1622
+    assert host.run("msiexec /qn")[2] == 1639
+
+
+def test_msi_busy_fault_then_success(tmp_path, packages):
+    host = make_host(tmp_path, msi_busy_attempts=2)
+    url = packages.url + "/zope.msi"
+    assert [host.run(install_cmd(url, A="1"))[2] for _ in range(3)] == [1618, 1618, 0]
+    assert "Another installation is in progress" in (host.sandbox / "Windows" / "Temp" / "agent.log").read_text() \
+        or host.installed_products()["Zope"]
+
+
+@pytest.mark.parametrize("fault, norestart, code, rebooted", [
+    (3010, True, 3010, False), (1641, False, 1641, True), (1641, True, 3010, False), (1603, True, 1603, False)])
+def test_msi_exit_code_faults(tmp_path, packages, reboots, fault, norestart, code, rebooted):
+    host = make_host(tmp_path, reboots, msi_exit_code=fault, reboot_down_s=0.5)
+    line = install_cmd(packages.url + "/zope.msi", A="1")
+    if not norestart:
+        line = line.replace(" /norestart", "")
+    assert host.run(line)[2] == code
+    assert ("Zope" in host.installed_products()) == (code != 1603)
+    if code != 1641:  # 1641 reboots at once, which clears the pending reboot
+        assert host.state()["pending_reboot"] == (code == 3010)
+    time.sleep(0.5)
+    assert bool(reboots) == rebooted
+
+
+def test_one_msi_transaction_per_host(tmp_path, packages):
+    packages.delay = 0.6  # a slow download keeps the first transaction open
+    host = make_host(tmp_path)
+    url = packages.url + "/zope.msi"
+    handles = [host.start(install_cmd(url, log=fr"C:\Windows\Temp\{i}.log", A="1")) for i in range(4)]
+    codes = []
+    for h in handles:
+        code = None
+        while code is None:
+            code = h.read(2)[2]
+        codes.append(code)
+    assert sorted(codes) == [0, 1618, 1618, 1618]
+    other = make_host(tmp_path, name="ZOTHER")  # the mutex is per host: another host installs meanwhile
+    first = host.start(install_cmd(url, A="2"))
+    assert other.run(install_cmd(url, A="2"))[2] == 0
+    while first.read(2)[2] is None:
+        pass
+
+
+# -- puppet: the timing model (fast; also the run lock) ------------------------------------------------
+@pytest.fixture
+def timing_host(tmp_path, packages):
+    host = make_host(tmp_path, mode="timing", name="ZTIME", puppet_fail=("broken",))
+    assert host.run(install_cmd(packages.url + "/puppet-agent-7.23.0-x64.msi"))[2] == 0
+    return host
+
+
+def test_timing_model_changes_once_and_fails_named_components(timing_host):
+    h = timing_host
+    out, err, code = h.run("puppet agent --test --tags zeo_server,zope_app")
+    assert code == 2 and "timing model" in out
+    assert h.run("puppet agent --test --tags zeo_server,zope_app")[2] == 0  # idempotent
+    assert h.run("puppet agent -t --tags broken")[2] == 4
+    assert h.run("puppet agent -t --tags broken,catalog")[2] == 6
+    assert h.run("puppet agent --onetime --no-daemonize --tags broken")[2] == 1  # no --detailed-exitcodes
+    assert h.run("puppet agent -t --noop --tags newone")[2] == 0
+    runs = h.puppet.journal()
+    assert [r["exit_code"] for r in runs] == [2, 0, 4, 6, 1, 0]
+    assert runs[0]["components"]["zeo_server"]["outcome"] == "changed" and runs[0]["mode"] == "timing"
+    assert deployed_components(h.state_dir)[:3] == [(1, "zeo_server", "changed"), (1, "zope_app", "changed"),
+                                                   (2, "zeo_server", "unchanged")]
+    out, _, code = h.run("puppet agent --fingerprint")
+    assert code == 0 and out.startswith("(SHA256) ") and out == h.run("puppet agent --fingerprint")[0]
+
+
+def test_one_puppet_run_at_a_time(timing_host):
+    first = timing_host.start("puppet agent -t --tags zeo_server")  # takes 0.3 s in the timing model
+    time.sleep(0.1)
+    out, err, code = timing_host.run("puppet agent -t --tags zope_app")
+    assert code == 1
+    assert out == ("Notice: Run of Puppet configuration client already in progress; skipping  "
+                   "(C:/ProgramData/PuppetLabs/puppet/cache/state/agent_catalog_run.lock exists)\r\n")
+    code = None
+    while code is None:
+        code = first.read(2)[2]
+    assert code == 2
+    assert timing_host.run("puppet agent -t --tags zope_app")[2] == 2  # the lock is released after the run
+    assert [r["outcome"] for r in timing_host.puppet.journal()] == ["already_running", "changed", "changed"]
+
+
+def test_puppet_argument_errors(timing_host):
+    assert timing_host.run("puppet agent --frobnicate") == (
+        "", "Error: Could not parse application options: invalid option: --frobnicate\r\n", 1)
+    assert timing_host.run("puppet agent")[2] == 1
+    assert timing_host.run("puppet resource service")[2] == 1
+    assert timing_host.run("puppet config print nosuchsetting") == ("\r\n", "", 0)
+
+
+# -- puppet: the real agent against the real puppetserver --------------------------------------------
+SITE_PP = r"""# Test environment of tests/test_rehearsal_persona.py (issue 4, Windows persona).
+class zeo_server {
+  file { 'C:/zope': ensure => directory }
+  file { 'C:/zope/zeo.conf':
+    ensure  => file,
+    content => "zeo on ${facts['hostname']} family ${facts['os']['family']} release ${facts['os']['release']['full']}\n",
+    require => File['C:/zope'],
+  }
+  service { 'zeo': ensure => running, enable => true, subscribe => File['C:/zope/zeo.conf'] }
+}
+class zope_app {
+  file { 'C:/zope/app.conf': ensure => file, content => "app for ${trusted['certname']}\n" }
+  service { 'zope': ensure => running, enable => true }
+  exec { 'register zope': command => 'C:/zope/bin/register.exe', creates => 'C:/zope/registered.txt' }
+}
+node default {
+  include zeo_server
+  include zope_app
+  Class['zeo_server'] -> Class['zope_app']
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def persona_env(puppet_master, tmp_path_factory):
+    import shutil
+
+    if not shutil.which("puppet"):
+        pytest.skip("the Linux puppet agent is not installed (apt-get install puppet-agent)")
+    manifests = Path(puppet_master["environmentpath"]) / "personatest" / "manifests"
+    manifests.mkdir(parents=True, exist_ok=True)
+    if not (manifests / "site.pp").exists() or (manifests / "site.pp").read_text() != SITE_PP:
+        (manifests / "site.pp").write_text(SITE_PP)
+    # `puppetserver ca` finds the server through puppet.conf; point a private one at 127.0.0.1
+    conf = tmp_path_factory.mktemp("ca") / "puppet.conf"
+    conf.write_text(f"[main]\ncertname = {puppet_master['certname']}\nserver = 127.0.0.1\nca_server = 127.0.0.1\n"
+                    f"ssldir = {puppet_master['ssldir']}\n")
+    return {"ca_conf": str(conf)}
+
+
+def ca(env, *args):
+    return subprocess.run(["puppetserver", "ca", *args, "--config", env["ca_conf"]], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_real_puppet_handshake_catalog_and_emulated_apply(tmp_path, packages, persona_env):
+    certname = f"zpersona{int(time.time() * 1000) % 10**9}.example.test"
+    host = make_host(tmp_path, name="ZPERSONA")
+    assert host.run(install_cmd(packages.url + "/puppet-agent-7.23.0-x64.msi", PUPPET_SERVER="127.0.0.1",
+                                PUPPET_AGENT_CERTNAME=certname, PUPPET_AGENT_ENVIRONMENT="personatest"))[2] == 0
+    try:
+        # 1. CSR: the real agent makes the key and submits it; not signed yet
+        out, err, code = host.run("puppet agent -t --waitforcert 0")
+        assert code == 1
+        assert f"you might still need to sign this agent's certificate ({certname})" in out
+        assert "Exiting now because the waitforcert setting is set to 0." in err
+        assert "C:/ProgramData/PuppetLabs/puppet/etc" in out and str(tmp_path) not in out
+        # 2. the fingerprint on the node is the one the master lists
+        out, err, code = host.run("puppet agent --fingerprint")
+        assert code == 0 and out.startswith("(SHA256) ")
+        listing = ca(persona_env, "list")
+        assert certname in listing.stdout and out.split()[1] in listing.stdout
+        # 3. the master signs; the tagged run applies only that component
+        assert ca(persona_env, "sign", "--certname", certname).returncode == 0
+        out, err, code = host.run("puppet agent --test --tags zeo_server")
+        assert code == 2, (out, err)
+        conf = host.sandbox / "zope" / "zeo.conf"
+        # the server compiled the catalog from the persona's Windows facts
+        assert conf.read_text() == "zeo on zpersona family windows release 2012 R2\n"
+        assert not (host.sandbox / "zope" / "app.conf").exists()
+        assert "STATE              : 4  RUNNING" in host.run("sc query zeo")[0]
+        assert host.run("sc query zope")[2] == 1060
+        # 4. the whole catalog, in dependency order; then nothing left to change
+        out, err, code = host.run("puppet agent --test --detailed-exitcodes")
+        assert code == 2, (out, err)
+        assert (host.sandbox / "zope" / "app.conf").read_text() == f"app for {certname}\n"
+        assert (host.sandbox / "zope" / "registered.txt").exists()
+        assert host.run("puppet agent --test")[2] == 0
+        # 5. noop reports drift without touching it
+        conf.write_text("drifted\n")
+        out, _, code = host.run("puppet agent -t --noop --tags zeo_server")
+        assert code == 0 and "(noop)" in out and conf.read_text() == "drifted\n"
+        # 6. failures for a named component: 4, or 6 together with changes; dependants are skipped
+        host.faults.puppet_fail = ("zope_app",)
+        out, err, code = host.run("puppet agent -t")
+        assert code == 6, (out, err)
+        assert "emulated fault puppet_fail for component 'zope_app'" in err
+        host.faults.puppet_fail = ("zeo_server",)
+        out, err, code = host.run("puppet agent -t")
+        assert code == 4 and "Skipping because of failed dependencies" in err
+
+        runs = read_journal(host.state_dir)
+        assert [r["exit_code"] for r in runs] == [1, 2, 2, 0, 0, 6, 4]
+        assert runs[0]["outcome"] == "no_certificate"
+        assert runs[1]["tags"] == ["zeo_server"] and list(runs[1]["components"]) == ["zeo_server"]
+        assert runs[2]["component_order"] == ["zeo_server", "zope_app"]
+        assert runs[2]["components"]["zope_app"]["outcome"] == "changed"
+        assert runs[2]["components"]["zeo_server"]["outcome"] == "unchanged"
+        assert runs[6]["components"]["zope_app"]["outcome"] == "failed"  # skipped after zeo_server failed
+        applied = [(a["run"], a["resource"]) for a in host.puppet.applied()]
+        assert applied[:4] == [(2, "File[C:/zope]"), (2, "File[C:/zope/zeo.conf]"), (2, "Service[zeo]"),
+                               (3, "File[C:/zope/app.conf]")]
+        assert json.loads((host.state_dir / "puppet-journal.json").read_text())["runs"] == runs
+    finally:
+        ca(persona_env, "clean", "--certname", certname)
