@@ -485,6 +485,13 @@ class WindowsPersona:
             self._reboot_timer.start()
         return 0
 
+    def close(self) -> None:
+        """Cancel a pending reboot (the fleet calls this when it stops)."""
+        with self._lock:
+            timer, self._reboot_timer = self._reboot_timer, None
+        if timer is not None:
+            timer.cancel()
+
     def schedule_reboot(self, delay: float) -> None:
         """Reboot the host after ``delay`` s (what ``shutdown /r /t N`` and an MSI's 1641 do)."""
         with self._lock:
@@ -727,9 +734,7 @@ def _parse_msiexec(args: List[str]) -> Optional[dict]:
             i += 1
         else:
             return None
-        if opts["action"] is None and opts["package"] is None and i >= len(args):
-            return None
-    return opts
+    return opts if opts["action"] else None
 
 
 class _MsiLog:
