@@ -5,12 +5,14 @@ from __future__ import annotations
 from invoke import Collection
 
 from .. import settings
+from . import fleet as _fleet
 from . import inventory as _inventory
 
 ns = Collection()
 for _module in (_inventory,):
     for _task in _module.TASKS:
         ns.add_task(_task)
+ns.add_collection(_fleet.COLLECTION)
 
 # Every key is declared here, or Invoke ignores its INVOKE_DEPLOY_* env var.
 ns.configure({"deploy": settings.declared_defaults()})
