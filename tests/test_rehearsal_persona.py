@@ -414,6 +414,7 @@ def ca(env, *args):
                           timeout=120)
 
 
+@pytest.mark.integration
 def test_real_puppet_handshake_catalog_and_emulated_apply(tmp_path, packages, persona_env):
     certname = f"zpersona{int(time.time() * 1000) % 10**9}.example.test"
     host = make_host(tmp_path, name="ZPERSONA")
@@ -474,3 +475,49 @@ def test_real_puppet_handshake_catalog_and_emulated_apply(tmp_path, packages, pe
         assert json.loads((host.state_dir / "puppet-journal.json").read_text())["runs"] == runs
     finally:
         ca(persona_env, "clean", "--certname", certname)
+
+
+# -- the same persona behind the real WinRM endpoint and the real pywinrm client --------------------
+WINRM_HOSTS = [("ZAPP01", "127.0.0.71"), ("ZAPP02", "127.0.0.72")]
+
+
+def winrm_session(fleet, hostname, transport="basic", scheme="https"):
+    import winrm
+
+    return winrm.Session(fleet.endpoint(hostname, scheme), auth=(fleet.username, fleet.password),
+                         transport=transport, server_cert_validation="validate", ca_trust_path=str(fleet.ca_cert))
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("winrm_fleet", [{"inventory": WINRM_HOSTS, "spec": {
+    "mode": "timing", "timing": {"default_s": 1.5}, "hosts": {"ZAPP02": {"msi_busy_attempts": 1}}}}], indirect=True)
+def test_persona_through_pywinrm(winrm_fleet, packages):
+    s = winrm_session(winrm_fleet, "ZAPP01")
+    r = s.run_cmd("hostname")
+    assert (r.status_code, r.std_out) == (0, b"ZAPP01\r\n")
+    r = s.run_cmd("ipconfig", ["/all"])
+    assert r.status_code == 9009 and r.std_err.startswith(b"'ipconfig' is not recognized")
+    r = s.run_ps("Write-Output $env:COMPUTERNAME; exit 3")
+    assert (r.status_code, r.std_out) == (3, b"ZAPP01\r\n")
+    r = s.run_ps("Get-Service puppet")
+    assert r.status_code == 1 and b"The term 'Get-Service' is not recognized" in r.std_err
+    install = split_argv(install_cmd(packages.url + "/puppet-agent-7.23.0-x64.msi"))
+    assert s.run_cmd(install[0], install[1:]).status_code == 0
+    ntlm = winrm_session(winrm_fleet, "ZAPP02", transport="ntlm", scheme="http")  # with message encryption
+    assert [ntlm.run_cmd(install[0], install[1:]).status_code for _ in range(2)] == [1618, 0]
+    # two controllers start a Puppet run on the same host: one runs, the other meets the run lock
+    results = {}
+
+    def run(i):
+        results[i] = winrm_session(winrm_fleet, "ZAPP01").run_cmd("puppet", ["agent", "-t", "--tags", f"c{i}"])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    codes = sorted(r.status_code for r in results.values())
+    assert codes == [1, 2]
+    assert any(b"already in progress" in r.std_out for r in results.values())
+    host = winrm_fleet.host("ZAPP01").persona
+    assert [run["outcome"] for run in host.puppet.journal()] == ["already_running", "changed"]
