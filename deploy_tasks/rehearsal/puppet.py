@@ -365,9 +365,28 @@ class PuppetAgent:
             if code != 0 or not self.signed_cert(eff["certname"]):
                 self._record({**entry, "outcome": "no_certificate", "exit_code": 1, "finished": _now()})
                 return 1
-        catalog, problem = self._fetch_catalog(eff, opts)
+        node_env, problem = self._node_environment(eff)
+        if node_env is None:
+            ctx.err(f"Warning: Unable to fetch my node definition, but the agent run will continue:\n"
+                    f"Warning: {problem}\n")
+        elif node_env != eff["environment"]:
+            ctx.out(f"Notice: Local environment: '{eff['environment']}' doesn't match server specified node "
+                    f"environment '{node_env}', switching agent to '{node_env}'.\n")
+            eff["environment"] = node_env
         ctx.out(f"Info: Using environment '{eff['environment']}'\nInfo: Retrieving pluginfacts\n"
                 "Info: Retrieving plugin\nInfo: Loading facts\n")
+        catalog, problem = self._fetch_catalog(eff, opts)
+        tries = 0
+        while catalog is not None and catalog.get("environment") and catalog["environment"] != eff["environment"]:
+            if tries > 3:
+                catalog, problem = None, f"Catalog environment didn't stabilize after {tries} fetches, aborting run"
+                break
+            ctx.out(f"Notice: Local environment: '{eff['environment']}' doesn't match server specified environment "
+                    f"'{catalog['environment']}', restarting agent run with environment '{catalog['environment']}'\n")
+            eff["environment"] = catalog["environment"]
+            catalog, problem = self._fetch_catalog(eff, opts)
+            tries += 1
+        entry["environment"] = eff["environment"]
         if catalog is None:
             ctx.err(f"Error: Could not retrieve catalog from remote server: {problem}\n")
             ctx.out("Warning: Not using cache on failed catalog\n")
@@ -411,11 +430,36 @@ class PuppetAgent:
             except ValueError:
                 message = resp.text
             return None, f"Error {resp.status_code} on SERVER: {message}"
-        self._session_cert = (ssl, certname)
         try:
             return resp.json(), ""
         except ValueError:
             return None, "the server's catalog is not JSON"
+
+    def _node_environment(self, eff: Dict[str, str]) -> Tuple[Optional[str], str]:
+        """The environment the server assigns this node (``GET /puppet/v3/node``), as the agent asks first."""
+        import requests
+
+        ssl = self._real_dirs()["ssldir"]
+        certname = eff["certname"]
+        url = f"https://{eff['server']}:{eff['serverport']}/puppet/v3/node/{urllib.parse.quote(certname)}"
+        try:
+            resp = requests.get(url, params={"environment": eff["environment"], "configured_environment":
+                                             eff["environment"]}, timeout=60,
+                                cert=(str(ssl / "certs" / f"{certname}.pem"),
+                                      str(ssl / "private_keys" / f"{certname}.pem")),
+                                verify=str(ssl / "certs" / "ca.pem"), headers={"Accept": "application/json"})
+        except requests.RequestException as exc:
+            return None, f"Failed to open TCP connection to {eff['server']}:{eff['serverport']} ({exc})"
+        if resp.status_code != 200:
+            try:
+                message = resp.json().get("message", resp.text)
+            except ValueError:
+                message = resp.text
+            return None, f"Error {resp.status_code} on SERVER: {message}"
+        try:
+            return resp.json().get("environment") or eff["environment"], ""
+        except ValueError:
+            return None, "the server's node definition is not JSON"
 
     def fetch_file_content(self, eff: Dict[str, str], source: str) -> Optional[bytes]:
         """Fetch a ``puppet:///modules/...`` source with the node's certificate (the file_content API)."""
