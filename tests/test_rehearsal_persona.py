@@ -365,6 +365,8 @@ def test_puppet_argument_errors(timing_host):
         "", "Error: Could not parse application options: invalid option: --frobnicate\r\n", 1)
     assert timing_host.run("puppet agent")[2] == 1
     assert timing_host.run("puppet resource service")[2] == 1
+    assert timing_host.run("puppet ssl submit_request")[2] == 0  # the timing model counts certificates as signed
+    assert timing_host.run("puppet ssl frobnicate")[2] == 1
     assert timing_host.run("puppet config print nosuchsetting") == ("\r\n", "", 0)
 
 
@@ -436,6 +438,8 @@ def test_real_puppet_handshake_catalog_and_emulated_apply(tmp_path, packages, pe
         assert ca(persona_env, "sign", "--certname", certname).returncode == 0
         out, err, code = host.run("puppet agent --test --tags zeo_server")
         assert code == 2, (out, err)
+        out, err, code = host.run("puppet ssl verify")
+        assert code == 0 and f"Verified client certificate 'CN={certname}'" in out, (out, err)
         conf = host.sandbox / "zope" / "zeo.conf"
         # the server compiled the catalog from the persona's Windows facts
         assert conf.read_text() == "zeo on zpersona family windows release 2012 R2\n"

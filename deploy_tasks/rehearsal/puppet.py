@@ -195,7 +195,7 @@ class PuppetAgent:
     def main(self, ctx: "Command", args: List[str]) -> int:
         if not args or args[0] in ("help", "--help", "-h"):
             ctx.out("Usage: puppet <subcommand> [options] <action> [options]\n\n"
-                    "Emulated subcommands: agent, config, --version\n")
+                    "Emulated subcommands: agent, config, ssl, --version\n")
             return 0
         if args[0] in ("--version", "-V"):
             ctx.out((self.version() or "") + "\n")
@@ -204,7 +204,9 @@ class PuppetAgent:
             return self._agent(ctx, args[1:])
         if args[0] == "config":
             return self._config(ctx, args[1:])
-        ctx.err(f"Error: Unknown Puppet subcommand '{args[0]}' (the emulated persona has agent and config)\n")
+        if args[0] == "ssl":
+            return self._ssl(ctx, args[1:])
+        ctx.err(f"Error: Unknown Puppet subcommand '{args[0]}' (the emulated persona has agent, config and ssl)\n")
         return 1
 
     def _config(self, ctx: "Command", args: List[str]) -> int:
@@ -242,6 +244,24 @@ class PuppetAgent:
         ctx.err("Error: the emulated persona supports 'puppet config print <key>...' and "
                 "'puppet config set <key> <value>'\n")
         return 1
+
+    def _ssl(self, ctx: "Command", args: List[str]) -> int:
+        """``puppet ssl submit_request|bootstrap|download_cert|verify|show|clean``: the real agent's, per host."""
+        actions = ("submit_request", "generate_request", "bootstrap", "download_cert", "verify", "show", "clean")
+        if not args or args[0] not in actions:
+            ctx.err(f"Error: puppet ssl: unknown or missing action; use one of {', '.join(actions)}\n")
+            return 1
+        opts, problem = _parse_agent([a for a in args[1:] if not a.startswith("--localca")])
+        if opts is None:
+            ctx.err(f"Error: Could not parse application options: {problem}\n")
+            return 1
+        if self.mode == "timing":
+            ctx.out(f"Notice: (timing model) puppet ssl {args[0]}: certificates count as signed\n")
+            return 0
+        if not self._real_puppet():
+            return self._no_real_puppet(ctx)
+        extra = ["--waitforcert", opts.waitforcert] if opts.waitforcert is not None else []
+        return self._run_real(ctx, ["ssl", args[0], *extra], self._effective(opts))
 
     # -- puppet agent ------------------------------------------------------------------
     def _agent(self, ctx: "Command", args: List[str]) -> int:
