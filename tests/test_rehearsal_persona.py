@@ -268,6 +268,10 @@ def test_msiexec_unreachable_server_and_local_path_and_bad_log(host, packages, t
     msilib.write_fake_msi(host.sandbox / "pkgs" / "zope.msi", product="Zope", version="5.8")
     assert host.run(install_cmd(r"C:\pkgs\zope.msi", X="1"))[2] == 0
     assert host.installed_products()["Zope"]["version"] == "5.8"
+    assert host.run(install_cmd(r"C:\pkgs\zope.msi", SERVICE_PASSWORD="s3cr3t-value"))[2] == 0
+    log = (host.sandbox / "Windows" / "Temp" / "agent.log").read_text()
+    assert "SERVICE_PASSWORD" in log and "s3cr3t-value" not in log
+    assert "s3cr3t-value" not in host.state_file.read_text()
     assert host.run(install_cmd(r"C:\pkgs\zope.msi", log=r"C:\no\such\dir\x.log", X="1"))[2] == 1622
     assert host.run("msiexec /qn")[2] == 1639
 

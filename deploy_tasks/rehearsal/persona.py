@@ -557,7 +557,8 @@ class WindowsPersona:
             return msilib.ERROR_INSTALL_LOG_FAILURE
         log.line(f"=== Verbose logging started: {datetime.now():%m/%d/%Y  %H:%M:%S}  Build type: SHIP UNICODE "
                  f"5.00.9600.00  Calling process: {SYSTEM32}\\msiexec.exe ===")
-        log.line(f"MSI (c) Command Line: {' '.join(argv[1:])}")
+        shown = [re.sub(r"^([^=]*PASSWORD[^=]*=).*$", r"\1**********", a, flags=re.IGNORECASE) for a in argv[1:]]
+        log.line(f"MSI (c) Command Line: {' '.join(shown)}")  # hidden properties stay hidden, as in Windows' log
         busy = self.faults.take("msi_busy_attempts")
         if busy or not self._msi_mutex.acquire(blocking=False):
             log.line("MSI (c): Another installation is in progress (the _MSIExecute mutex is held).")
@@ -623,7 +624,8 @@ class WindowsPersona:
 
     def _install(self, package: msilib.Package, props: dict, source: str) -> None:
         def record(state: dict) -> None:
-            state["products"][package.product] = {"version": package.version, "properties": dict(props),
+            kept = {k: ("**********" if "PASSWORD" in k.upper() else v) for k, v in props.items()}  # no secrets at rest
+            state["products"][package.product] = {"version": package.version, "properties": kept,
                                                   "source": source, "installed_at": _now()}
             if package.is_puppet_agent:
                 settings = msilib.puppet_settings_from_properties(package.version, props)
