@@ -97,6 +97,18 @@ def test_basic_executables_answer_as_windows(host):
     assert host.run("cmd /c exit 0 || echo x && echo y") == ("", "", 0)
 
 
+def test_cmd_variables_and_redirection(host):
+    assert host.run("echo %COMPUTERNAME% %computername% %NOSUCH%") == ("ZAPP01 ZAPP01 %NOSUCH%\r\n", "", 0)
+    log = r"C:\Windows\Temp\out.txt"
+    assert host.run(f"echo one > {log} & echo two >> {log} & nosuch >> {log} 2>&1") == ("", "", 9009)
+    assert (host.sandbox / "Windows" / "Temp" / "out.txt").read_bytes() == (
+        b"one\r\ntwo\r\n" + NOT_RECOGNIZED.format("nosuch").encode())
+    assert host.run("nosuch 2>nul") == ("", "", 9009)
+    assert host.run("nosuch 2>&1") == (NOT_RECOGNIZED.format("nosuch"), "", 9009)
+    assert host.run(r'echo "a > b" > C:\no\such\dir\f.txt') == ("", "The system cannot find the path specified.\r\n", 1)
+    assert host.run(r'echo "a > b"') == ('"a > b"\r\n', "", 0)
+
+
 @pytest.mark.parametrize("line, shown", [
     ("ipconfig /all", "ipconfig"),
     ("Get-Service", "Get-Service"),

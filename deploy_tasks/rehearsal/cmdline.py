@@ -141,7 +141,7 @@ def split_cmd(line: str) -> List[Tuple[str, str]]:
         elif c == "^" and not quoted and i + 1 < n:
             cur.append(line[i + 1])
             i += 2
-        elif not quoted and c in "&|":
+        elif not quoted and c in "&|" and not (c == "&" and i > 0 and line[i - 1] == ">"):  # 2>&1 is no operator
             two = line[i : i + 2]
             if two in ("&&", "||"):
                 new_op, step = two, 2
@@ -158,3 +158,56 @@ def split_cmd(line: str) -> List[Tuple[str, str]]:
             i += 1
     parts.append((op, "".join(cur).strip(_WS)))
     return parts
+
+
+def split_redirections(text: str) -> Tuple[str, List[Tuple[int, str, str]]]:
+    """Take cmd.exe redirections out of a simple command: ``>f``, ``>>f``, ``2>f``, ``2>&1``, ``<f``.
+
+    Returns the command text without them and a list of (stream, mode, target):
+    stream 0 (stdin), 1 or 2; mode ``>``, ``>>``, ``<`` or ``>&`` (target then
+    the stream number it joins). Quoted text is left alone.
+    """
+    out: List[str] = []
+    redirs: List[Tuple[int, str, str]] = []
+    quoted = False
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == '"':
+            quoted = not quoted
+            out.append(c)
+            i += 1
+            continue
+        if quoted or c not in "<>" and not (c in "12" and i + 1 < n and text[i + 1] == ">"
+                                            and (i == 0 or text[i - 1] in _WS)):
+            out.append(c)
+            i += 1
+            continue
+        stream = 1
+        if c in "12":
+            stream = int(c)
+            i += 1
+            c = text[i]
+        if c == "<":
+            mode, i, stream = "<", i + 1, 0
+        elif text[i : i + 2] == ">>":
+            mode, i = ">>", i + 2
+        else:
+            mode, i = ">", i + 1
+        if mode == ">" and text[i : i + 1] == "&":
+            mode, i = ">&", i + 1
+        while i < n and text[i] in _WS:
+            i += 1
+        j = i
+        if j < n and text[j] == '"':
+            k = text.find('"', j + 1)
+            k = n if k < 0 else k + 1
+            target = text[j + 1 : k - 1] if k <= n and text[k - 1 : k] == '"' else text[j + 1 : k]
+        else:
+            k = j
+            while k < n and text[k] not in _WS and text[k] not in "<>":
+                k += 1
+            target = text[j:k]
+        redirs.append((stream, mode, target))
+        i = k
+    return "".join(out).strip(_WS), redirs

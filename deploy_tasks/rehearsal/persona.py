@@ -34,7 +34,7 @@ from xml.sax.saxutils import escape as xml_escape
 
 from . import msi as msilib
 from .base import RebootHook
-from .cmdline import cmd_strip_c, split_argv, split_cmd
+from .cmdline import cmd_strip_c, split_argv, split_cmd, split_redirections
 from .faults import FleetSpec, HostFaults
 
 ENCODING = "cp437"  # the OEM code page a WinRM shell's console output arrives in
@@ -290,7 +290,7 @@ class WindowsPersona:
 
     def _run_cmd_line(self, ctx: Command, line: str) -> int:
         """cmd.exe semantics: ``a & b`` binds loosest, then ``||``, then ``&&``; ``exit`` ends everything."""
-        parts = split_cmd(line)
+        parts = split_cmd(self.expand_variables(line))
         for i, (op, part) in enumerate(parts):
             if op == "|":
                 ctx.err("The emulated persona does not support pipes.\n")
@@ -325,7 +325,62 @@ class WindowsPersona:
                     break  # an || alternative succeeded
         return code
 
+    def expand_variables(self, line: str) -> str:
+        """cmd's ``%NAME%`` expansion (case-insensitive); an undefined variable stays as written."""
+        env = self.environment()
+        return re.sub(r"%([^%\s]+)%", lambda m: env.get(m.group(1).upper(), m.group(0)), line)
+
+    def environment(self) -> Dict[str, str]:
+        """The environment variables a new WinRM shell sees (upper-case names)."""
+        return {"COMPUTERNAME": self.hostname.upper(), "USERNAME": self.user, "USERDOMAIN": self.hostname.upper(),
+                "USERPROFILE": r"C:\Users\Administrator", "SYSTEMROOT": r"C:\Windows", "WINDIR": r"C:\Windows",
+                "SYSTEMDRIVE": "C:", "PROGRAMDATA": r"C:\ProgramData", "PROGRAMFILES": r"C:\Program Files",
+                "TEMP": r"C:\Users\ADMINI~1\AppData\Local\Temp", "TMP": r"C:\Users\ADMINI~1\AppData\Local\Temp",
+                "OS": "Windows_NT", "PROCESSOR_ARCHITECTURE": "AMD64", "PATHEXT": ".COM;.EXE;.BAT;.CMD",
+                "PATH": ";".join(self._state.get("path", _BASE_PATH)), "ERRORLEVEL": "0"}
+
     def _run_simple(self, ctx: Command, text: str):
+        text, redirs = split_redirections(text)
+        if not redirs:
+            return self._run_plain(ctx, text)
+        sink = _Redirected(ctx)
+        files: List[Tuple[int, str, Path]] = []
+        for stream, mode, target in redirs:
+            if mode == "<":
+                sink.stdin_file = target
+                continue
+            if mode == ">&":
+                if target not in ("1", "2"):
+                    ctx.err("The handle could not be duplicated\nduring redirection of handle %d.\n" % stream)
+                    return 1
+                sink.join(stream, int(target))
+                continue
+            if not target:
+                ctx.err("The syntax of the command is incorrect.\n")
+                return 1
+            if target.lower() in ("nul", "nul:"):
+                sink.discard(stream)
+                continue
+            try:
+                path = self.to_sandbox(target)
+            except FileNotFoundError:
+                ctx.err("The system cannot find the path specified.\n")
+                return 1
+            if not path.parent.is_dir():
+                ctx.err("The system cannot find the path specified.\n")
+                return 1
+            if path.is_dir():
+                ctx.err("Access is denied.\n")
+                return 1
+            files.append((stream, mode, path))
+            sink.capture(stream)
+        result = self._run_plain(sink, text)
+        for stream, mode, path in files:
+            with open(path, "ab" if mode == ">>" else "wb") as fh:
+                fh.write(sink.captured(stream))
+        return result
+
+    def _run_plain(self, ctx: Command, text: str):
         argv = split_argv(text)
         if not argv or not argv[0]:
             return 0
@@ -696,6 +751,51 @@ class WindowsPersona:
             ctx.err("The emulated persona runs powershell only with -EncodedCommand or -Command.\n")
             return 1
         return _MiniPowerShell(self, ctx).run(script)
+
+
+class _Redirected:
+    """A command's output streams after cmd.exe redirection (to a file, to NUL, or into each other)."""
+
+    def __init__(self, ctx):
+        self._ctx = ctx
+        self._route = {1: ("ctx", 1), 2: ("ctx", 2)}
+        self._buffers = {1: bytearray(), 2: bytearray()}
+        self.stdin_file: Optional[str] = None
+
+    def capture(self, stream: int) -> None:
+        self._route[stream] = ("buf", stream)
+
+    def discard(self, stream: int) -> None:
+        self._route[stream] = ("nul", stream)
+
+    def join(self, stream: int, into: int) -> None:
+        self._route[stream] = self._route[into]
+
+    def captured(self, stream: int) -> bytes:
+        return bytes(self._buffers[stream])
+
+    def _emit(self, stream: int, data: bytes) -> None:
+        kind, where = self._route[stream]
+        if kind == "ctx":
+            self._ctx.write_bytes(data, stderr=where == 2)
+        elif kind == "buf":
+            self._buffers[where].extend(data)
+
+    def out(self, text: str) -> None:
+        self._emit(1, crlf(text).encode(ENCODING, errors="replace"))
+
+    def err(self, text: str) -> None:
+        self._emit(2, crlf(text).encode(ENCODING, errors="replace"))
+
+    def write_bytes(self, data: bytes, stderr: bool = False) -> None:
+        self._emit(2 if stderr else 1, data)
+
+    @property
+    def cancelled(self) -> bool:
+        return self._ctx.cancelled
+
+    def sleep(self, seconds: float) -> bool:
+        return self._ctx.sleep(seconds)
 
 
 class _Exit:
