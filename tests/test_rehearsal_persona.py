@@ -175,6 +175,8 @@ def test_sc_query_unknown_service_is_1060(host):
 
 def test_shutdown_reboots_with_a_new_boot_time(tmp_path, reboots):
     host = make_host(tmp_path, reboots, reboot_down_s=1.5)
+    host.update_state(lambda s: s["services"].update({
+        "zope": {"state": "running", "start_type": "manual"}, "zeo": {"state": "stopped", "start_type": "automatic"}}))
     first_boot = host.boot_time
     assert host.run("shutdown /r /t 0") == ("", "", 0)
     deadline = time.monotonic() + 5
@@ -182,6 +184,7 @@ def test_shutdown_reboots_with_a_new_boot_time(tmp_path, reboots):
         time.sleep(0.05)
     assert [s for _, s in reboots] == [1.5]
     assert host.boot_time > first_boot and len(host.state()["boots"]) == 2
+    assert "1  STOPPED" in host.run("sc query zope")[0] and "4  RUNNING" in host.run("sc query zeo")[0]
     assert host.run("shutdown /r /t 60") == ("", "", 0)
     assert host.run("shutdown /a") == ("", "", 0)
     time.sleep(0.4)

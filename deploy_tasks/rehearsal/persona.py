@@ -36,6 +36,7 @@ from . import msi as msilib
 from .base import RebootHook
 from .cmdline import cmd_strip_c, split_argv, split_cmd, split_redirections
 from .faults import FleetSpec, HostFaults
+from .puppet import PuppetAgent
 
 ENCODING = "cp437"  # the OEM code page a WinRM shell's console output arrives in
 EXIT_NOT_RECOGNIZED = 9009
@@ -171,8 +172,6 @@ class WindowsPersona:
         self._state.setdefault("boots", []).append(self._state["boot_time"])
         self._lay_out_system()
         self._save_state()
-        from .puppet import PuppetAgent  # puppet.py imports this module's helpers
-
         self.puppet = PuppetAgent(self)
 
     # -- state -----------------------------------------------------------------
@@ -565,6 +564,8 @@ class WindowsPersona:
                 state["boot_time"] = boot
                 state.setdefault("boots", []).append(boot)
                 state["pending_reboot"] = False
+                for svc in state["services"].values():  # after a boot, automatic services run, others do not
+                    svc["state"] = "running" if svc.get("start_type") in ("automatic", "delayed") else "stopped"
 
             self.update_state(booted)
         self.on_reboot(down)
