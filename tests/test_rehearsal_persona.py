@@ -250,6 +250,7 @@ def test_msiexec_installs_the_puppet_agent_over_http(host, packages):
     assert host.run(r'"C:\Program Files\Puppet Labs\Puppet\bin\puppet.bat" --version') == ("7.23.0\r\n", "", 0)
     out, _, code = host.run("sc query puppet")
     assert code == 0 and "STATE              : 4  RUNNING" in out
+    assert host.run("puppet config print confdir")[0] == "C:/ProgramData/PuppetLabs/puppet/etc\r\n"
     assert host.run("puppet config set environment other") == ("", "", 0)
     assert host.run("puppet config print environment")[0] == "other\r\n"
     conf = host.sandbox / "ProgramData" / "PuppetLabs" / "puppet" / "etc" / "puppet.conf"
@@ -387,6 +388,16 @@ def test_puppet_argument_errors(timing_host):
     assert timing_host.run("puppet ssl submit_request")[2] == 0  # the timing model counts certificates as signed
     assert timing_host.run("puppet ssl frobnicate")[2] == 1
     assert timing_host.run("puppet config print nosuchsetting") == ("\r\n", "", 0)
+
+
+def test_real_mode_without_the_linux_agent_says_what_to_do(tmp_path, packages, monkeypatch):
+    from deploy_tasks.rehearsal.puppet import PuppetAgent
+
+    host = make_host(tmp_path)
+    assert host.run(install_cmd(packages.url + "/puppet-agent-7.23.0-x64.msi"))[2] == 0
+    monkeypatch.setattr(PuppetAgent, "_real_puppet", lambda self: None)
+    out, err, code = host.run("puppet agent -t --waitforcert 0")
+    assert code == 1 and "apt-get install puppet-agent" in err and "mode: timing" in err
 
 
 # -- puppet: the real agent against the real puppetserver --------------------------------------------
