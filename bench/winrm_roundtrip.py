@@ -171,6 +171,10 @@ def main() -> None:
                 results[(name, n)] = rate
                 print(f"{name:42s} {n:>3d} thr {rate:8.1f} cmd/s  {rate / baseline:.2f}x  server CPU {cpu:.2f}")
         top = max(threads)
+        for auth in ("Basic/HTTPS", "NTLM/HTTP + encryption"):
+            rc, rs = results.get((f"run_cmd        {auth}", top)), results.get((f"reused shell   {auth}", top))
+            if rc and rs:
+                print(f"reused shell vs run_cmd, {auth}, {top} threads: {rs / rc:.2f}x")
         basic = results.get(("reused shell   Basic/HTTPS", top))
         ntlm = results.get(("reused shell   NTLM/HTTP + encryption", top))
         if basic is not None and ntlm is not None:

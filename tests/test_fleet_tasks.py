@@ -38,7 +38,8 @@ def workbook(tmp_path, example_xlsx):
 
 
 def inv(cwd, *args, env=None):
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    full_env = {**os.environ, **(env or {})}
+    full_env.pop("PYTHONPATH", None)  # fleet.up itself makes the package importable by its background process
     return subprocess.run([INV, "-r", str(ROOT), *args], cwd=cwd, env=full_env, capture_output=True, text=True,
                           timeout=90)
 

@@ -302,8 +302,18 @@ def test_fault_host_down_refuses_connections(winrm_fleet):
         session(winrm_fleet).run_cmd("hostname")
     assert "refused" in str(err.value).lower()
     assert session(winrm_fleet, "ZAPP01").run_cmd("hostname").std_out == b"ZAPP01\r\n"  # the others are up
-    winrm_fleet.host("ZDB01").set_down(False)
+    host = winrm_fleet.host("ZDB01")
+    host.set_down(False)
     assert session(winrm_fleet).run_cmd("hostname").std_out == b"ZDB01\r\n"
+    # an outage in the middle of a command: the connection is cut, the shell and the command survive it
+    p = protocol(winrm_fleet)
+    shell = p.open_shell()
+    cid = p.run_command(shell, "sleep", ["1"])
+    host.set_down(True)
+    with pytest.raises(requests.exceptions.ConnectionError):
+        p.get_command_output(shell, cid)
+    host.set_down(False)
+    assert protocol(winrm_fleet).get_command_output(shell, cid) == (b"slept\r\n", b"", 0)
 
 
 @pytest.mark.parametrize("winrm_fleet", [fleet_params(spec={"hosts": {"ZDB01": {"latency_ms": 150}}})], indirect=True)
@@ -411,3 +421,17 @@ def test_fixture_from_a_workbook_and_a_spec(winrm_fleet):
         session(winrm_fleet, "ZWEB01").run_cmd("hostname")
     assert session(winrm_fleet, "ZWEB01").run_cmd("hostname").std_out == b"ZWEB01\r\n"
     assert session(winrm_fleet, "ZSVC01").run_cmd("hostname").std_out == b"ZSVC01\r\n"
+
+
+@pytest.mark.parametrize("winrm_fleet", [fleet_params(username="EXAMPLE\\deployer")], indirect=True)
+def test_domain_and_local_account_forms_of_the_user(winrm_fleet):
+    ca = str(winrm_fleet.ca_cert)
+    for user, transport, scheme in [("EXAMPLE\\deployer", "ntlm", "http"), ("ZDB01\\deployer", "ntlm", "http"),
+                                    ("deployer", "ntlm", "https"), ("EXAMPLE\\deployer", "basic", "https")]:
+        s = winrm.Session(winrm_fleet.endpoint("ZDB01", scheme), auth=(user, winrm_fleet.password), transport=transport,
+                          server_cert_validation="validate", ca_trust_path=ca)
+        assert s.run_cmd("hostname").std_out == b"ZDB01\r\n", (user, transport)
+    wrong_domain = winrm.Session(winrm_fleet.endpoint("ZDB01", "http"), auth=("OTHER\\deployer", winrm_fleet.password),
+                                 transport="ntlm", ca_trust_path=ca)
+    with pytest.raises(InvalidCredentialsError):
+        wrong_domain.run_cmd("hostname")

@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import re
 import socket
+import socketserver
 import ssl
 import struct
 import threading
@@ -215,16 +216,16 @@ class WinRMHost:
             servers.append(_Server((self.address, self.https_port), self, tls=True))
             self.https_port = servers[1].server_address[1]
         for server in servers:
-            threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
-                             name=f"winrm-{self.hostname}-{server.server_address[1]}", daemon=True).start()
+            server.acceptor = threading.Thread(target=server.accept_loop, daemon=True,
+                                               name=f"winrm-{self.hostname}-{server.server_address[1]}")
+            server.acceptor.start()
         self._servers = servers
         self._state = "running"
 
     def _unlisten(self) -> None:
         servers, self._servers = self._servers, []
         for server in servers:
-            server.shutdown()
-            server.server_close()
+            server.stop_accepting()
         with self._lock:
             conns = list(self._connections)
             self._connections.clear()
@@ -265,24 +266,27 @@ class WinRMHost:
 
         threading.Thread(target=go_down, name=f"reboot-{self.hostname}", daemon=True).start()
 
-    def _come_back(self) -> None:
+    def _come_back(self, rebooted: bool = True) -> None:
         if self._state != "down":
             return
-        self.boot_time = time.time()
+        if rebooted:
+            self.boot_time = time.time()
         try:
             self._listen()
         except OSError:
             self._state = "down"  # the address went away meanwhile: stay down
 
     def set_down(self, down: bool) -> None:
-        """Take the host off the network (connections refused) or bring it back."""
+        """Take the host off the network (connections refused, open connections cut) or bring it back.
+
+        A network outage, not a reboot: shells and running commands survive it.
+        """
         self.faults.down = down
         if down and self._state == "running":
             self._state = "down"
             self._unlisten()
-            self._drop_shells()
         elif not down and self._state == "down":
-            self._come_back()
+            self._come_back(rebooted=False)
 
     # -- connection bookkeeping ------------------------------------------------
     def _track(self, conn) -> None:
@@ -518,7 +522,40 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, address, host: WinRMHost, tls: bool):
         self.winrm = host
         self.tls = tls
+        self.closing = False
+        self.acceptor: Optional[threading.Thread] = None
         super().__init__(address, _Handler)
+
+    def server_bind(self):
+        # HTTPServer.server_bind does a reverse DNS lookup of the address: seconds each for 127.0.x.y without a name
+        socketserver.TCPServer.server_bind(self)
+        self.server_name = self.winrm.hostname
+        self.server_port = self.server_address[1]
+
+    def accept_loop(self) -> None:
+        """Accept connections until stop_accepting(); blocks in accept(), so an idle host costs no CPU.
+
+        (serve_forever would poll every host's sockets several times a second:
+        with hundreds of emulated hosts that alone keeps a core busy.)
+        """
+        while not self.closing:
+            try:
+                request, client_address = self.get_request()
+            except OSError:
+                if self.closing:
+                    return
+                continue
+            self.process_request(request, client_address)  # ThreadingMixIn: one thread per connection
+
+    def stop_accepting(self) -> None:
+        self.closing = True
+        try:
+            self.socket.shutdown(socket.SHUT_RDWR)  # wakes the accept() above
+        except OSError:
+            pass
+        self.server_close()
+        if self.acceptor is not None and self.acceptor is not threading.current_thread():
+            self.acceptor.join(5)
 
     def get_request(self):
         sock, addr = self.socket.accept()

@@ -120,8 +120,11 @@ def up(c, inventory=None, spec=None, allow_unencrypted=False, persona=None):
         argv.append("--allow-unencrypted")
     if persona:
         argv += ["--persona", persona]
+    # the fleet process imports this package from wherever this one was imported (inv -r from another directory)
+    project = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [project, os.environ.get("PYTHONPATH")])))
     with open(log_file, "wb") as log:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True, close_fds=True)
     record = {"pid": proc.pid, "start_time": _proc_start_time(proc.pid), "argv": argv}
     pid_file.write_text(json.dumps(record) + "\n")
