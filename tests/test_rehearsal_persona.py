@@ -562,3 +562,30 @@ def test_persona_through_pywinrm(winrm_fleet, packages):
     assert any(b"already in progress" in r.std_out for r in results.values())
     host = winrm_fleet.host("ZAPP01").persona
     assert [run["outcome"] for run in host.puppet.journal()] == ["already_running", "changed"]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("winrm_fleet", [{"inventory": [("ZREAL01", "127.0.0.73")]}],
+                         indirect=True)
+def test_real_puppet_handshake_through_pywinrm(winrm_fleet, packages, persona_env):
+    """The chain `inv bootstrap` and `inv deploy` drive: NTLM+encryption -> persona -> real agent and server."""
+    certname = f"zreal{int(time.time() * 1000) % 10**9}.example.test"
+    s = winrm_session(winrm_fleet, "ZREAL01", transport="ntlm", scheme="http")
+    install = split_argv(install_cmd(packages.url + "/puppet-agent-7.23.0-x64.msi", PUPPET_SERVER="127.0.0.1",
+                                     PUPPET_AGENT_CERTNAME=certname, PUPPET_AGENT_ENVIRONMENT="personatest"))
+    assert s.run_cmd(install[0], install[1:]).status_code == 0
+    try:
+        r = s.run_cmd("puppet", ["agent", "--test", "--waitforcert", "0"])
+        assert r.status_code == 1 and b"you might still need to sign" in r.std_out
+        node_fp = s.run_cmd("puppet", ["agent", "--fingerprint"]).std_out.split()[1].decode()
+        assert node_fp in ca(persona_env, "list").stdout
+        assert ca(persona_env, "sign", "--certname", certname).returncode == 0
+        r = s.run_cmd("puppet", ["agent", "--test", "--detailed-exitcodes", "--tags", "zeo_server"])
+        assert r.status_code == 2, (r.std_out, r.std_err)
+        assert b"4  RUNNING" in s.run_cmd("sc", ["query", "zeo"]).std_out
+        assert s.run_cmd("type", [r"C:\zope\zeo.conf"]).std_out == b"zeo on zreal01 family windows release 2012 R2\n"
+        persona = winrm_fleet.host("ZREAL01").persona
+        assert [(run["outcome"], run["component_order"]) for run in persona.puppet.journal()] == [
+            ("no_certificate", []), ("changed", ["zeo_server"])]
+    finally:
+        ca(persona_env, "clean", "--certname", certname)
