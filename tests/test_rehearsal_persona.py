@@ -257,6 +257,16 @@ def test_msiexec_installs_the_puppet_agent_over_http(host, packages):
     assert "environment=other" in conf.read_text()
 
 
+def test_names_resolve_through_the_hosts_file(host, packages):
+    url = packages.url.replace("127.0.0.1", "pkgs.example.test") + "/zope.msi"
+    assert host.run(install_cmd(url, A="1"))[2] == 1619  # no such name in DNS
+    assert "download failed" in (host.sandbox / "Windows" / "Temp" / "agent.log").read_text()
+    host.add_hosts_entry("PKGS.example.test", "127.0.0.1")
+    assert host.run(r"type C:\Windows\System32\drivers\etc\hosts")[0].endswith("127.0.0.1\tPKGS.example.test\r\n")
+    assert host.run(install_cmd(url, A="1"))[2] == 0
+    assert host.installed_products()["Zope"]["source"] == url
+
+
 def test_agent_before_7_takes_puppet_master_server(tmp_path, packages):
     old = make_host(tmp_path, name="ZOLD")
     assert old.run(install_cmd(packages.url + "/renamed.msi", PUPPET_MASTER_SERVER="deploy01"))[2] == 0
@@ -438,7 +448,7 @@ def persona_env(puppet_master, tmp_path_factory):
     conf = tmp_path_factory.mktemp("ca") / "puppet.conf"
     conf.write_text(f"[main]\ncertname = {puppet_master['certname']}\nserver = 127.0.0.1\nca_server = 127.0.0.1\n"
                     f"ssldir = {puppet_master['ssldir']}\n")
-    return {"ca_conf": str(conf)}
+    return {"ca_conf": str(conf), "master": puppet_master["certname"]}
 
 
 def ca(env, *args):
@@ -571,7 +581,9 @@ def test_real_puppet_handshake_through_pywinrm(winrm_fleet, packages, persona_en
     """The chain `inv bootstrap` and `inv deploy` drive: NTLM+encryption -> persona -> real agent and server."""
     certname = f"zreal{int(time.time() * 1000) % 10**9}.example.test"
     s = winrm_session(winrm_fleet, "ZREAL01", transport="ntlm", scheme="http")
-    install = split_argv(install_cmd(packages.url + "/puppet-agent-7.23.0-x64.msi", PUPPET_SERVER="127.0.0.1",
+    # the master by its inventory name, which the emulated host finds in its hosts file
+    winrm_fleet.host("ZREAL01").persona.add_hosts_entry(persona_env["master"], "127.0.0.1")
+    install = split_argv(install_cmd(packages.url + "/puppet-agent-7.23.0-x64.msi", PUPPET_SERVER=persona_env["master"],
                                      PUPPET_AGENT_CERTNAME=certname, PUPPET_AGENT_ENVIRONMENT="personatest"))
     assert s.run_cmd(install[0], install[1:]).status_code == 0
     try:
@@ -587,5 +599,6 @@ def test_real_puppet_handshake_through_pywinrm(winrm_fleet, packages, persona_en
         persona = winrm_fleet.host("ZREAL01").persona
         assert [(run["outcome"], run["component_order"]) for run in persona.puppet.journal()] == [
             ("no_certificate", []), ("changed", ["zeo_server"])]
+        assert s.run_cmd("puppet", ["config", "print", "server"]).std_out == persona_env["master"].encode() + b"\r\n"
     finally:
         ca(persona_env, "clean", "--certname", certname)

@@ -215,6 +215,12 @@ class WindowsPersona:
         for d in (r"C:\Windows\Temp", r"C:\ProgramData", r"C:\Program Files", r"C:\Users\Administrator",
                   r"C:\Users\Public"):
             self.to_sandbox(d).mkdir(parents=True, exist_ok=True)
+        hosts = self.to_sandbox(self.HOSTS_FILE)
+        if not hosts.exists():
+            hosts.parent.mkdir(parents=True, exist_ok=True)
+            hosts.write_bytes(b"# Copyright (c) 1993-2009 Microsoft Corp.\r\n#\r\n# This is a sample HOSTS file used by "
+                              b"Microsoft TCP/IP for Windows.\r\n#\r\n# localhost name resolution is handled within "
+                              b"DNS itself.\r\n")
         for folder, names in _SYSTEM_EXES.items():
             base = self.to_sandbox(folder)
             base.mkdir(parents=True, exist_ok=True)
@@ -262,6 +268,28 @@ class WindowsPersona:
         if real != root and not real.startswith(root + os.sep):
             raise FileNotFoundError(win_path)
         return current
+
+    # -- name resolution -------------------------------------------------------------
+    HOSTS_FILE = r"C:\Windows\System32\drivers\etc\hosts"
+
+    def resolve(self, name: str) -> str:
+        """The address the host's ``hosts`` file gives ``name`` (as Windows looks there before DNS), else ``name``."""
+        try:
+            text = self.to_sandbox(self.HOSTS_FILE).read_text(errors="replace")
+        except (FileNotFoundError, IsADirectoryError):
+            return name
+        for line in text.splitlines():
+            fields = line.split("#", 1)[0].split()
+            if len(fields) >= 2 and name.lower() in (f.lower() for f in fields[1:]):
+                return fields[0]
+        return name
+
+    def add_hosts_entry(self, name: str, address: str) -> None:
+        """Add ``address name`` to the host's ``C:\\Windows\\System32\\drivers\\etc\\hosts``."""
+        path = self.to_sandbox(self.HOSTS_FILE)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock, open(path, "a", newline="") as fh:
+            fh.write(f"{address}\t{name}\r\n")
 
     def to_windows(self, path: Path) -> str:
         rel = Path(path).relative_to(self.sandbox)
@@ -664,8 +692,14 @@ class WindowsPersona:
         if re.match(r"^https?://", source, re.IGNORECASE):
             import requests
 
+            url = urllib.parse.urlsplit(source)
+            address = self.resolve(url.hostname or "")
+            fetch, headers = source, {}
+            if address != url.hostname:  # named in the host's hosts file: connect to that address
+                netloc = address + (f":{url.port}" if url.port else "")
+                fetch, headers = urllib.parse.urlunsplit(url._replace(netloc=netloc)), {"Host": url.netloc}
             try:
-                resp = requests.get(source, timeout=30)
+                resp = requests.get(fetch, timeout=30, headers=headers)
             except requests.RequestException as exc:
                 return None, f"download failed: {type(exc).__name__}: {exc}"
             if resp.status_code != 200:

@@ -300,6 +300,8 @@ class PuppetAgent:
              "server": self.setting("server"), "environment": self.setting("environment"),
              "serverport": self.setting("serverport") or "8140"}
         s.update(opts.overrides)
+        # the Linux agent cannot read the emulated host's hosts file, so it is given the address
+        s["connect"] = self.persona.resolve(s["server"])
         return s
 
     # -- the real Linux agent ------------------------------------------------------
@@ -324,7 +326,7 @@ class PuppetAgent:
         conf = dirs["confdir"] / "puppet.conf"
         conf.write_text("[main]\n" + "".join(f"{k} = {dirs[k]}\n" for k in ("ssldir", "vardir", "logdir", "rundir",
                                                                           "codedir"))
-                        + f"color = false\nkeylength = 2048\ncertname = {eff['certname']}\nserver = {eff['server']}\n"
+                        + f"color = false\nkeylength = 2048\ncertname = {eff['certname']}\nserver = {eff['connect']}\n"
                         f"masterport = {eff['serverport']}\nenvironment = {eff['environment']}\n")
         cmd = [exe, *args, "--confdir", str(dirs["confdir"])]
         env = dict(os.environ, HOME=str(self.home), LANG="C.UTF-8")
@@ -433,7 +435,7 @@ class PuppetAgent:
                  "values": windows_facts(self.persona.hostname, certname, self.persona.address,
                                          eff["environment"], version),
                  "timestamp": _now(), "expiration": _now()}
-        url = f"https://{eff['server']}:{eff['serverport']}/puppet/v3/catalog/{urllib.parse.quote(certname)}"
+        url = f"https://{eff['connect']}:{eff['serverport']}/puppet/v3/catalog/{urllib.parse.quote(certname)}"
         # The agent URI-encodes the facts itself and the form encoding comes on top (Puppet::Configurer::FactHandler)
         data = {"facts_format": "application/json", "facts": urllib.parse.quote(json.dumps(facts)),
                 "transaction_uuid": hashlib.sha1(_now().encode()).hexdigest()}
@@ -461,7 +463,7 @@ class PuppetAgent:
 
         ssl = self._real_dirs()["ssldir"]
         certname = eff["certname"]
-        url = f"https://{eff['server']}:{eff['serverport']}/puppet/v3/node/{urllib.parse.quote(certname)}"
+        url = f"https://{eff['connect']}:{eff['serverport']}/puppet/v3/node/{urllib.parse.quote(certname)}"
         try:
             resp = requests.get(url, params={"environment": eff["environment"], "configured_environment":
                                              eff["environment"]}, timeout=60,
@@ -490,7 +492,7 @@ class PuppetAgent:
             return None
         ssl = self._real_dirs()["ssldir"]
         certname = eff["certname"]
-        url = f"https://{eff['server']}:{eff['serverport']}/puppet/v3/file_content/{m.group(1)}"
+        url = f"https://{eff['connect']}:{eff['serverport']}/puppet/v3/file_content/{m.group(1)}"
         try:
             resp = requests.get(url, params={"environment": eff["environment"]}, timeout=60,
                                 cert=(str(ssl / "certs" / f"{certname}.pem"),
