@@ -22,9 +22,16 @@ stripping rule and the ``&&``, ``||`` and ``&`` operators outside quotes.
 
 from __future__ import annotations
 
+import re
 from typing import List, Tuple
 
 _WS = " \t"
+ENCODING = "cp437"  # the OEM code page a WinRM shell's console output arrives in
+
+
+def crlf(text: str) -> str:
+    """Line ends as a Windows console writes them."""
+    return re.sub(r"\r?\n", "\r\n", text)
 
 
 def split_argv(line: str) -> List[str]:

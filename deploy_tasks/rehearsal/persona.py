@@ -7,10 +7,11 @@ rehearsal endpoint, meets the behaviour the product depends on:
 * command lines split by ``CommandLineToArgvW`` and run as cmd.exe runs them
   (``&&``, ``||``, ``&``, ``exit N``, ``cmd /c``); an unknown program answers
   ``'x' is not recognized as an internal or external command`` with exit 9009;
-* ``msiexec`` (real HTTP download, OLE2 check, the per-host MSI mutex -> 1618,
-  reboot codes), ``puppet`` (after the agent MSI; see ``puppet.py``),
-  ``shutdown /r``, ``sc query``, ``hostname``, ``whoami``, ``ver``, ``echo``,
-  ``type`` and a tiny honest subset of ``powershell -EncodedCommand``.
+* ``msiexec`` (``msiexec.py``: real HTTP download, OLE2 check, the per-host
+  MSI mutex -> 1618, reboot codes), ``puppet`` (``puppet.py``: after the agent
+  MSI), ``shutdown /r``, ``sc query``, ``hostname``, ``whoami``, ``ver``,
+  ``echo``, ``type``, redirection, ``%VAR%``, and a tiny honest subset of
+  ``powershell -EncodedCommand`` (``powershell.py``).
 
 A host's ``C:\\`` is its ``sandbox`` directory; its persistent state (installed
 products, services, emulated resources, the Puppet journal) lives in
@@ -19,30 +20,25 @@ products, services, emulated resources, the Puppet journal) lives in
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import os
 import re
 import threading
 import time
-import urllib.parse
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
-from xml.sax.saxutils import escape as xml_escape
 
-from . import msi as msilib
 from .base import RebootHook
-from .cmdline import cmd_strip_c, split_argv, split_cmd, split_redirections
+from .cmdline import ENCODING, cmd_strip_c, crlf, split_argv, split_cmd, split_redirections
 from .faults import FleetSpec, HostFaults
+from .msiexec import MsiExec
+from .powershell import run_powershell
 from .puppet import PuppetAgent
 
-ENCODING = "cp437"  # the OEM code page a WinRM shell's console output arrives in
 EXIT_NOT_RECOGNIZED = 9009
 EXIT_TERMINATED = 0xC000013A  # STATUS_CONTROL_C_EXIT, what a command killed by Signal reports
 WINDOWS_VERSION = "6.3.9600"
-PUPPET_BIN = r"C:\Program Files\Puppet Labs\Puppet\bin"
 SYSTEM32 = r"C:\Windows\System32"
 POWERSHELL_DIR = r"C:\Windows\System32\WindowsPowerShell\v1.0"
 _BASE_PATH = [SYSTEM32, r"C:\Windows", r"C:\Windows\System32\Wbem", POWERSHELL_DIR]
@@ -56,11 +52,6 @@ _CMD_BUILTINS = ("echo", "exit", "type", "ver")
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
-def crlf(text: str) -> str:
-    """Line ends as a Windows console writes them."""
-    return re.sub(r"\r?\n", "\r\n", text)
 
 
 class Command:
@@ -162,7 +153,6 @@ class WindowsPersona:
         self.state_dir = self.sandbox.parent / (self.sandbox.name + ".state")
         self.user = "administrator"
         self._lock = threading.RLock()
-        self._msi_mutex = threading.Lock()
         self._reboot_timer: Optional[threading.Timer] = None
         self.sandbox.mkdir(parents=True, exist_ok=True)
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -172,6 +162,7 @@ class WindowsPersona:
         self._state.setdefault("boots", []).append(self._state["boot_time"])
         self._lay_out_system()
         self._save_state()
+        self.msiexec = MsiExec(self)
         self.puppet = PuppetAgent(self)
 
     # -- state -----------------------------------------------------------------
@@ -630,163 +621,12 @@ class WindowsPersona:
     def _exe_puppet(self, ctx: Command, argv: List[str]) -> int:
         return self.puppet.main(ctx, argv[1:])
 
-    # -- msiexec -------------------------------------------------------------------
+    # -- msiexec and powershell (msiexec.py, powershell.py) ------------------------------
     def _exe_msiexec(self, ctx: Command, argv: List[str]) -> int:
-        opts = _parse_msiexec(argv[1:])
-        if opts is None or not opts.get("package"):
-            ctx.err(msilib.describe(msilib.ERROR_INVALID_COMMAND_LINE) + "\n")
-            return msilib.ERROR_INVALID_COMMAND_LINE
-        log = _MsiLog(self, opts.get("log"))
-        if not log.ok:
-            return msilib.ERROR_INSTALL_LOG_FAILURE
-        log.line(f"=== Verbose logging started: {datetime.now():%m/%d/%Y  %H:%M:%S}  Build type: SHIP UNICODE "
-                 f"5.00.9600.00  Calling process: {SYSTEM32}\\msiexec.exe ===")
-        shown = [re.sub(r"^([^=]*PASSWORD[^=]*=).*$", r"\1**********", a, flags=re.IGNORECASE) for a in argv[1:]]
-        log.line(f"MSI (c) Command Line: {' '.join(shown)}")  # hidden properties stay hidden, as in Windows' log
-        busy = self.faults.take("msi_busy_attempts")
-        if busy or not self._msi_mutex.acquire(blocking=False):
-            log.line("MSI (c): Another installation is in progress (the _MSIExecute mutex is held).")
-            return log.finish(msilib.ERROR_INSTALL_ALREADY_RUNNING, "emulated fault msi_busy_attempts" if busy
-                              else "another msiexec transaction runs on this host")
-        try:
-            return self._msi_transaction(ctx, opts, log)
-        finally:
-            self._msi_mutex.release()
+        return self.msiexec.run(ctx, argv)
 
-    def _msi_transaction(self, ctx: Command, opts: dict, log: "_MsiLog") -> int:
-        source = opts["package"]
-        data, why = self._fetch_package(source)
-        if data is None:
-            log.line(f"MSI (c): Note: 1: 1708 — could not open the package {source}: {why}")
-            return log.finish(msilib.ERROR_INSTALL_PACKAGE_OPEN_FAILED, why)
-        if not msilib.is_msi(data):
-            log.line(f"MSI (c): {source} is not an OLE2 compound document (first bytes {data[:8].hex()})")
-            return log.finish(msilib.ERROR_INSTALL_PACKAGE_INVALID, "not a Windows Installer package")
-        package = msilib.identify(data, urllib.parse.urlparse(source).path if "://" in source else source)
-        props = opts["properties"]
-        for key, value in props.items():
-            shown = "**********" if "PASSWORD" in key.upper() else value
-            log.line(f"MSI (s): PROPERTY CHANGE: Adding {key} property. Its value is '{shown}'.")
-        if opts["action"] == "uninstall":
-            return self._msi_uninstall(package, log)
-        if ctx.sleep(0.05):  # an install takes a moment; it is the window in which a second msiexec meets 1618
-            return log.finish(msilib.ERROR_INSTALL_FAILURE, "terminated")
-        fault = int(self.faults.msi_exit_code or 0)
-        if fault == msilib.ERROR_INSTALL_FAILURE:
-            log.line("MSI (s): Product: " + package.product + " -- Error 1722 (emulated fault msi_exit_code=1603).")
-            return log.finish(fault, "emulated fault msi_exit_code")
-        self._install(package, props, source)
-        log.line(f"MSI (s): Product: {package.product} -- Installation completed successfully.")
-        log.line(f"MSI (s): Windows Installer installed the product. Product Name: {package.product}. "
-                 f"Product Version: {package.version}. Installation success or error status: 0.")
-        code = fault if fault in (msilib.ERROR_SUCCESS_REBOOT_REQUIRED, msilib.ERROR_SUCCESS_REBOOT_INITIATED) else 0
-        if code == msilib.ERROR_SUCCESS_REBOOT_INITIATED and opts["norestart"]:
-            code = msilib.ERROR_SUCCESS_REBOOT_REQUIRED  # /norestart turns an initiated restart into "required"
-        if code:
-            self.update_state(lambda s: s.__setitem__("pending_reboot", True))
-        if code == msilib.ERROR_SUCCESS_REBOOT_INITIATED:
-            self.schedule_reboot(self.reboot_grace_s)
-        return log.finish(code, "")
-
-    def _fetch_package(self, source: str) -> Tuple[Optional[bytes], str]:
-        if re.match(r"^https?://", source, re.IGNORECASE):
-            import requests
-
-            url = urllib.parse.urlsplit(source)
-            address = self.resolve(url.hostname or "")
-            fetch, headers = source, {}
-            if address != url.hostname:  # named in the host's hosts file: connect to that address
-                netloc = address + (f":{url.port}" if url.port else "")
-                fetch, headers = urllib.parse.urlunsplit(url._replace(netloc=netloc)), {"Host": url.netloc}
-            try:
-                resp = requests.get(fetch, timeout=30, headers=headers)
-            except requests.RequestException as exc:
-                return None, f"download failed: {type(exc).__name__}: {exc}"
-            if resp.status_code != 200:
-                return None, f"download failed: HTTP {resp.status_code} from {source}"
-            return resp.content, ""
-        if "://" in source:
-            return None, f"unsupported URL scheme in {source}"
-        try:
-            return self.to_sandbox(source).read_bytes(), ""
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-            return None, f"the file {source} does not exist"
-
-    def _install(self, package: msilib.Package, props: dict, source: str) -> None:
-        def record(state: dict) -> None:
-            kept = {k: ("**********" if "PASSWORD" in k.upper() else v) for k, v in props.items()}  # no secrets at rest
-            state["products"][package.product] = {"version": package.version, "properties": kept,
-                                                  "source": source, "installed_at": _now()}
-            if package.is_puppet_agent:
-                settings = msilib.puppet_settings_from_properties(package.version, props)
-                settings.setdefault("certname", self.hostname.lower())
-                settings.setdefault("environment", "production")
-                state["puppet_settings"] = settings
-                if PUPPET_BIN not in state["path"]:
-                    state["path"].append(PUPPET_BIN)
-                startup = (props.get("PUPPET_AGENT_STARTUP_MODE") or "Automatic").lower()
-                state["services"]["puppet"] = {"display_name": "Puppet Agent", "installed_by": "msi",
-                                               "state": "stopped" if startup == "disabled" else "running",
-                                               "start_type": startup}
-
-        self.update_state(record)
-        if package.is_puppet_agent:
-            bindir = self.to_sandbox(PUPPET_BIN)
-            bindir.mkdir(parents=True, exist_ok=True)
-            (bindir / "puppet.bat").write_text("@echo off\r\nrem emulated Puppet agent (deploy_tasks rehearsal)\r\n")
-            self.puppet.write_windows_puppet_conf()
-
-    def _msi_uninstall(self, package: msilib.Package, log: "_MsiLog") -> int:
-        if package.product not in self.installed_products():
-            log.line("MSI (c): This action is only valid for products that are currently installed.")
-            return log.finish(1605, "product not installed")
-
-        def remove(state: dict) -> None:
-            state["products"].pop(package.product, None)
-            if package.is_puppet_agent:
-                state["services"].pop("puppet", None)
-                if PUPPET_BIN in state["path"]:
-                    state["path"].remove(PUPPET_BIN)
-
-        self.update_state(remove)
-        log.line(f"MSI (s): Product: {package.product} -- Removal completed successfully.")
-        return log.finish(0, "")
-
-    # -- powershell -------------------------------------------------------------
     def _exe_powershell(self, ctx: Command, argv: List[str]) -> int:
-        """A deliberately tiny PowerShell: Write-Output/Write-Host/echo, string literals, $env:X, exit N.
-
-        Anything else is answered with a PowerShell-style error as CLIXML on
-        stderr and exit 1, so a script the tool relies on cannot pass silently.
-        """
-        script = None
-        args = argv[1:]
-        i = 0
-        while i < len(args):
-            a = args[i].lower()
-            if a in ("-encodedcommand", "-enc", "-e", "-ec") and i + 1 < len(args):
-                try:
-                    script = base64.b64decode(args[i + 1], validate=True).decode("utf-16-le")
-                except (binascii.Error, UnicodeDecodeError):
-                    ctx.err("Cannot process the command because the value specified with -EncodedCommand is not "
-                            "properly encoded. The value must be Base64 encoded.\n")
-                    return 1
-                i += 2
-            elif a in ("-command", "-c"):
-                script = " ".join(args[i + 1 :])
-                break
-            elif a in ("-executionpolicy", "-ep", "-inputformat", "-outputformat", "-windowstyle"):
-                i += 2
-            elif a.startswith("-"):
-                i += 1
-            else:
-                script = " ".join(args[i:])
-                break
-        if script is None:
-            ctx.err("The emulated persona runs powershell only with -EncodedCommand or -Command.\n")
-            return 1
-        return _MiniPowerShell(self, ctx).run(script)
-
+        return run_powershell(self, ctx, argv)
 
 class _Redirected:
     """A command's output streams after cmd.exe redirection (to a file, to NUL, or into each other)."""
@@ -836,135 +676,3 @@ class _Redirected:
 class _Exit:
     def __init__(self, code: int):
         self.code = code
-
-
-def _parse_msiexec(args: List[str]) -> Optional[dict]:
-    opts = {"action": None, "package": None, "log": None, "quiet": False, "norestart": False, "properties": {}}
-    i = 0
-    while i < len(args):
-        a = args[i]
-        low = a.lower()
-        if low in ("/i", "/package", "-i"):
-            if i + 1 >= len(args):
-                return None
-            opts["action"], opts["package"] = "install", args[i + 1]
-            i += 2
-        elif low in ("/x", "/uninstall", "-x"):
-            if i + 1 >= len(args):
-                return None
-            opts["action"], opts["package"] = "uninstall", args[i + 1]
-            i += 2
-        elif low in ("/qn", "/quiet", "/q", "/qb", "/passive"):
-            opts["quiet"] = True
-            i += 1
-        elif low in ("/norestart", "/promptrestart", "/forcerestart"):
-            opts["norestart"] = low == "/norestart"
-            i += 1
-        elif re.match(r"^/l[*iwearucmopvx+!]*$", low):
-            if i + 1 >= len(args):
-                return None
-            opts["log"] = args[i + 1]
-            i += 2
-        elif "=" in a and not a.startswith("/"):
-            key, _, value = a.partition("=")
-            opts["properties"][key.upper()] = value
-            i += 1
-        else:
-            return None
-    return opts if opts["action"] else None
-
-
-class _MsiLog:
-    """The verbose log msiexec writes (``/l*v``), into the sandbox."""
-
-    def __init__(self, persona: WindowsPersona, win_path: Optional[str]):
-        self.path: Optional[Path] = None
-        self.ok = True
-        if win_path:
-            try:
-                path = persona.to_sandbox(win_path)
-            except FileNotFoundError:
-                self.ok = False
-                return
-            if not path.parent.is_dir():
-                self.ok = False
-                return
-            self.path = path
-            path.write_text("")
-
-    def line(self, text: str) -> None:
-        if self.path is not None:
-            with open(self.path, "a", newline="") as fh:
-                fh.write(crlf(text + "\n"))
-
-    def finish(self, code: int, why: str) -> int:
-        meaning = msilib.describe(code) or ""
-        if why:
-            self.line(f"MSI (c): {why}")
-        self.line(f"MSI (c): MainEngineThread is returning {code}: {meaning}")
-        self.line(f"=== Verbose logging stopped: {datetime.now():%m/%d/%Y  %H:%M:%S} ===")
-        return code
-
-
-class _MiniPowerShell:
-    _ENV = {"computername": lambda p: p.hostname.upper(), "username": lambda p: p.user,
-            "userdomain": lambda p: p.hostname.upper(), "systemroot": lambda p: r"C:\Windows",
-            "programdata": lambda p: r"C:\ProgramData", "temp": lambda p: r"C:\Users\ADMINI~1\AppData\Local\Temp"}
-    _NOOP = re.compile(r"^\$(ProgressPreference|ErrorActionPreference|VerbosePreference)\s*=\s*['\"]?\w+['\"]?$",
-                       re.IGNORECASE)
-
-    def __init__(self, persona: WindowsPersona, ctx: Command):
-        self.persona = persona
-        self.ctx = ctx
-
-    def run(self, script: str) -> int:
-        for raw in re.split(r"[\r\n;]+", script):
-            stmt = raw.strip()
-            if not stmt or stmt.startswith("#"):
-                continue
-            m = re.match(r"^exit(?:\s+(-?\d+))?$", stmt, re.IGNORECASE)
-            if m:
-                return int(m.group(1) or 0)
-            if self._NOOP.match(stmt):
-                continue
-            m = re.match(r"^(?:Write-Output|Write-Host|echo)\s+(.*)$", stmt, re.IGNORECASE)
-            value = self._value(m.group(1) if m else stmt)
-            if value is None:
-                self._error(stmt)
-                return 1
-            self.ctx.out(value + "\n")
-        return 0
-
-    def _value(self, expr: str) -> Optional[str]:
-        expr = expr.strip()
-        m = re.match(r"^\$env:(\w+)$", expr, re.IGNORECASE)
-        if m:
-            return self._env(m.group(1))
-        if len(expr) >= 2 and expr[0] == expr[-1] == "'":
-            return expr[1:-1].replace("''", "'")
-        if len(expr) >= 2 and expr[0] == expr[-1] == '"':
-            inner = expr[1:-1]
-            if re.search(r"\$(?!env:\w)|`", inner, re.IGNORECASE):
-                return None  # other variables and escapes are not emulated
-            return re.sub(r"\$env:(\w+)", lambda mm: self._env(mm.group(1)), inner, flags=re.IGNORECASE)
-        if re.match(r"^-?\d+$", expr):
-            return expr
-        return None
-
-    def _env(self, name: str) -> str:
-        fn = self._ENV.get(name.lower())
-        return fn(self.persona) if fn else ""
-
-    def _error(self, stmt: str) -> None:
-        word = stmt.split()[0] if stmt.split() else stmt
-        text = (f"{word} : The term '{word}' is not recognized as the name of a cmdlet, function, script file, "
-                "or operable program (the emulated Windows persona implements only Write-Output, Write-Host, "
-                "echo, string literals, $env:NAME and exit N). Check the spelling of the name, or if a path was "
-                "included, verify that the path is correct and try again.\n"
-                f"At line:1 char:1\n+ {stmt}\n+ ~~~~\n"
-                f"    + CategoryInfo          : ObjectNotFound: ({word}:String) [], CommandNotFoundException\n"
-                "    + FullyQualifiedErrorId : CommandNotFoundException\n")
-        objs = "".join(f'<S S="Error">{xml_escape(line)}_x000D__x000A_</S>' for line in text.splitlines())
-        clixml = ('#< CLIXML\r\n<Objs Version="1.1.0.1" xmlns="http://schemas.microsoft.com/powershell/2004/04">'
-                  + objs + "</Objs>")
-        self.ctx.write_bytes(clixml.encode("utf-8"), stderr=True)
