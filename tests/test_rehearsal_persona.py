@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import http.server
 import json
+import re
 import subprocess
 import threading
 import time
@@ -102,7 +103,7 @@ def test_cmd_variables_and_redirection(host):
     log = r"C:\Windows\Temp\out.txt"
     assert host.run(f"echo one > {log} & echo two >> {log} & nosuch >> {log} 2>&1") == ("", "", 9009)
     assert (host.sandbox / "Windows" / "Temp" / "out.txt").read_bytes() == (
-        b"one\r\ntwo\r\n" + NOT_RECOGNIZED.format("nosuch").encode())
+        b"one \r\ntwo \r\n" + NOT_RECOGNIZED.format("nosuch").encode())  # cmd keeps the space before '>'
     assert host.run("nosuch 2>nul") == ("", "", 9009)
     assert host.run("nosuch 2>&1") == (NOT_RECOGNIZED.format("nosuch"), "", 9009)
     assert host.run(r'echo "a > b" > C:\no\such\dir\f.txt') == ("", "The system cannot find the path specified.\r\n", 1)
@@ -424,7 +425,10 @@ class zeo_server {
 class zope_app {
   file { 'C:/zope/app.conf': ensure => file, content => "app for ${trusted['certname']}\n" }
   service { 'zope': ensure => running, enable => true }
-  exec { 'register zope': command => 'C:/zope/bin/register.exe', creates => 'C:/zope/registered.txt' }
+  exec { 'register zope':
+    command => 'C:\Windows\System32\cmd.exe /c echo registered > C:\zope\registered.txt',
+    creates => 'C:/zope/registered.txt',
+  }
 }
 node default {
   include zeo_server
@@ -490,7 +494,7 @@ def test_real_puppet_handshake_catalog_and_emulated_apply(tmp_path, packages, pe
         out, err, code = host.run("puppet agent --test --detailed-exitcodes")
         assert code == 2, (out, err)
         assert (host.sandbox / "zope" / "app.conf").read_text() == f"app for {certname}\n"
-        assert (host.sandbox / "zope" / "registered.txt").exists()
+        assert (host.sandbox / "zope" / "registered.txt").read_bytes() == b"registered \r\n"  # made by the exec
         assert host.run("puppet agent --test")[2] == 0
         # 5. noop reports drift without touching it
         conf.write_text("drifted\n")
@@ -600,5 +604,83 @@ def test_real_puppet_handshake_through_pywinrm(winrm_fleet, packages, persona_en
         assert [(run["outcome"], run["component_order"]) for run in persona.puppet.journal()] == [
             ("no_certificate", []), ("changed", ["zeo_server"])]
         assert s.run_cmd("puppet", ["config", "print", "server"]).std_out == persona_env["master"].encode() + b"\r\n"
+    finally:
+        ca(persona_env, "clean", "--certname", certname)
+
+
+# The shape of the product's own module (puppet/modules/product, product::component): an exec making the
+# install folder, the artifact downloaded from the package server with its sha256, the module's unzip.vbs
+# run by cscript, a parameters file and a service restarted when the release changes.
+PRODUCT_PP = r"""# Test environment of tests/test_rehearsal_persona.py (issue 4, Windows persona): product::component's pattern.
+define persona_component(String $artifact_url, String $sha256, String $version) {
+  $install_dir = "C:\\Product\\${title}"
+  $download = "${install_dir}\\downloads\\${title}.zip"
+  $release_dir = "${install_dir}\\${version}"
+  exec { "product ${title}: create ${install_dir}":
+    command => "C:\\Windows\\System32\\cmd.exe /c mkdir \"${install_dir}\"",
+    creates => $install_dir,
+  }
+  -> file { ["${install_dir}\\downloads", "${install_dir}\\etc"]: ensure => directory }
+  -> file { $download: ensure => file, source => $artifact_url, checksum => 'sha256', checksum_value => $sha256 }
+  -> file { "${install_dir}\\unzip.vbs": ensure => file, source => 'puppet:///modules/persona_fixture/unzip.vbs' }
+  -> exec { "product ${title}: unpack":
+    command => "C:\\Windows\\System32\\cscript.exe //nologo //B \"${install_dir}\\unzip.vbs\" \"${download}\" \"${release_dir}\"",
+    creates => "${release_dir}\\.unpacked",
+  }
+  file { "${install_dir}\\etc\\parameters.json":
+    ensure => file, content => "{\"version\": \"${version}\"}\n", require => File["${install_dir}\\etc"],
+  }
+  service { "Product_${title}":
+    ensure => running, enable => true,
+    subscribe => [Exec["product ${title}: unpack"], File["${install_dir}\\etc\\parameters.json"]],
+  }
+}
+node default {
+  persona_component { 'zeo_server': tag => 'zeo_server', artifact_url => '__URL__/zeo.zip', sha256 => '__SHA__',
+                      version => '1.0' }
+  persona_component { 'bad_sum': tag => 'bad_sum', artifact_url => '__URL__/zeo.zip', sha256 => '__BAD__',
+                      version => '1.0' }
+}
+"""
+UNZIP_VBS_HEAD = "' unzip.vbs ZIP DEST: unpack ZIP into DEST with the Windows shell (no PowerShell needed).\r\n"
+
+
+@pytest.mark.integration
+def test_real_puppet_product_component_pattern(tmp_path, packages, persona_env, puppet_master):
+    import hashlib
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "packages" / "zeo.zip", "w") as z:
+        z.writestr("bin/zeo.txt", "zeo release 1.0\n")
+    digest = hashlib.sha256((tmp_path / "packages" / "zeo.zip").read_bytes()).hexdigest()
+    env = Path(puppet_master["environmentpath"]) / "personaproduct"
+    (env / "manifests").mkdir(parents=True, exist_ok=True)
+    (env / "modules" / "persona_fixture" / "files").mkdir(parents=True, exist_ok=True)
+    (env / "modules" / "persona_fixture" / "files" / "unzip.vbs").write_text(UNZIP_VBS_HEAD)
+    (env / "manifests" / "site.pp").write_text(PRODUCT_PP.replace("__URL__", packages.url).replace("__SHA__", digest)
+                                               .replace("__BAD__", "0" * 64))
+    certname = f"zproduct{int(time.time() * 1000) % 10**9}.example.test"
+    host = make_host(tmp_path, name="ZPRODUCT")
+    assert host.run(install_cmd(packages.url + "/puppet-agent-7.23.0-x64.msi", PUPPET_SERVER="127.0.0.1",
+                                PUPPET_AGENT_CERTNAME=certname, PUPPET_AGENT_ENVIRONMENT="personaproduct"))[2] == 0
+    try:
+        assert host.run("puppet agent -t --waitforcert 0")[2] == 1
+        assert ca(persona_env, "sign", "--certname", certname).returncode == 0
+        out, err, code = host.run("puppet agent -t --tags zeo_server")
+        assert code == 2, (out, err)
+        release = host.sandbox / "Product" / "zeo_server" / "1.0"
+        assert (release / "bin" / "zeo.txt").read_text() == "zeo release 1.0\n" and (release / ".unpacked").exists()
+        assert "4  RUNNING" in host.run("sc query Product_zeo_server")[0]
+        assert re.search(r"Notice: /Stage\[main\]/\S*Persona_component\[zeo_server\]/Exec\[product zeo_server: unpack\]"
+                         r"/returns: executed successfully", out), out
+        assert host.run("puppet agent -t --tags zeo_server")[2] == 0  # checksum and creates: nothing to do
+        # a wrong sha256 fails the download, and what depends on it is skipped
+        out, err, code = host.run("puppet agent -t --tags bad_sum")
+        assert code == 6, (out, err)
+        assert "File written to disk did not match checksum" in err
+        assert not (host.sandbox / "Product" / "bad_sum" / "1.0").exists()
+        assert host.run("sc query Product_bad_sum")[2] == 1060
+        runs = host.puppet.journal()
+        assert runs[1]["component_order"] == ["zeo_server"] and runs[3]["components"]["bad_sum"]["outcome"] == "failed"
     finally:
         ca(persona_env, "clean", "--certname", certname)

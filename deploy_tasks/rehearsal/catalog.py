@@ -141,19 +141,22 @@ class CatalogApplier:
         k = key
         while k in parent:
             k = parent[k]
-            if k.startswith("Class[") and k not in ("Class[Settings]", "Class[main]"):
-                return k[6:-1].lower()
+            kind, _, title = k.partition("[")
+            if kind not in ("Class", "Stage", "Node"):
+                return title[:-1].lower()  # an instance of a defined type, e.g. Product::Component[zeo_server]
+            if kind == "Class" and k not in ("Class[Settings]", "Class[main]"):
+                return title[:-1].lower()
         return "main"
 
     def _path(self, key: str, parent: Dict[str, str]) -> str:
+        """Puppet's resource path: /Stage[main]/Main/Product::Component[x]/File[...]."""
         chain, k = [], key
         while k in parent:
             k = parent[k]
             if k.startswith("Class["):
                 name = k[6:-1]
-                if name != "main":
-                    chain.append("::".join(p.capitalize() for p in name.split("::")))
-            elif k.startswith("Stage["):
+                chain.append("::".join(p.capitalize() for p in name.split("::")))
+            else:
                 chain.append(k)
         return "/" + "/".join(list(reversed(chain)) + [key])
 
@@ -226,11 +229,23 @@ class CatalogApplier:
         path = self._sandbox_path(params.get("path", r["title"]))
         ensure = params.get("ensure")
         content = params.get("content")
-        if content is None and params.get("source"):
-            fetched = self.agent.fetch_file_content(self.eff, params["source"])
+        source = params.get("source")
+        source = source[0] if isinstance(source, list) and source else source
+        want_sum = params.get("checksum_value")
+        if content is None and source:
+            if want_sum and path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == want_sum:
+                return "unchanged", ""  # the checksum says the file is already right: nothing is fetched
+            if re.match(r"^https?://", source, re.IGNORECASE):
+                fetched, _why = self.persona.http_get(source)
+            else:
+                fetched = self.agent.fetch_file_content(self.eff, source)
             if fetched is None:
                 raise _ResourceError(f"Could not evaluate: Could not retrieve information from environment "
-                                     f"{self.eff['environment']} source(s) {params['source']}")
+                                     f"{self.eff['environment']} source(s) {source}")
+            got = hashlib.sha256(fetched).hexdigest()
+            if want_sum and got != want_sum:
+                raise _ResourceError(f"Could not evaluate: File written to disk did not match checksum; discarding "
+                                     f"changes ({{sha256}}{want_sum} vs {{sha256}}{got})")
             content = fetched
         if ensure is None:
             ensure = "file" if content is not None else ("present" if path.exists() else None)
@@ -308,9 +323,12 @@ class CatalogApplier:
         return results[0]
 
     def _apply_exec(self, r: dict, params: dict, where: str, refreshed: bool) -> Tuple[str, str]:
-        """Exec is not run; it is recorded. ``creates`` is honoured (and made, standing for what the command makes);
-        ``refreshonly`` runs only on an event; an exec guarded by ``unless``/``onlyif`` counts as satisfied after
-        its first run, since the guard cannot be evaluated here."""
+        """Exec runs its command on the emulated host, as CreateProcess would (no cmd.exe unless it names one).
+
+        ``creates``, ``unless``, ``onlyif``, ``refreshonly`` and ``returns`` are
+        Puppet's; a program the persona does not emulate fails the resource
+        with 9009, so an exec the product relies on cannot pass silently.
+        """
         command = params.get("command", r["title"])
         key = f"Exec[{r['title']}]"
         if params.get("refreshonly") in (True, "true") and not refreshed:
@@ -320,25 +338,35 @@ class CatalogApplier:
             for c in creates if isinstance(creates, list) else [creates]:
                 if self._sandbox_path(c).exists():
                     return "unchanged", ""
-        state = self.persona.state().get("execs", {})
-        if (params.get("unless") or params.get("onlyif")) and state.get(key, {}).get("command") == command \
-                and not refreshed:
+        if params.get("unless") and self._run(params["unless"])[0] == 0:
             return "unchanged", ""
-        result = self._change(where, "returns", "executed successfully", "current_value 'notrun', should be ['0']")
-        if not self.opts.noop:
-            if creates:
-                for c in creates if isinstance(creates, list) else [creates]:
-                    p = self._sandbox_path(c)
-                    p.parent.mkdir(parents=True, exist_ok=True)
-                    if not p.exists():
-                        p.write_text(f"created by the emulated exec {command}\r\n")
+        if params.get("onlyif") and self._run(params["onlyif"])[0] != 0:
+            return "unchanged", ""
+        if self.opts.noop:
+            return self._change(where, "returns", "", "current_value 'notrun', should be ['0']")
+        code, output = self._run(command)
+        returns = params.get("returns", [0])
+        allowed = [int(x) for x in (returns if isinstance(returns, list) else [returns])]
+        self.persona.update_state(lambda s: s.setdefault("execs", {}).__setitem__(
+            key, {"command": command, "exit_code": code, "last_run": _now(),
+                  "runs": s.get("execs", {}).get(key, {}).get("runs", 0) + 1}))
+        if code not in allowed:
+            for line in output.splitlines():
+                if line.strip():
+                    self.ctx.out(f"Notice: {where}/returns: {line}\n")
+            raise _ResourceError(f"change from 'notrun' to {[str(a) for a in allowed]} failed: '{command}' returned "
+                                 f"{code} instead of one of {allowed}")
+        return self._change(where, "returns", "executed successfully", "")
 
-            def put(s: dict) -> None:
-                runs = s.setdefault("execs", {}).get(key, {}).get("runs", 0)
-                s["execs"][key] = {"command": command, "runs": runs + 1, "last_run": _now()}
+    def _run(self, command: str) -> Tuple[int, str]:
+        """Run a command line on the emulated host: (exit code, its output)."""
+        from .persona import _Redirected  # here, not at the top: persona.py imports puppet.py, which imports this
 
-            self.persona.update_state(put)
-        return result
+        sink = _Redirected(self.ctx)
+        sink.capture(1)
+        sink.join(2, 1)
+        result = self.persona.run_process(sink, command)
+        return result, sink.captured(1).decode("cp437", "replace")
 
     def _apply_notify(self, r: dict, params: dict, where: str, refreshed: bool) -> Tuple[str, str]:
         message = params.get("message", r["title"])

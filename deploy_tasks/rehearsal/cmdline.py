@@ -217,4 +217,5 @@ def split_redirections(text: str) -> Tuple[str, List[Tuple[int, str, str]]]:
             target = text[j:k]
         redirs.append((stream, mode, target))
         i = k
-    return "".join(out).strip(_WS), redirs
+    # cmd keeps the space before a redirection: `echo x > f` writes "x \r\n"
+    return "".join(out).lstrip(_WS) if redirs else "".join(out).strip(_WS), redirs

@@ -101,21 +101,8 @@ class MsiExec:
 
     def _fetch_package(self, source: str) -> Tuple[Optional[bytes], str]:
         if re.match(r"^https?://", source, re.IGNORECASE):
-            import requests
-
-            url = urllib.parse.urlsplit(source)
-            address = self.persona.resolve(url.hostname or "")
-            fetch, headers = source, {}
-            if address != url.hostname:  # named in the host's hosts file: connect to that address
-                netloc = address + (f":{url.port}" if url.port else "")
-                fetch, headers = urllib.parse.urlunsplit(url._replace(netloc=netloc)), {"Host": url.netloc}
-            try:
-                resp = requests.get(fetch, timeout=30, headers=headers)
-            except requests.RequestException as exc:
-                return None, f"download failed: {type(exc).__name__}: {exc}"
-            if resp.status_code != 200:
-                return None, f"download failed: HTTP {resp.status_code} from {source}"
-            return resp.content, ""
+            data, why = self.persona.http_get(source)
+            return data, (f"download failed: {why}" if data is None else "")
         if "://" in source:
             return None, f"unsupported URL scheme in {source}"
         try:

@@ -23,8 +23,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import threading
 import time
+import urllib.parse
+import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
@@ -43,11 +46,11 @@ SYSTEM32 = r"C:\Windows\System32"
 POWERSHELL_DIR = r"C:\Windows\System32\WindowsPowerShell\v1.0"
 _BASE_PATH = [SYSTEM32, r"C:\Windows", r"C:\Windows\System32\Wbem", POWERSHELL_DIR]
 _SYSTEM_EXES = {
-    SYSTEM32: ("cmd.exe", "hostname.exe", "whoami.exe", "msiexec.exe", "sc.exe", "shutdown.exe"),
+    SYSTEM32: ("cmd.exe", "hostname.exe", "whoami.exe", "msiexec.exe", "sc.exe", "shutdown.exe", "cscript.exe"),
     POWERSHELL_DIR: ("powershell.exe",),
 }
 _PATHEXT = ("", ".com", ".exe", ".bat", ".cmd")
-_CMD_BUILTINS = ("echo", "exit", "type", "ver")
+_CMD_BUILTINS = ("echo", "exit", "type", "ver", "mkdir", "md")
 
 
 def _now() -> str:
@@ -282,6 +285,24 @@ class WindowsPersona:
         with self._lock, open(path, "a", newline="") as fh:
             fh.write(f"{address}\t{name}\r\n")
 
+    def http_get(self, url: str, timeout: float = 60) -> Tuple[Optional[bytes], str]:
+        """GET ``url`` over real HTTP as this host would (its hosts file first): (body, "") or (None, why)."""
+        import requests
+
+        parts = urllib.parse.urlsplit(url)
+        address = self.resolve(parts.hostname or "")
+        fetch, headers = url, {}
+        if address != parts.hostname:  # named in the host's hosts file: connect to that address
+            netloc = address + (f":{parts.port}" if parts.port else "")
+            fetch, headers = urllib.parse.urlunsplit(parts._replace(netloc=netloc)), {"Host": parts.netloc}
+        try:
+            resp = requests.get(fetch, timeout=timeout, headers=headers)
+        except requests.RequestException as exc:
+            return None, f"{type(exc).__name__}: {exc}"
+        if resp.status_code != 200:
+            return None, f"HTTP {resp.status_code} from {url}"
+        return resp.content, ""
+
     def to_windows(self, path: Path) -> str:
         rel = Path(path).relative_to(self.sandbox)
         return "C:\\" + "\\".join(rel.parts)
@@ -398,6 +419,15 @@ class WindowsPersona:
                 fh.write(sink.captured(stream))
         return result
 
+    def run_process(self, ctx, command_line: str) -> int:
+        """Start one program as CreateProcess does (no cmd.exe operators or built-ins); its exit code."""
+        argv = split_argv(command_line)
+        if argv and argv[0].lower() in _CMD_BUILTINS:
+            ctx.err(f"Could not find command '{argv[0]}' (a cmd.exe built-in: run it as cmd.exe /c {argv[0]})\n")
+            return EXIT_NOT_RECOGNIZED
+        result = self._run_plain(ctx, command_line)
+        return result.code if isinstance(result, _Exit) else result
+
     def _run_plain(self, ctx: Command, text: str):
         argv = split_argv(text)
         if not argv or not argv[0]:
@@ -490,6 +520,31 @@ class WindowsPersona:
                 continue
             ctx.write_bytes(data)
         return code
+
+    def _builtin_mkdir(self, ctx: Command, text: str, argv: List[str]) -> int:
+        if len(argv) < 2:
+            ctx.err("The syntax of the command is incorrect.\n")
+            return 1
+        code = 0
+        for name in argv[1:]:
+            try:
+                path = self.to_sandbox(name)
+            except FileNotFoundError:
+                ctx.err("The system cannot find the path specified.\n")
+                code = 1
+                continue
+            if path.exists():
+                ctx.err(f"A subdirectory or file {name} already exists.\n")
+                code = 1
+                continue
+            try:
+                path.mkdir(parents=True)  # command extensions: intermediate folders too
+            except (FileExistsError, NotADirectoryError):
+                ctx.err("The system cannot find the path specified.\n")
+                code = 1
+        return code
+
+    _builtin_md = _builtin_mkdir
 
     def _is_dir(self, name: str) -> bool:
         try:
@@ -616,6 +671,66 @@ class WindowsPersona:
         if args[0].lower() == "queryex":
             text += f"        PID                : {info.get('pid', 0) if running else 0}\n        FLAGS              : \n"
         ctx.out(text)
+        return 0
+
+    #: the product's unzip.vbs (puppet/modules/product/files), recognised by its first line
+    _UNZIP_VBS = re.compile(r"^' unzip\.vbs ZIP DEST", re.IGNORECASE)
+
+    def _exe_cscript(self, ctx: Command, argv: List[str]) -> int:
+        """cscript runs one script here: the product's unzip.vbs, emulated; any other script fails loudly."""
+        args = [a for a in argv[1:] if not a.startswith("//")]
+        logo = not any(a.lower() == "//nologo" for a in argv[1:])
+        if logo:
+            ctx.out("Microsoft (R) Windows Script Host Version 5.8\nCopyright (C) Microsoft Corporation. "
+                    "All rights reserved.\n\n")
+        if not args:
+            ctx.out("Usage: CScript scriptname.extension [option...] [arguments...]\n")
+            return 0
+        script, params = args[0], args[1:]
+        try:
+            text = self.to_sandbox(script).read_text(errors="replace")
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            ctx.err(f'Input Error: Can not find script file "{script}".\n')
+            return 1
+        if not self._UNZIP_VBS.match(text):
+            ctx.err(f"{script}: the emulated persona runs only the product's unzip.vbs with cscript; "
+                    "other scripts are not emulated\n")
+            return 1
+        return self._unzip_vbs(ctx, params)
+
+    def _unzip_vbs(self, ctx: Command, params: List[str]) -> int:
+        """unzip.vbs ZIP DEST: unpack into DEST.partial, rename to DEST, write DEST\\.unpacked (its exit codes)."""
+        if len(params) != 2:
+            ctx.out("usage: unzip.vbs ZIP DEST\n")
+            return 2
+        try:
+            zip_path, dest = self.to_sandbox(params[0]), self.to_sandbox(params[1])
+        except FileNotFoundError:
+            ctx.out(f"no such file: {params[0]}\n")
+            return 3
+        if not zip_path.is_file():
+            ctx.out(f"no such file: {params[0]}\n")
+            return 3
+        partial = dest.with_name(dest.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        try:
+            with zipfile.ZipFile(zip_path) as archive:
+                root = os.path.realpath(partial)
+                for member in archive.infolist():
+                    target = os.path.realpath(os.path.join(partial, member.filename.replace("\\", "/")))
+                    if target != root and not target.startswith(root + os.sep):
+                        raise zipfile.BadZipFile(f"entry {member.filename!r} points outside the folder")
+                archive.extractall(partial)
+        except (zipfile.BadZipFile, OSError) as exc:
+            # the Shell.Application copy fails with a dialog nobody sees; the script then waits forever
+            ctx.err(f"{params[0]}: not a zip archive the Windows shell can open ({exc})\n")
+            shutil.rmtree(partial, ignore_errors=True)
+            return 1
+        if dest.exists():
+            shutil.rmtree(dest)
+        partial.rename(dest)
+        (dest / ".unpacked").write_bytes(b"")
         return 0
 
     def _exe_puppet(self, ctx: Command, argv: List[str]) -> int:
