@@ -411,6 +411,82 @@ def test_real_mode_without_the_linux_agent_says_what_to_do(tmp_path, packages, m
     assert code == 1 and "apt-get install puppet-agent" in err and "mode: timing" in err
 
 
+# -- the emulated catalog application, on a canned catalog (the real server's catalogs: tests below) ----
+CMD = r"C:\Windows\System32\cmd.exe"
+
+
+def _res(kind, title, tags, **params):
+    return {"type": kind, "title": title, "tags": [kind.lower(), *tags], "exported": False, "parameters": params}
+
+
+CANNED = {
+    "name": "zcanned.example.test", "version": 42, "environment": "production",
+    "resources": [
+        _res("Stage", "main", []),
+        _res("Class", "B", ["class", "b"], require="Class[A]"),
+        _res("Exec", "bad", ["b"], command=r"C:\nope\tool.exe --go"),
+        _res("Service", "svc_b", ["b"], ensure="running", require="Exec[bad]"),
+        _res("Class", "A", ["class", "a"]),
+        _res("File", "C:/a/dir", ["a"], ensure="directory"),
+        _res("File", "C:/a/dir/f.txt", ["a"], ensure="file", content="x\n", require="File[C:/a/dir]"),
+        _res("Exec", "guarded", ["a"], command=CMD + " /c echo ran > C:\\a\\guarded.txt",
+             unless=CMD + " /c exit 0"),
+        _res("Exec", "onlyif", ["a"], command=CMD + " /c echo ran > C:\\a\\onlyif.txt", onlyif=CMD + " /c exit 1"),
+        _res("Exec", "refresh", ["a"], command=CMD + " /c echo hi >> C:\\a\\refreshed.txt", refreshonly=True,
+             subscribe=["File[C:/a/dir/f.txt]"]),
+        _res("Exec", "codes", ["a"], command=CMD + " /c echo x > C:\\a\\codes.txt & exit 3", returns=[0, 3],
+             creates="C:/a/codes.txt"),
+        _res("Exec", "builtin", ["c"], command="mkdir C:\\c"),
+    ],
+    "edges": [{"source": "Stage[main]", "target": "Class[B]"}, {"source": "Stage[main]", "target": "Class[A]"}]
+    + [{"source": "Class[B]", "target": t} for t in ("Exec[bad]", "Service[svc_b]")]
+    + [{"source": "Class[A]", "target": t} for t in ("File[C:/a/dir]", "File[C:/a/dir/f.txt]", "Exec[guarded]",
+                                                      "Exec[onlyif]", "Exec[refresh]", "Exec[codes]")],
+}
+
+
+@pytest.fixture
+def canned_host(tmp_path, packages, monkeypatch):
+    """A host whose Puppet server is replaced by a canned catalog: the apply semantics, without a server."""
+    host = make_host(tmp_path, name="ZCANNED")
+    assert host.run(install_cmd(packages.url + "/puppet-agent-7.23.0-x64.msi"))[2] == 0
+    agent = host.puppet
+    monkeypatch.setattr(agent, "_real_puppet", lambda: "/usr/bin/puppet")
+    monkeypatch.setattr(agent, "signed_cert", lambda certname: Path("/dev/null"))
+    monkeypatch.setattr(agent, "_node_environment", lambda eff: ("production", ""))
+    monkeypatch.setattr(agent, "_fetch_catalog", lambda eff, opts: (json.loads(json.dumps(CANNED)), ""))
+    return host
+
+
+def test_catalog_order_guards_refresh_and_failed_dependencies(canned_host):
+    h = canned_host
+    out, err, code = h.run("puppet agent -t --tags a,b")
+    assert code == 6, (out, err)  # changes and failures
+    run = h.puppet.journal()[-1]
+    status = {r["resource"]: r["status"] for r in run["resources"]}
+    assert status == {"File[C:/a/dir]": "changed", "File[C:/a/dir/f.txt]": "changed", "Exec[guarded]": "unchanged",
+                      "Exec[onlyif]": "unchanged", "Exec[refresh]": "changed", "Exec[codes]": "changed",
+                      "Exec[bad]": "failed", "Service[svc_b]": "skipped"}
+    # Class[B] requires Class[A]: A's resources come first although the catalog lists B first
+    assert run["component_order"] == ["a", "b"]
+    assert "'C:\\nope\\tool.exe --go' returned 9009 instead of one of [0]" in err
+    assert "Skipping because of failed dependencies" in err
+    assert (h.sandbox / "a" / "refreshed.txt").read_bytes() == b"hi \r\n"
+    assert not (h.sandbox / "a" / "guarded.txt").exists() and not (h.sandbox / "a" / "onlyif.txt").exists()
+    assert h.run("sc query svc_b")[2] == 1060
+    # again: the refreshonly exec has no event now; only the failure is left (exit 4)
+    assert h.run("puppet agent -t --tags a,b")[2] == 4
+    assert (h.sandbox / "a" / "refreshed.txt").read_bytes() == b"hi \r\n"
+    # CreateProcess has no cmd built-ins: an exec of bare `mkdir` fails as on Windows
+    out, err, code = h.run("puppet agent -t --tags c")
+    assert code == 4 and "Could not find command 'mkdir'" in out + err
+    # --noop reports what it would change and changes nothing
+    (h.sandbox / "a" / "dir" / "f.txt").write_text("drift")
+    out, err, code = h.run("puppet agent -t --noop --tags a")
+    assert code == 0 and "File[C:/a/dir/f.txt]/content: current_value" in out
+    assert (h.sandbox / "a" / "dir" / "f.txt").read_text() == "drift"
+
+
 # -- puppet: the real agent against the real puppetserver --------------------------------------------
 SITE_PP = r"""# Test environment of tests/test_rehearsal_persona.py (issue 4, Windows persona).
 class zeo_server {
