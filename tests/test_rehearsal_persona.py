@@ -258,6 +258,18 @@ def test_msiexec_installs_the_puppet_agent_over_http(host, packages):
     assert "environment=other" in conf.read_text()
 
 
+def test_upper_case_certname_is_refused_as_puppet_does(tmp_path, packages):
+    host = make_host(tmp_path, name="ZUPPER", mode="timing")
+    assert host.run(install_cmd(packages.url + "/puppet-agent-7.23.0-x64.msi", PUPPET_SERVER="127.0.0.1",
+                                PUPPET_AGENT_CERTNAME="ZUpper.example.test"))[2] == 0
+    out, err, code = host.run("puppet agent -t --tags a")
+    assert code == 1 and "Certificate names must be lower case" in err
+    assert host.puppet.journal() == []  # no run happened
+    assert host.run("puppet config set certname zupper.example.test")[2] == 1  # still refused while it is wrong
+    host.update_state(lambda s: s["puppet_settings"].update(certname="zupper.example.test"))
+    assert host.run("puppet agent -t --tags a")[2] == 2
+
+
 def test_names_resolve_through_the_hosts_file(host, packages):
     url = packages.url.replace("127.0.0.1", "pkgs.example.test") + "/zope.msi"
     assert host.run(install_cmd(url, A="1"))[2] == 1619  # no such name in DNS

@@ -122,7 +122,7 @@ def puppet_settings_from_properties(version: str, props: dict) -> dict:
     upper = {k.upper(): v for k, v in props.items()}
     settings = {"server": upper.get(server_property(version)) or "puppet"}
     if upper.get("PUPPET_AGENT_CERTNAME"):
-        settings["certname"] = upper["PUPPET_AGENT_CERTNAME"].lower()
+        settings["certname"] = upper["PUPPET_AGENT_CERTNAME"]  # not lowered: Puppet refuses upper case itself
     if upper.get("PUPPET_AGENT_ENVIRONMENT"):
         settings["environment"] = upper["PUPPET_AGENT_ENVIRONMENT"]
     if upper.get("PUPPET_CA_SERVER"):

@@ -192,6 +192,10 @@ class PuppetAgent:
 
     # -- entry point ------------------------------------------------------------
     def main(self, ctx: "Command", args: List[str]) -> int:
+        certname = self.setting("certname")
+        if certname != certname.lower() and args[:1] not in (["--version"], ["help"], []):
+            ctx.err("Error: Could not initialize global default settings: Certificate names must be lower case\n")
+            return 1
         if not args or args[0] in ("help", "--help", "-h"):
             ctx.out("Usage: puppet <subcommand> [options] <action> [options]\n\n"
                     "Emulated subcommands: agent, config, ssl, --version\n")
@@ -235,7 +239,7 @@ class PuppetAgent:
                 ctx.err(f"Warning: No such setting '{key}' (the emulated persona records it anyway)\n")
 
             def put(state: dict) -> None:
-                state.setdefault("puppet_settings", {})[key] = val.lower() if key == "certname" else val
+                state.setdefault("puppet_settings", {})[key] = val
 
             self.persona.update_state(put)
             self.write_windows_puppet_conf()
