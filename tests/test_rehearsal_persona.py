@@ -770,5 +770,14 @@ def test_real_puppet_product_component_pattern(tmp_path, packages, persona_env, 
         assert host.run("sc query Product_bad_sum")[2] == 1060
         runs = host.puppet.journal()
         assert runs[1]["component_order"] == ["zeo_server"] and runs[3]["components"]["bad_sum"]["outcome"] == "failed"
+        # a manifest that does not compile: the server's error, exit 1 even with --detailed-exitcodes
+        broken = Path(puppet_master["environmentpath"]) / "personabroken" / "manifests"
+        broken.mkdir(parents=True, exist_ok=True)
+        (broken / "site.pp").write_text("node default { fail('persona test: broken manifest') }\n")
+        out, err, code = host.run("puppet agent -t --environment personabroken")
+        assert code == 1
+        assert "Error: Could not retrieve catalog from remote server: Error 500 on SERVER:" in err
+        assert "persona test: broken manifest" in err and "Could not retrieve catalog; skipping run" in err
+        assert host.puppet.journal()[-1]["outcome"] == "error"
     finally:
         ca(persona_env, "clean", "--certname", certname)

@@ -414,7 +414,7 @@ class PuppetAgent:
         entry["environment"] = eff["environment"]
         if catalog is None:
             ctx.err(f"Error: Could not retrieve catalog from remote server: {problem}\n")
-            ctx.out("Warning: Not using cache on failed catalog\n")
+            ctx.err("Warning: Not using cache on failed catalog\n")
             ctx.err("Error: Could not retrieve catalog; skipping run\n")
             self._record({**entry, "outcome": "error", "message": problem, "exit_code": 1, "finished": _now()})
             return 1
