@@ -179,12 +179,17 @@ def test_shutdown_reboots_with_a_new_boot_time(tmp_path, reboots):
     host.update_state(lambda s: s["services"].update({
         "zope": {"state": "running", "start_type": "manual"}, "zeo": {"state": "stopped", "start_type": "automatic"}}))
     first_boot = host.boot_time
+    before = host.run("wmic os get LastBootUpTime")[0]
     assert host.run("shutdown /r /t 0") == ("", "", 0)
     deadline = time.monotonic() + 5
     while not reboots and time.monotonic() < deadline:
         time.sleep(0.05)
     assert [s for _, s in reboots] == [1.5]
+    out, _, code = host.run("wmic os get lastbootuptime /value")
+    assert code == 0 and out.strip().startswith("LastBootUpTime=")
+    assert out.strip()[len("LastBootUpTime="):][:14] == host.boot_time.replace("-", "").replace("T", "").replace(":", "")[:14]
     assert host.boot_time > first_boot and len(host.state()["boots"]) == 2
+    assert host.run("wmic os get LastBootUpTime")[0] != before and before.startswith("LastBootUpTime")
     assert "1  STOPPED" in host.run("sc query zope")[0] and "4  RUNNING" in host.run("sc query zeo")[0]
     assert host.run("shutdown /r /t 60") == ("", "", 0)
     assert host.run("shutdown /a") == ("", "", 0)

@@ -47,6 +47,7 @@ POWERSHELL_DIR = r"C:\Windows\System32\WindowsPowerShell\v1.0"
 _BASE_PATH = [SYSTEM32, r"C:\Windows", r"C:\Windows\System32\Wbem", POWERSHELL_DIR]
 _SYSTEM_EXES = {
     SYSTEM32: ("cmd.exe", "hostname.exe", "whoami.exe", "msiexec.exe", "sc.exe", "shutdown.exe", "cscript.exe"),
+    SYSTEM32 + r"\Wbem": ("wmic.exe",),
     POWERSHELL_DIR: ("powershell.exe",),
 }
 _PATHEXT = ("", ".com", ".exe", ".bat", ".cmd")
@@ -731,6 +732,34 @@ class WindowsPersona:
             shutil.rmtree(dest)
         partial.rename(dest)
         (dest / ".unpacked").write_bytes(b"")
+        return 0
+
+    def _exe_wmic(self, ctx: Command, argv: List[str]) -> int:
+        """``wmic os get <properties> [/value]``: LastBootUpTime, Caption, Version, CSName (nothing else)."""
+        args = [a.lower() for a in argv[1:]]
+        boot = datetime.fromisoformat(self.boot_time).astimezone(timezone.utc)
+        known = {"lastbootuptime": boot.strftime("%Y%m%d%H%M%S.%f") + "+000",
+                 "caption": "Microsoft Windows Server 2012 R2 Standard", "version": WINDOWS_VERSION,
+                 "csname": self.hostname.upper()}
+        names = {"lastbootuptime": "LastBootUpTime", "caption": "Caption", "version": "Version", "csname": "CSName"}
+        value_form = "/value" in args
+        args = [a for a in args if a != "/value"]
+        if len(args) < 3 or args[:2] != ["os", "get"]:
+            ctx.out(f"Node - {self.hostname.upper()}\r\nERROR:\r\nDescription = Invalid query\r\n\r\n")
+            ctx.err("(the emulated persona answers only: wmic os get LastBootUpTime,Caption,Version,CSName [/value])\n")
+            return 44135
+        props = [p for a in args[2:] for p in a.split(",") if p]
+        unknown = [p for p in props if p not in known]
+        if unknown:
+            ctx.out(f"Node - {self.hostname.upper()}\r\nERROR:\r\nDescription = Invalid query\r\n\r\n")
+            return 44135
+        props = sorted(props)  # wmic lists the properties in alphabetical order
+        if value_form:
+            ctx.out("\r\n\r\n" + "".join(f"{names[p]}={known[p]}\r\n" for p in props) + "\r\n\r\n")
+        else:
+            widths = [max(len(names[p]), len(known[p])) + 2 for p in props]
+            ctx.out("".join(names[p].ljust(w) for p, w in zip(props, widths)) + "\r\n"
+                    + "".join(known[p].ljust(w) for p, w in zip(props, widths)) + "\r\n\r\n")
         return 0
 
     def _exe_puppet(self, ctx: Command, argv: List[str]) -> int:
