@@ -83,8 +83,10 @@ class MsiExec:
         if ctx.sleep(0.05):  # an install takes a moment; it is the window in which a second msiexec meets 1618
             return log.finish(ERROR_INSTALL_FAILURE, "terminated")
         fault = int(self.persona.faults.msi_exit_code or 0)
-        if fault == ERROR_INSTALL_FAILURE:
-            log.line("MSI (s): Product: " + package.product + " -- Error 1722 (emulated fault msi_exit_code=1603).")
+        if fault and fault not in (ERROR_SUCCESS_REBOOT_REQUIRED, ERROR_SUCCESS_REBOOT_INITIATED):
+            # 1603 or any other failure code the spec names: the install fails with it and installs nothing
+            log.line(f"MSI (s): Product: {package.product} -- Installation failed "
+                     f"(emulated fault msi_exit_code={fault}).")
             return log.finish(fault, "emulated fault msi_exit_code")
         self._install(package, props, source)
         log.line(f"MSI (s): Product: {package.product} -- Installation completed successfully.")
