@@ -12,9 +12,10 @@ Spec file (YAML or JSON), every key optional:
         http_500: 1                # answer this many requests with HTTP 500 + a WSManFault
         auth_reject: false         # every request gets 401
         msi_busy_attempts: 2       # msiexec answers 1618 this many times first
-        msi_exit_code: 3010        # msiexec succeeds with 3010 (or 1641): reboot required
+        msi_exit_code: 3010        # msiexec succeeds with 3010 (or 1641): reboot required; 1603 (any other) fails
         puppet_fail: [zeo_server]  # puppet runs touching these components fail (exit 4/6 with --detailed-exitcodes)
         slow_command_s: 5          # every command takes at least this long (outlasts a short OperationTimeout)
+        reboot_down_s: 2           # after `shutdown /r` (or an MSI's 1641) the host is away this long
     timing:                        # mode timing only
       default_s: 2.0
       components: {zeo_server: 10.0}
@@ -45,6 +46,7 @@ class HostFaults:
     msi_exit_code: int = 0
     puppet_fail: tuple = ()
     slow_command_s: float = 0.0
+    reboot_down_s: float = 2.0  # issue 4 (persona): how long `shutdown /r` keeps the host away
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def take(self, counter: str) -> bool:
