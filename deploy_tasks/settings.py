@@ -136,6 +136,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("inventory", "str", "inventory/example.xlsx", "The inventory workbook (.xlsx or .xls).", workbook=False),
     Setting("build_dir", "str", "build", "Where generated files, state and reports go.", workbook=False),
     Setting("repository", "str", "build/repository", "The package repository directory on the controller: extract-artifacts writes it, nginx serves it.", workbook=False),
+    # -- issue 3: inv generate-config ------------------------------------------
+    Setting("puppet_dir", "str", "", "Where inv generate-config writes the Puppet code dir (environments/<env>/...); blank: <build_dir>/puppet.", workbook=False),
+    Setting("puppet_modules", "str", "puppet/modules", "Modules copied into the generated environment's modules/ (the example product module); blank: none.", workbook=False),
 )
 
 BY_NAME: Mapping[str, Setting] = {s.name: s for s in SETTINGS}
