@@ -86,7 +86,7 @@ def compare(rendered: Rendered, out_dir: Path) -> list:
     return sorted(changes, key=lambda c: c.path)
 
 
-def unified_diff(changes: list, out_dir: Path) -> str:
+def unified_diff(changes: list) -> str:
     """One unified diff over every change (binary files named, not shown)."""
     chunks = []
     for change in changes:
@@ -96,11 +96,11 @@ def unified_diff(changes: list, out_dir: Path) -> str:
         except UnicodeDecodeError:
             chunks.append(f"Binary file {change.path} {change.kind}\n")
             continue
-        label = Path(out_dir, change.path).as_posix()
+        # paths relative to the output dir, git style (apply there with patch -p1)
         chunks.extend(difflib.unified_diff(
             a.splitlines(keepends=True), b.splitlines(keepends=True),
-            fromfile="/dev/null" if change.kind == "added" else f"a/{label}",
-            tofile="/dev/null" if change.kind == "removed" else f"b/{label}",
+            fromfile="/dev/null" if change.kind == "added" else f"a/{change.path}",
+            tofile="/dev/null" if change.kind == "removed" else f"b/{change.path}",
         ))
         if chunks and not chunks[-1].endswith("\n"):
             chunks[-1] += "\n\\ No newline at end of file\n"

@@ -50,7 +50,7 @@ def generate_config(c, inventory=None, output=None, check=False, diff=False):
     if check:
         changes = compare(rendered, out_dir)
         if diff and changes:
-            sys.stdout.write(console.redact(unified_diff(changes, out_dir)))
+            sys.stdout.write(console.redact(unified_diff(changes)))
         if not changes:
             console.say(f"{env_dir}: up to date with {inv.source}")
             return
@@ -62,7 +62,7 @@ def generate_config(c, inventory=None, output=None, check=False, diff=False):
 
     result = write(rendered, out_dir, find_puppet())
     if diff and result.changes:
-        sys.stdout.write(console.redact(unified_diff(result.changes, out_dir)))
+        sys.stdout.write(console.redact(unified_diff(result.changes)))
     if result.check and not result.check.puppet:
         console.warn(result.check.summary)
     if result.written:
