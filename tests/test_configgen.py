@@ -298,3 +298,37 @@ def test_task_bad_output_dir_is_a_clear_error(tmp_path):
     result = inv("generate-config", "--output", str(blocker))
     assert result.returncode == 1
     assert "Traceback" not in result.stderr and str(blocker) in result.stderr
+
+
+def test_node_files_are_exactly_what_one_safe_dump_of_the_node_gives(hostile, tmp_path):
+    def use_class(rows):
+        for row in rows:
+            if row[0] == "zeo_server":
+                row[4] = "acme::zeo"
+        return rows
+    with_class = load_inventory(write_example_variant(tmp_path / "c.xlsx", components=use_class))
+    for inventory in (hostile, with_class):
+        r = render(inventory, settings_for(inventory))
+        nodes = [p for p in r.files if "/data/nodes/" in p]
+        assert len(nodes) == 6
+        for path in nodes:
+            whole = yaml.safe_load(r.files[path])
+            header = r.files[path].split("\n", 1)[0] + "\n"
+            assert r.files[path] == header + yaml.safe_dump(whole, sort_keys=False, allow_unicode=True,
+                                                            default_flow_style=False, width=1 << 16)
+
+
+def test_yaml_read_back_names_the_workbook_cell_of_a_value_that_changed(hostile, tmp_path):
+    from deploy_tasks.configgen.check import check_yaml
+    r = render(hostile, settings_for(hostile))
+    path = f"{ENV}/data/nodes/zsvc01.example.test.yaml"
+    # simulate an emitter that loses a character of the banner: text and parts disagree with the data
+    r.parts[path] = [(text.replace("line 2", "line two"), data, indent) for text, data, indent in r.parts[path]]
+    r.files[path] = r.files[path].replace("line 2", "line two")
+    for rel, text in r.files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(text.encode())
+    with pytest.raises(ConfigError) as err:
+        check_yaml(r, tmp_path)
+    assert "zsvc01.example.test.yaml: reads back differently" in str(err.value)
+    assert "parameters.banner" in str(err.value) and "Parameters row 7 (host:ZSVC01 banner)" in str(err.value)

@@ -28,6 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 ENVIRONMENT = "gentest"
 DOMAIN = "gentest.test"
 ZEO_SHA = "5e" * 32
+pytestmark = pytest.mark.integration
+
 HOSTS = ("ZDB01", "ZAPP01", "ZAPP02", "ZSRCH01", "ZSVC01", "ZWEB01")
 
 

@@ -21,7 +21,7 @@ from typing import Optional
 import yaml
 
 from ..errors import ConfigError
-from .render import Rendered
+from .render import COMPONENTS_KEY, Rendered
 
 _LOCATION = re.compile(r"\(file: (?P<file>[^,]+), line: (?P<line>\d+)(?:, column: (?P<col>\d+))?\)")
 
@@ -48,24 +48,72 @@ def find_puppet(puppet: Optional[str] = None) -> Optional[str]:
     return shutil.which(puppet or "puppet")
 
 
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's parser when present: same result, faster
+
+
+def _load(text: str):
+    return yaml.load(text, Loader=_Loader)
+
+
 def check_yaml(rendered: Rendered, root: Path, label: str = "") -> None:
-    """Read every YAML file under ``root`` back; it must load to exactly the data dumped."""
+    """Read every YAML file under ``root`` back: the bytes must be those rendered, and they must load
+    to exactly the data dumped.
+
+    A node file is made of parts, each one ``yaml.safe_dump`` output (see
+    render._add_node_yaml); every distinct part is loaded once and compared with
+    its data, and the first node file is also loaded whole, as a check that the
+    parts compose into the same document.
+    """
     problems = []
+    checked_parts: dict = {}
+    whole_loaded = False
     for rel in rendered.yaml_files:
         path = root / rel
         try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+            text = path.read_bytes().decode("utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(f"{label}{rel}: cannot be read back: {exc}")
+            continue
+        if text != rendered.files[rel]:
+            problems.append(f"{label}{rel}: reads back different bytes from those written")
+            continue
+        parts = rendered.parts.get(rel)
+        try:
+            if parts is None or not whole_loaded:
+                loaded = _load(text)
+                expected = rendered.data.get(rel) if parts is None else _merge(parts)
+                if expected is None:  # hiera.yaml: compare with a fresh parse of the text rendered
+                    expected = _load(rendered.files[rel])
+                if loaded != expected:
+                    problems.append(f"{label}{rel}: reads back differently from what was written: "
+                                    + _first_difference(expected, loaded, rendered.value_origin.get(rel, {})))
+                    continue
+                whole_loaded = whole_loaded or parts is not None
+            for part_text, data, indent in parts or ():
+                ok = checked_parts.get(part_text)
+                if ok is None:
+                    ok = checked_parts[part_text] = _load(part_text) == data
+                if not ok:
+                    loaded = _load(part_text)
+                    nested = (COMPONENTS_KEY,) if indent else ()
+                    problems.append(f"{label}{rel}: reads back differently from what was written: "
+                                    + _first_difference(data, loaded, rendered.value_origin.get(rel, {}), nested))
+                    break
         except yaml.YAMLError as exc:
             problems.append(f"{label}{rel}: does not read back as YAML: {exc}")
-            continue
-        expected = rendered.data.get(rel)
-        if expected is None:  # hiera.yaml: compare with a fresh parse of the text
-            expected = yaml.safe_load(rendered.files[rel])
-        if loaded != expected:
-            problems.append(f"{label}{rel}: reads back differently from what was written: " + _first_difference(
-                expected, loaded, rendered.value_origin.get(rel, {})))
     if problems:
         raise ConfigError("generated YAML failed its read-back check:\n  - " + "\n  - ".join(problems))
+
+
+def _merge(parts: list) -> dict:
+    """The whole document the parts of a node file stand for."""
+    doc: dict = {}
+    for _, data, indent in parts:
+        if indent:
+            doc.setdefault(COMPONENTS_KEY, {}).update(data)
+        else:
+            doc.update(data)
+    return doc
 
 
 def _first_difference(expected, loaded, origin: dict, path=()) -> str:

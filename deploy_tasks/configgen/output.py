@@ -139,7 +139,7 @@ class _Relocated(Rendered):
         strip = lambda d: {k[len(prefix):]: v for k, v in d.items()}  # noqa: E731
         super().__init__(env_dir="", files=strip(rendered.files), data=strip(rendered.data),
                          warnings=rendered.warnings, line_origin=strip(rendered.line_origin),
-                         value_origin=strip(rendered.value_origin))
+                         value_origin=strip(rendered.value_origin), parts=strip(rendered.parts))
 
 
 def _fill(rendered: Rendered, staging: Path, env_dir: Path, changed: set) -> None:

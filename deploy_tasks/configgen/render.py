@@ -47,6 +47,9 @@ class Rendered:
     line_origin: dict = field(default_factory=dict)
     # relative YAML path -> {(component, parameter key): "where in the workbook"}
     value_origin: dict = field(default_factory=dict)
+    # node files are composed of parts, each the output of yaml.safe_dump:
+    # relative path -> [(text as dumped, the data it was dumped from, indent)]
+    parts: dict = field(default_factory=dict)
 
     @property
     def pp_files(self) -> list:
@@ -90,8 +93,7 @@ def hiera_unescape(value: Any) -> Any:
 
 
 def dump_yaml(data: Any, source: str) -> str:
-    body = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, default_flow_style=False, width=1 << 16)
-    return HEADER.format(source=source) + body
+    return HEADER.format(source=source) + _dump(data)
 
 
 # -- the model of one node ----------------------------------------------------------
@@ -222,6 +224,7 @@ def render(inventory: Inventory, settings, manifest: Optional[ArtifactManifest] 
     }
     _add_yaml(out, f"{base}/data/common.yaml", common, source)
 
+    fragments: dict = {}  # memo: a component entry dumped once, whatever the number of hosts with it
     site = [HEADER.format(source=source).rstrip("\n"),
             "# One node block per Windows host; each component is tagged with its name so that",
             "# `puppet agent --tags <component>` applies exactly that component's resources.",
@@ -231,7 +234,7 @@ def render(inventory: Inventory, settings, manifest: Optional[ArtifactManifest] 
         certname = certname_of(server, settings.domain)
         assignments = sorted(by_host.get(server.hostname.lower(), ()),
                              key=lambda a: (groups[a.component], order[a.component]))
-        node: dict = {"deploy::host": server.hostname, COMPONENTS_KEY: {}}
+        node: dict = {COMPONENTS_KEY: {}}
         where_values: dict = {}
         for a in assignments:
             c = components[a.component]
@@ -257,7 +260,7 @@ def render(inventory: Inventory, settings, manifest: Optional[ArtifactManifest] 
                     if key in entry:
                         node[f"{cls}::{key}"] = entry[key]
         path = f"{base}/data/nodes/{certname}.yaml"
-        _add_yaml(out, path, node, source)
+        _add_node_yaml(out, path, node, f"{source} for {server.hostname} (Servers row {server.row})", fragments)
         out.value_origin[path] = where_values
 
         site.append(f"node {puppet_string(certname)} {{")
@@ -288,6 +291,53 @@ def render(inventory: Inventory, settings, manifest: Optional[ArtifactManifest] 
         out.files[f"{base}/modules/{rel}"] = content
     _check_classes_once(inventory, by_host)
     return out
+
+
+def _add_node_yaml(out: Rendered, path: str, node: dict, source: str, memo: dict) -> None:
+    """A node file: what ``dump_yaml(node)`` gives, composed from memoized dumps of its entries.
+
+    Thousands of hosts share most component entries; dumping each distinct
+    entry once and indenting it under ``deploy::components:`` yields the same
+    bytes as dumping the whole node (a block mapping nests by indentation; no
+    line is folded at this width), for a fraction of the time. The unit tests
+    compare both for the example and hostile workbooks.
+    """
+    components = node[COMPONENTS_KEY]
+    keys = list(node)
+    at = keys.index(COMPONENTS_KEY)
+    parts: list = []
+    chunks = [HEADER.format(source=source)]
+    if at:
+        head = hiera_escape({k: node[k] for k in keys[:at]})
+        head_text = _dump(head)
+        parts.append((head_text, head, 0))
+        chunks.append(head_text)
+    if not components:
+        chunks.append(f"{COMPONENTS_KEY}: {{}}\n")
+        parts.append((f"{COMPONENTS_KEY}: {{}}\n", {COMPONENTS_KEY: {}}, 0))
+    else:
+        chunks.append(f"{COMPONENTS_KEY}:\n")
+        for name, entry in components.items():
+            key = (name, repr(entry))
+            cached = memo.get(key)
+            if cached is None:
+                data = {name: hiera_escape(entry)}
+                text = _dump(data)
+                cached = memo[key] = (text, data, "".join("  " + line for line in text.splitlines(keepends=True)))
+            parts.append((cached[0], cached[1], 2))
+            chunks.append(cached[2])
+    tail = {k: node[k] for k in keys[at + 1:]}
+    if tail:  # a user class's automatic parameter lookup keys, after the components
+        tail = hiera_escape(tail)
+        tail_text = _dump(tail)
+        parts.append((tail_text, tail, 0))
+        chunks.append(tail_text)
+    out.parts[path] = parts
+    out.files[path] = "".join(chunks)
+
+
+def _dump(data: Any) -> str:
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, default_flow_style=False, width=1 << 16)
 
 
 def _add_yaml(out: Rendered, path: str, data: dict, source: str) -> None:

@@ -1,0 +1,126 @@
+"""Benchmark: inv generate-config on a 5,000-server workbook, as a ratio over loading it.
+
+    .venv/bin/python bench/generate_config.py [--servers 5000] [--mapping 30000] [--repeat 3]
+
+Measured in the same run, best of --repeat:
+- baseline: load + validate the inventory (``load_inventory``);
+- generate-config without Puppet validation: load + validate, render, YAML
+  read-back check, write every file (a first write into an empty dir), and a
+  re-run over unchanged output (which writes nothing);
+- separately: the single ``puppet parser validate`` call over all .pp files.
+Target: generate-config / load+validate at most 2x.
+
+The workbook (5,000 Windows servers, the example's 34 components, 30,000
+mapping rows, .xlsx) is generated here and cached under build/bench/; it
+stands in for the foundation benchmark's workbook of the same shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from deploy_tasks.configgen import load_manifest, render  # noqa: E402
+from deploy_tasks.configgen.check import find_puppet, run_puppet_validate  # noqa: E402
+from deploy_tasks.configgen.output import read_modules, write  # noqa: E402
+from deploy_tasks.inventory import example, load_inventory  # noqa: E402
+from deploy_tasks.inventory.template import example_sheets, write_workbook  # noqa: E402
+from deploy_tasks.settings import resolve  # noqa: E402
+
+
+def big_workbook(path: Path, servers: int, mapping: int) -> Path:
+    """The example product on ``servers`` Windows hosts with ``mapping`` Mapping rows in all."""
+    if path.exists():
+        return path
+    sheets = example_sheets()
+    s_headers, _ = sheets["Servers"]
+    rows = [list(example.SERVERS[0])]  # deploy01: puppet master + package server
+    for i in range(servers):
+        rows.append([f"WIN{i:05d}", f"10.{i // 65025 % 256}.{i // 255 % 255}.{i % 255 + 1}", "windows", "app",
+                     None, ""])
+    sheets["Servers"] = (s_headers, rows)
+    names = [c[0] for c in example.COMPONENTS]
+    per_host = max(1, mapping // servers)
+    m_headers = list(example.MAPPING_HEADERS)
+    m_rows = []
+    for i in range(servers):
+        start = (i * 7) % len(names)
+        chosen = [names[(start + k) % len(names)] for k in range(per_host)]
+        for comp in chosen:
+            m_rows.append([f"WIN{i:05d}", comp, 8000 + (i % 100) if comp.startswith("zope") else None,
+                           "10.0.0.1:8100" if comp.startswith("zope_instance") else None])
+    sheets["Mapping"] = (m_headers, m_rows[:mapping])
+    p_headers, p_rows = sheets["Parameters"]
+    p_rows = [r for r in p_rows if not str(r[0]).startswith("host:")]  # the example hosts are not here
+    sheets["Parameters"] = (p_headers, p_rows + [[f"host:WIN{i:05d}", "log_level", "DEBUG"] for i in range(0, servers, 50)])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".partial.xlsx")
+    write_workbook(tmp, sheets, starter_aids=False, overwrite=True)
+    tmp.rename(path)
+    return path
+
+
+def best(fn, repeat: int):
+    times, result = [], None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return min(times), result
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--servers", type=int, default=5000)
+    ap.add_argument("--mapping", type=int, default=30000)
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+
+    t0 = time.perf_counter()
+    workbook = big_workbook(ROOT / "build" / "bench" / f"generate_config-{args.servers}-{args.mapping}.xlsx",
+                            args.servers, args.mapping)
+    print(f"workbook: {workbook} ({time.perf_counter() - t0:.1f} s to make or find)")
+    modules = read_modules(ROOT / "puppet" / "modules")
+    (ROOT / "build" / "bench").mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="run-", dir=ROOT / "build" / "bench"))  # the filesystem of real output
+    try:
+        t_load, inventory = best(lambda: load_inventory(workbook), args.repeat)
+
+        def generate(out: Path):
+            inv = load_inventory(workbook)
+            settings = resolve({**inv.settings, "repository": str(scratch / "no-repository")})
+            rendered = render(inv, settings, load_manifest(settings.repository), modules)
+            return rendered, write(rendered, out, None)  # None: no Puppet validation
+
+        runs = iter(range(10 ** 6))
+        t_gen, (rendered, result) = best(lambda: generate(scratch / f"fresh-{next(runs)}"), args.repeat)
+        assert result.written and len(result.changes) == len(rendered.files)
+        t_again, (_, again) = best(lambda: generate(scratch / "fresh-0"), args.repeat)
+        assert not again.written and again.changes == []
+
+        puppet = find_puppet()
+        if puppet:
+            t_puppet = run_puppet_validate(rendered, scratch / "fresh-0", puppet)
+        print(f"inventory: {len(inventory.servers)} servers, {len(inventory.components)} components, "
+              f"{len(inventory.mapping)} mapping rows; {len(rendered.files)} files generated")
+        print(f"load + validate (baseline):             {t_load:7.2f} s")
+        print(f"generate-config, first write:          {t_gen:7.2f} s   ratio {t_gen / t_load:5.2f}x  (target <= 2x)")
+        print(f"generate-config, re-run (no change):   {t_again:7.2f} s   ratio {t_again / t_load:5.2f}x")
+        if puppet:
+            print(f"puppet parser validate, one call ({len(rendered.pp_files)} .pp files): {t_puppet:.2f} s")
+        else:
+            print("puppet parser validate: not measured, puppet is not on PATH")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
