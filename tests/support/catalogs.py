@@ -84,10 +84,12 @@ def _ca_cli(action: str, certname: str) -> list:
 def node_identity(certname: str) -> tuple[str, str]:
     """(cert file, key file) for ``certname``, signed by the real CA; created on first use, then reused."""
     folder = CERT_DIR / certname
-    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
-    if cert_file.exists() and key_file.exists():
+    cert_file, key_file, ca_copy = folder / "cert.pem", folder / "key.pem", folder / "ca.pem"
+    ca = Path(CA_CERT).read_bytes()
+    if cert_file.exists() and key_file.exists() and ca_copy.exists() and ca_copy.read_bytes() == ca:
         return str(cert_file), str(key_file)
     folder.mkdir(parents=True, exist_ok=True)
+    ca_copy.write_bytes(ca)  # a cached cert counts only while the server keeps the same CA
     if key_file.exists():  # an earlier run stopped half-way: its CSR may be pending with this key
         key = serialization.load_pem_private_key(key_file.read_bytes(), None)
     else:
