@@ -144,10 +144,13 @@ class _Relocated(Rendered):
 
 def _fill(rendered: Rendered, staging: Path, env_dir: Path, changed: set) -> None:
     prefix = rendered.env_dir + "/"
+    made: set = set()
     for rel, content in rendered.files.items():
         inner = rel[len(prefix):]
         target = staging / inner
-        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.parent not in made:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            made.add(target.parent)
         current = env_dir / inner
         if rel not in changed and current.is_file():
             try:
