@@ -332,3 +332,26 @@ def test_yaml_read_back_names_the_workbook_cell_of_a_value_that_changed(hostile,
         check_yaml(r, tmp_path)
     assert "zsvc01.example.test.yaml: reads back differently" in str(err.value)
     assert "parameters.banner" in str(err.value) and "Parameters row 7 (host:ZSVC01 banner)" in str(err.value)
+
+
+def test_two_hosts_with_one_certname_are_refused(tmp_path):
+    from deploy_tasks.inventory.template import example_sheets, write_workbook
+    sheets = example_sheets()
+    headers, rows = sheets["Servers"]
+    rows.append(["zweb01.example.test", "127.0.0.17", "windows", "web", None, "same certname as ZWEB01"])
+    inv = load_inventory(write_workbook(tmp_path / "dup.xlsx", sheets))
+    with pytest.raises(ConfigError, match=r"Servers row 9: zweb01.example.test and ZWEB01 \(Servers row 8\) "
+                                          r"both get the Puppet certname zweb01.example.test"):
+        render(inv, settings_for(inv))
+
+
+def test_two_components_with_one_class_on_a_host_are_refused(tmp_path):
+    def same_class(rows):
+        for row in rows:
+            if row[0] in ("zodb_storage", "blob_storage"):
+                row[4] = "acme::storage"
+        return rows
+    inv = load_inventory(write_example_variant(tmp_path / "s.xlsx", components=same_class))
+    with pytest.raises(ConfigError, match=r"Mapping row 6: blob_storage and zodb_storage both use Puppet class "
+                                          r"acme::storage on ZDB01"):
+        render(inv, settings_for(inv))

@@ -174,16 +174,19 @@ def render(inventory: Inventory, settings, manifest: Optional[ArtifactManifest] 
     anything else (the example product module, or the user's own).
     """
     env = settings.environment
-    source = inventory.source.replace("\\", "/").rsplit("/", 1)[-1] or "the inventory"
+    name = inventory.source.replace("\\", "/").rsplit("/", 1)[-1] or "the inventory"
+    source = "".join(ch if ch.isprintable() else "?" for ch in name)  # it goes into comments
     out = Rendered(env_dir=f"environments/{env}")
     base = f"environments/{env}"
     _check_tags(inventory)
+    _check_certnames(inventory, settings.domain)
 
     components = {c.name: c for c in inventory.components}
     groups = dependency_groups({c.name: c.depends_on for c in inventory.components})
     order = {c.name: i for i, c in enumerate(inventory.components)}
     pkg_base = package_base_url(inventory, settings)
     by_scope, by_host = _index(inventory)
+    _check_classes_once(inventory, by_host)
 
     # checksums: one decision (and at most one warning) per component
     checksums: dict = {}
@@ -289,8 +292,22 @@ def render(inventory: Inventory, settings, manifest: Optional[ArtifactManifest] 
     out.line_origin[f"{base}/manifests/site.pp"] = origin
     for rel, content in sorted((modules or {}).items()):
         out.files[f"{base}/modules/{rel}"] = content
-    _check_classes_once(inventory, by_host)
     return out
+
+
+def _check_certnames(inventory: Inventory, domain: str) -> None:
+    """Two hosts with one certname would share a node block and a Hiera file."""
+    seen: dict = {}
+    problems = []
+    for server in inventory.windows_servers:
+        name = certname_of(server, domain)
+        if name in seen:
+            problems.append(f"Servers row {server.row}: {server.hostname} and {seen[name].hostname} (Servers row "
+                            f"{seen[name].row}) both get the Puppet certname {name}; rename one of them")
+        else:
+            seen[name] = server
+    if problems:
+        raise ConfigError("\n".join(problems))
 
 
 def _add_node_yaml(out: Rendered, path: str, node: dict, source: str, memo: dict) -> None:
