@@ -146,8 +146,14 @@ WORKBOOK_KEYS: tuple[str, ...] = tuple(s.name for s in SETTINGS if s.workbook)
 
 
 def declared_defaults() -> dict:
-    """The ``deploy:`` namespace as declared in ``ns.configure``."""
-    return {s.name: s.default for s in SETTINGS}
+    """The ``deploy:`` namespace as declared in ``ns.configure``.
+
+    Numbers and flags are declared as text: Invoke casts an env var to the
+    type of the declared default and, for an int, dies with a traceback on
+    ``INVOKE_DEPLOY_MAX_PARALLEL=lots`` before any task runs. Declared as
+    text, the value reaches ``resolve``, which types it and names the setting.
+    """
+    return {s.name: s.default if s.kind in ("str", "choice") else str(s.default) for s in SETTINGS}
 
 
 @dataclass(frozen=True)

@@ -62,3 +62,34 @@ def puppet_master():
     except services.Missing as exc:
         pytest.skip(str(exc))
     yield info
+
+
+@pytest.fixture
+def winrm_fleet(request, tmp_path):
+    """The rehearsal fleet (emulated Windows hosts) in-process, on ephemeral ports; stopped afterwards.
+
+    Parametrize indirectly with a dict, every key optional:
+    ``inventory`` (workbook path, Inventory, or [(hostname, address)]; default: the
+    example workbook's Windows servers), ``spec`` (FleetSpec or its mapping form),
+    ``persona_factory`` (default: the Windows persona), ``allow_unencrypted``,
+    ``password``. Yields the started ``deploy_tasks.rehearsal.fleet.Fleet``.
+    """
+    from deploy_tasks.inventory import load_inventory
+    from deploy_tasks.rehearsal.faults import FleetSpec
+    from deploy_tasks.rehearsal.fleet import Fleet, hosts_of
+
+    params = dict(getattr(request, "param", None) or {})
+    inventory = params.pop("inventory", EXAMPLE_XLSX)
+    spec = params.pop("spec", None)
+    if spec is not None and not isinstance(spec, FleetSpec):
+        spec = FleetSpec.from_mapping(spec)
+    if isinstance(inventory, (str, Path)):
+        inventory = load_inventory(inventory)
+    if isinstance(inventory, (list, tuple)):
+        hosts, domain = list(inventory), ""
+    else:
+        hosts, domain = hosts_of(inventory), str(inventory.settings.get("domain") or "")
+    fleet = Fleet(hosts, tmp_path / "fleet", spec, http_port=0, https_port=0, domain=domain, **params)
+    fleet.start()
+    yield fleet
+    fleet.stop()

@@ -199,6 +199,10 @@ class _Builder:
     # -- cell conversions ------------------------------------------------------
     def text(self, sheet: _Sheet, row: int, header: str, value: Any, required: bool = False) -> Optional[str]:
         """Cell as stripped text; None (with a problem) when it cannot be text."""
+        if isinstance(value, str):  # the common case first, no cell reference computed
+            text = value.strip()
+            if text or not required:
+                return text
         ref = sheet.ref(row, header)
         if isinstance(value, CellError):
             self.error(ref, f"the cell shows the error {value.code}", "fix the formula or type the value")
@@ -227,9 +231,13 @@ class _Builder:
         return str(value).strip()
 
     def port(self, sheet: _Sheet, row: int, header: str, value: Any) -> Optional[int]:
-        ref = sheet.ref(row, header)
         if _blank(value):
             return None
+        if type(value) is int and 1 <= value <= 65535:
+            return value
+        if type(value) is float and value.is_integer() and 1 <= value <= 65535:
+            return int(value)
+        ref = sheet.ref(row, header)
         number: Any = value
         if isinstance(value, str):
             try:
@@ -258,12 +266,19 @@ class _Builder:
         except (ValueError, OverflowError):
             number = None
         if number is None or number < 1:
-            self.error(ref, f"{header} {value!r} is not a positive whole number of seconds")
+            shown = int(value) if isinstance(value, float) and value.is_integer() else value
+            self.error(ref, f"{header} {shown!r} is not a positive whole number of seconds")
             return None
         return number
 
-    def param_value(self, ref: str, value: Any) -> Any:
-        """A parameter value as typed: text kept exactly, whole numbers as int (xls floats too)."""
+    def param_value(self, where, value: Any) -> Any:
+        """A parameter value as typed: text kept exactly, whole numbers as int (xls floats too).
+
+        ``where`` is the cell reference, or a (title, row, column) tuple turned into one only on a problem.
+        """
+        if isinstance(value, (str, int, bool)):
+            return value
+        ref = cell_ref(*where) if isinstance(where, tuple) else where
         if isinstance(value, CellError):
             self.error(ref, f"the cell shows the error {value.code}", "fix the formula or type the value")
             return None
@@ -343,11 +358,11 @@ class _Builder:
                     ok = False
                 elif hostname.lower() in by_name:
                     self.error(sheet.ref(row, "Hostname"),
-                               f"hostname {hostname!r} is already used in {by_name[hostname.lower()]}",
+                               f"hostname {hostname!r} is already used in {sheet.ref(by_name[hostname.lower()], 'Hostname')}",
                                "host names are compared ignoring case")
                     ok = False
                 else:
-                    by_name[hostname.lower()] = sheet.ref(row, "Hostname")
+                    by_name[hostname.lower()] = row
             else:
                 ok = False
             if address:
@@ -359,16 +374,16 @@ class _Builder:
                     ok = False
                 elif address != "local" and address.lower() in by_address:
                     self.warn(sheet.ref(row, "Address"),
-                              f"address {address!r} is also used in {by_address[address.lower()]}")
+                              f"address {address!r} is also used in {sheet.ref(by_address[address.lower()], 'Address')}")
                 else:
-                    by_address[address.lower()] = sheet.ref(row, "Address")
+                    by_address[address.lower()] = row
             else:
                 ok = False
             if os_name:
                 os_name = os_name.lower()
                 if os_name not in OS_NAMES:
                     self.error(sheet.ref(row, "OS"), f"OS {os_name!r} is not one of {', '.join(OS_NAMES)}",
-                               _did_you_mean(os_name, OS_NAMES))
+                               _did_you_mean(os_name, OS_NAMES) or "write the OS family only: windows or linux")
                     ok = False
             else:
                 ok = False
@@ -452,6 +467,9 @@ class _Builder:
                            "segments of lowercase letters, digits and _, joined by ::, for example product::zeo")
                 ok = False
             deps = []
+            if ";" in deps_text or "\n" in deps_text:
+                self.error(sheet.ref(row, "Depends On"), f"dependencies {deps_text!r} must be separated by commas")
+                ok = False
             for dep in (d.strip() for d in deps_text.split(",")):
                 if dep and dep not in deps:
                     deps.append(dep)
@@ -510,18 +528,19 @@ class _Builder:
                 ok = False
             if not ok:
                 continue
-            key = (server.hostname.lower(), component)
+            key = (server.hostname, component)
             if key in seen:
                 self.error(sheet.ref(row, "Component"),
-                           f"{component} is already mapped to {server.hostname} in {seen[key]}", "delete one of the rows")
+                           f"{component} is already mapped to {server.hostname} in {sheet.ref(seen[key], 'Component')}",
+                           "delete one of the rows")
                 continue
-            seen[key] = sheet.ref(row, "Component")
+            seen[key] = row
             params = {}
             for header, col in extras:
                 value = raw_row[col - 1] if col - 1 < len(raw_row) else None
                 if _blank(value) and not (isinstance(value, str) and value):
                     continue
-                value = self.param_value(cell_ref(sheet.title, row, col), value)
+                value = self.param_value((sheet.title, row, col), value)
                 if value is not None:
                     params[header] = value
             result.append(Assignment(server.hostname, component, MappingProxyType(params), row))

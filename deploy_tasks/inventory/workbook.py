@@ -121,7 +121,10 @@ def _read_xlsx(path: str) -> RawWorkbook:
             looks = "a zip archive"
         raise WorkbookFormatError(path, f"is {looks}, not an .xlsx workbook; save it as .xlsx")
 
-    wb = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    # a file object, not the name: openpyxl refuses names not ending in .xlsx
+    # even when the content is one (an .xlsx saved with an .xls name)
+    fh = open(path, "rb")
+    wb = openpyxl.load_workbook(fh, read_only=True, data_only=True)
     try:
         sheets = {}
         for ws in wb.worksheets:
@@ -130,12 +133,14 @@ def _read_xlsx(path: str) -> RawWorkbook:
             sheets[ws.title] = RawSheet(ws.title, rows)
     finally:
         wb.close()
+        fh.close()
 
     cache: dict = {}
 
     def probe(title: str, row: int, col: int) -> bool:
         if "wb" not in cache:
-            cache["wb"] = openpyxl.load_workbook(path, read_only=False, data_only=False)
+            with open(path, "rb") as fh2:
+                cache["wb"] = openpyxl.load_workbook(fh2, read_only=False, data_only=False)
         ws = cache["wb"][title]
         value = ws.cell(row=row, column=col).value
         return isinstance(value, str) and value.startswith("=")

@@ -6,12 +6,14 @@ from invoke import Collection
 
 from .. import settings
 from . import configgen as _configgen
+from . import fleet as _fleet
 from . import inventory as _inventory
 
 ns = Collection()
 for _module in (_inventory, _configgen):
     for _task in _module.TASKS:
         ns.add_task(_task)
+ns.add_collection(_fleet.COLLECTION)
 
 # Every key is declared here, or Invoke ignores its INVOKE_DEPLOY_* env var.
 ns.configure({"deploy": settings.declared_defaults()})

@@ -1,0 +1,778 @@
+"""The emulated WinRM endpoint: WS-Management "Windows remote shell" over HTTP and HTTPS.
+
+What is real here: HTTP/1.1 with keep-alive, TLS (certificates from the fleet's
+CA), Basic auth, NTLM (pyspnego's server-side acceptor, credentials from the
+file named by ``NTLM_USER_FILE``) with WinRM message encryption over plain
+HTTP, and the WS-Man SOAP exchange the real pywinrm client sends and parses.
+What is emulated: Windows behind the protocol. Each WS-Man Command goes to a
+``Persona`` (deploy_tasks/rehearsal/base.py), which runs the command line and
+is polled for output.
+
+Shell protocol (MS-WSMV): Create -> ShellId; Command -> CommandId; Send feeds
+stdin; Receive blocks until output, completion or the client's
+OperationTimeout (then the ``w:TimedOut`` fault, code 2150858793, which pywinrm
+answers by polling again); Signal terminates a command; Delete closes the
+shell. Unknown shells and commands get the ``w:InvalidSelectors`` fault
+(2150858843) as on Windows. Every reply carries ``RelatesTo``.
+
+Message encryption (MS-WSMV 2.2.9.1.1): an empty POST runs the NTLM handshake
+(``Authorization: Negotiate <token>``); from then on the TCP connection is the
+security context, and bodies are ``multipart/encrypted`` with the 4-byte
+little-endian signature length, the 16-byte signature and the sealed data.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import socket
+import socketserver
+import ssl
+import struct
+import threading
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Dict, Optional, Tuple
+from xml.sax.saxutils import escape
+
+from .base import CommandHandle, Persona
+from .faults import HostFaults
+
+NS_S = "http://www.w3.org/2003/05/soap-envelope"
+NS_A = "http://schemas.xmlsoap.org/ws/2004/08/addressing"
+NS_W = "http://schemas.dmtf.org/wbem/wsman/1/wsman.xsd"
+NS_RSP = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell"
+NS_X = "http://schemas.xmlsoap.org/ws/2004/09/transfer"
+NS_F = "http://schemas.microsoft.com/wbem/wsman/1/wsmanfault"
+
+ACTION_CREATE = "http://schemas.xmlsoap.org/ws/2004/09/transfer/Create"
+ACTION_DELETE = "http://schemas.xmlsoap.org/ws/2004/09/transfer/Delete"
+ACTION_COMMAND = NS_RSP + "/Command"
+ACTION_SEND = NS_RSP + "/Send"
+ACTION_RECEIVE = NS_RSP + "/Receive"
+ACTION_SIGNAL = NS_RSP + "/Signal"
+ACTION_FAULT = "http://schemas.dmtf.org/wbem/wsman/1/wsman/fault"
+RESOURCE_CMD = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/cmd"
+SIGNAL_TERMINATE = NS_RSP + "/signal/terminate"
+SIGNAL_CTRL_C = NS_RSP + "/signal/ctrl_c"
+STATE_DONE = NS_RSP + "/CommandState/Done"
+STATE_RUNNING = NS_RSP + "/CommandState/Running"
+
+#: WSManFault codes as Windows sends them
+CODE_TIMED_OUT = 2150858793  # 0x80338029 ERROR_WSMAN_OPERATION_TIMEDOUT
+CODE_INVALID_SELECTORS = 2150858843  # 0x8033805B ERROR_WSMAN_UNEXPECTED_SELECTORS
+CODE_ACTION_NOT_SUPPORTED = 2150858757  # 0x80338005
+CODE_INTERNAL = 1726  # RPC_S_CALL_FAILED, what a sick WinRM service answers with
+CODE_UNENCRYPTED = 2150859116  # 0x8033816C: unencrypted traffic is disabled
+
+PROTOCOL_SPNEGO = "application/HTTP-SPNEGO-session-encrypted"
+ENCRYPTED_CONTENT_TYPE = f'multipart/encrypted;protocol="{PROTOCOL_SPNEGO}";boundary="Encrypted Boundary"'
+BOUNDARY = b"--Encrypted Boundary"
+SOAP_CONTENT_TYPE = "application/soap+xml;charset=UTF-8"
+
+#: raw bytes per Receive reply: base64 of this stays well under pywinrm's MaxEnvelopeSize (153600)
+MAX_CHUNK = 96 * 1024
+#: a keep-alive connection idle this long is closed (Windows: 120 s)
+IDLE_TIMEOUT_S = 120.0
+
+_ENVELOPE = (
+    '<s:Envelope xml:lang="en-US" xmlns:s="' + NS_S + '" xmlns:a="' + NS_A + '" xmlns:x="' + NS_X
+    + '" xmlns:w="' + NS_W + '" xmlns:rsp="' + NS_RSP + '" xmlns:p="http://schemas.microsoft.com/wbem/wsman/1/wsman.xsd">'
+    "<s:Header><a:Action>{action}</a:Action><a:MessageID>uuid:{message_id}</a:MessageID>"
+    "<a:To>http://schemas.xmlsoap.org/ws/2004/08/addressing/role/anonymous</a:To>"
+    "<a:RelatesTo>{relates_to}</a:RelatesTo></s:Header><s:Body>{body}</s:Body></s:Envelope>"
+)
+
+
+class WSManFault(Exception):
+    """A SOAP fault to send back (HTTP 500, as Windows does)."""
+
+    def __init__(self, code: int, subcode: str, reason: str, message: str = "", sender: bool = True):
+        super().__init__(reason)
+        self.code = code
+        self.subcode = subcode
+        self.reason = reason
+        self.message = message or reason
+        self.sender = sender
+
+
+def _timed_out() -> WSManFault:
+    return WSManFault(CODE_TIMED_OUT, "w:TimedOut",
+                      "The WS-Management service cannot complete the operation within the time specified in OperationTimeout.",
+                      sender=False)
+
+
+def _shell_not_found(shell_id: str) -> WSManFault:
+    return WSManFault(CODE_INVALID_SELECTORS, "w:InvalidSelectors",
+                      "The WS-Management service cannot process the request because the request contained invalid selectors for the resource.",
+                      f"The request for the Windows Remote Shell with ShellId {shell_id} failed because the shell was not found "
+                      "on the server. Possible causes are: the specified ShellId is incorrect or the shell no longer exists on "
+                      "the server. Provide the correct ShellId or create a new shell and retry the operation.")
+
+
+def _command_not_found() -> WSManFault:
+    return WSManFault(CODE_INVALID_SELECTORS, "w:InvalidSelectors",
+                      "The WS-Management service cannot process the request because the request contained invalid selectors for the resource.",
+                      "The Windows Remote Shell received a request to perform an operation on a command identifier that does "
+                      "not exist. Either the command has completed execution or the client specified an invalid command identifier.")
+
+
+def internal_error(message: str) -> WSManFault:
+    return WSManFault(CODE_INTERNAL, "w:InternalError", "The WS-Management service cannot process the request.", message,
+                      sender=False)
+
+
+# -- shells and commands -------------------------------------------------------
+
+
+@dataclass
+class _Command:
+    command_id: str
+    command_line: str
+    handle: CommandHandle
+    stdout: bytearray = field(default_factory=bytearray)
+    stderr: bytearray = field(default_factory=bytearray)
+    exit_code: Optional[int] = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass
+class _Shell:
+    shell_id: str
+    owner: str
+    commands: Dict[str, _Command] = field(default_factory=dict)
+
+
+# -- the host ------------------------------------------------------------------
+
+
+class Credentials:
+    """The one local administrator account of the emulated hosts (Basic and NTLM)."""
+
+    def __init__(self, username: str, password: str):
+        self.username = username
+        self.password = password
+        domain, _, user = username.rpartition("\\")
+        self.domain = domain
+        self.user = user
+        self._basic = {
+            base64.b64encode(f"{name}:{password}".encode("utf-8")).decode("ascii")
+            for name in {username, user}
+        }
+
+    def basic_ok(self, token: str) -> bool:
+        return token in self._basic
+
+    def ntlm_user_lines(self, hostnames=()) -> str:
+        """``DOMAIN:USER:PASSWORD`` lines for NTLM_USER_FILE: the given domain, none, and each host (local account)."""
+        domains = dict.fromkeys([self.domain, "", *[h.upper() for h in hostnames]])
+        return "".join(f"{d}:{self.user}:{self.password}\n" for d in domains)
+
+
+class WinRMHost:
+    """One emulated Windows host: HTTP (5985) and HTTPS (5986) listeners on its own address."""
+
+    def __init__(self, hostname: str, address: str, persona: Persona, faults: HostFaults, credentials: Credentials, *,
+                 http_port: int = 5985, https_port: int = 5986, ssl_context: Optional[ssl.SSLContext] = None,
+                 cert_sha256: Optional[bytes] = None, allow_unencrypted: bool = False):
+        self.hostname = hostname
+        self.address = address
+        self.persona = persona
+        self.faults = faults
+        self.credentials = credentials
+        self.http_port = http_port
+        self.https_port = https_port
+        self.ssl_context = ssl_context
+        self.cert_sha256 = cert_sha256
+        self.allow_unencrypted = allow_unencrypted
+        self.boot_time = time.time()
+        self.shells: Dict[str, _Shell] = {}
+        self._lock = threading.Lock()
+        self._servers: list = []
+        self._connections: set = set()
+        self._state = "stopped"  # running, down, stopped
+        self._reboot_timer: Optional[threading.Timer] = None
+
+    # -- lifecycle -------------------------------------------------------------
+    @property
+    def state(self) -> str:
+        return self._state
+
+    def start(self) -> "WinRMHost":
+        """Listen on both ports (unless the host is configured down: then connections are refused)."""
+        if self.faults.down:
+            self._state = "down"
+            return self
+        self._listen()
+        return self
+
+    def _listen(self) -> None:
+        servers = [_Server((self.address, self.http_port), self, tls=False)]
+        self.http_port = servers[0].server_address[1]
+        if self.ssl_context is not None:
+            servers.append(_Server((self.address, self.https_port), self, tls=True))
+            self.https_port = servers[1].server_address[1]
+        for server in servers:
+            server.acceptor = threading.Thread(target=server.accept_loop, daemon=True,
+                                               name=f"winrm-{self.hostname}-{server.server_address[1]}")
+            server.acceptor.start()
+        self._servers = servers
+        self._state = "running"
+
+    def _unlisten(self) -> None:
+        servers, self._servers = self._servers, []
+        for server in servers:
+            server.stop_accepting()
+        with self._lock:
+            conns = list(self._connections)
+            self._connections.clear()
+        for conn in conns:
+            _abort(conn)
+
+    def _drop_shells(self) -> None:
+        with self._lock:
+            shells = list(self.shells.values())
+            self.shells.clear()
+        for shell in shells:
+            for cmd in shell.commands.values():
+                _terminate(cmd.handle)
+
+    def stop(self) -> None:
+        """Stop listening, drop every connection and shell."""
+        if self._reboot_timer is not None:
+            self._reboot_timer.cancel()
+        self._unlisten()
+        self._drop_shells()
+        self._state = "stopped"
+
+    def reboot(self, seconds: float) -> None:
+        """The RebootHook: refuse connections for ``seconds``, then come back with a new boot time.
+
+        Runs the teardown in its own thread: it is called from inside a command
+        (``shutdown /r``) whose Receive may be served by one of the threads it stops.
+        """
+        def go_down():
+            if self._state != "running":
+                return
+            self._state = "down"
+            self._unlisten()
+            self._drop_shells()
+            self._reboot_timer = threading.Timer(max(0.0, seconds), self._come_back)
+            self._reboot_timer.daemon = True
+            self._reboot_timer.start()
+
+        threading.Thread(target=go_down, name=f"reboot-{self.hostname}", daemon=True).start()
+
+    def _come_back(self, rebooted: bool = True) -> None:
+        if self._state != "down":
+            return
+        if rebooted:
+            self.boot_time = time.time()
+        try:
+            self._listen()
+        except OSError:
+            self._state = "down"  # the address went away meanwhile: stay down
+
+    def set_down(self, down: bool) -> None:
+        """Take the host off the network (connections refused, open connections cut) or bring it back.
+
+        A network outage, not a reboot: shells and running commands survive it.
+        """
+        self.faults.down = down
+        if down and self._state == "running":
+            self._state = "down"
+            self._unlisten()
+        elif not down and self._state == "down":
+            self._come_back(rebooted=False)
+
+    # -- connection bookkeeping ------------------------------------------------
+    def _track(self, conn) -> None:
+        with self._lock:
+            self._connections.add(conn)
+
+    def _untrack(self, conn) -> None:
+        with self._lock:
+            self._connections.discard(conn)
+
+    # -- WS-Man operations -------------------------------------------------------
+    def dispatch(self, body: bytes, owner: str) -> bytes:
+        """Handle one SOAP request; return the reply envelope (raise WSManFault for a fault)."""
+        try:
+            root = ET.fromstring(body)
+        except ET.ParseError as exc:
+            raise WSManFault(2150858799, "s:InvalidMessage",
+                             "The WS-Management service cannot process the request because the XML is invalid.",
+                             f"XML parse error: {exc}") from None
+        header = root.find(f"{{{NS_S}}}Header")
+        soap_body = root.find(f"{{{NS_S}}}Body")
+        if header is None or soap_body is None:
+            raise WSManFault(2150858799, "s:InvalidMessage", "The request is not a SOAP envelope.")
+        action = (header.findtext(f"{{{NS_A}}}Action") or "").strip()
+        message_id = (header.findtext(f"{{{NS_A}}}MessageID") or "").strip()
+        try:
+            reply_action, reply_body = self._operation(action, header, soap_body, owner)
+        except WSManFault as fault:
+            fault.relates_to = message_id
+            raise
+        except Exception as exc:  # the emulated Windows failed: a 500 fault, as a sick WinRM service answers
+            fault = internal_error(f"{self.hostname}: {type(exc).__name__}: {exc}")
+            fault.relates_to = message_id
+            raise fault from None
+        return _ENVELOPE.format(action=reply_action, message_id=str(uuid.uuid4()).upper(), relates_to=escape(message_id),
+                                body=reply_body).encode("utf-8")
+
+    def _operation(self, action: str, header, body, owner: str) -> Tuple[str, str]:
+        if action == ACTION_RECEIVE:
+            return self._receive(header, body)
+        if action == ACTION_COMMAND:
+            return self._command(header, body)
+        if action == ACTION_SIGNAL:
+            return self._signal(header, body)
+        if action == ACTION_CREATE:
+            return self._create(owner)
+        if action == ACTION_DELETE:
+            return self._delete(header)
+        if action == ACTION_SEND:
+            return self._send(header, body)
+        raise WSManFault(CODE_ACTION_NOT_SUPPORTED, "a:ActionNotSupported",
+                         "The action is not supported by the service.",
+                         f"The WS-Management service cannot process the request. The action {action!r} is not supported.")
+
+    def _shell(self, header) -> _Shell:
+        shell_id = ""
+        selectors = header.find(f"{{{NS_W}}}SelectorSet")
+        if selectors is not None:
+            for sel in selectors:
+                if sel.get("Name") == "ShellId":
+                    shell_id = (sel.text or "").strip()
+        shell = self.shells.get(shell_id)
+        if shell is None:
+            raise _shell_not_found(shell_id)
+        return shell
+
+    def _create(self, owner: str) -> Tuple[str, str]:
+        shell_id = str(uuid.uuid4()).upper()
+        with self._lock:
+            self.shells[shell_id] = _Shell(shell_id, owner)
+        body = (
+            f"<x:ResourceCreated><a:Address>http://{self.hostname}:5985/wsman</a:Address><a:ReferenceParameters>"
+            f"<w:ResourceURI>{RESOURCE_CMD}</w:ResourceURI><w:SelectorSet><w:Selector Name=\"ShellId\">{shell_id}"
+            f"</w:Selector></w:SelectorSet></a:ReferenceParameters></x:ResourceCreated>"
+            f"<rsp:Shell><rsp:ShellId>{shell_id}</rsp:ShellId><rsp:ResourceUri>{RESOURCE_CMD}</rsp:ResourceUri>"
+            f"<rsp:Owner>{escape(owner)}</rsp:Owner><rsp:ClientIP>{self.address}</rsp:ClientIP>"
+            f"<rsp:IdleTimeOut>PT7200.000S</rsp:IdleTimeOut><rsp:InputStreams>stdin</rsp:InputStreams>"
+            f"<rsp:OutputStreams>stdout stderr</rsp:OutputStreams><rsp:ShellRunTime>P0DT0H0M0S</rsp:ShellRunTime>"
+            f"<rsp:ShellInactivity>P0DT0H0M0S</rsp:ShellInactivity></rsp:Shell>"
+        )
+        return "http://schemas.xmlsoap.org/ws/2004/09/transfer/CreateResponse", body
+
+    def _delete(self, header) -> Tuple[str, str]:
+        shell = self._shell(header)
+        with self._lock:
+            self.shells.pop(shell.shell_id, None)
+        for cmd in list(shell.commands.values()):
+            _terminate(cmd.handle)
+        return "http://schemas.xmlsoap.org/ws/2004/09/transfer/DeleteResponse", ""
+
+    def _command(self, header, body) -> Tuple[str, str]:
+        shell = self._shell(header)
+        line = body.find(f"{{{NS_RSP}}}CommandLine")
+        if line is None:
+            raise WSManFault(2150858799, "s:InvalidMessage", "The Command request has no CommandLine.")
+        parts = [(line.findtext(f"{{{NS_RSP}}}Command") or "").strip()]
+        parts += [a.text or "" for a in line.findall(f"{{{NS_RSP}}}Arguments")]
+        command_line = " ".join(p for p in parts if p)
+        try:
+            handle = self.persona.start(command_line)
+        except WSManFault:
+            raise
+        except Exception as exc:  # the persona is emulated Windows: its bug is a 500, not a dead server
+            raise internal_error(f"the emulated host failed to start {command_line!r}: {type(exc).__name__}: {exc}") from None
+        command_id = str(uuid.uuid4()).upper()
+        shell.commands[command_id] = _Command(command_id, command_line, handle)
+        return NS_RSP + "/CommandResponse", f"<rsp:CommandResponse><rsp:CommandId>{command_id}</rsp:CommandId></rsp:CommandResponse>"
+
+    def _find_command(self, shell: _Shell, command_id: Optional[str]) -> _Command:
+        cmd = shell.commands.get((command_id or "").strip().upper())
+        if cmd is None:
+            raise _command_not_found()
+        return cmd
+
+    def _send(self, header, body) -> Tuple[str, str]:
+        shell = self._shell(header)
+        send = body.find(f"{{{NS_RSP}}}Send")
+        streams = send.findall(f"{{{NS_RSP}}}Stream") if send is not None else []
+        for stream in streams:
+            cmd = self._find_command(shell, stream.get("CommandId"))
+            data = base64.b64decode(stream.text or "")
+            eof = (stream.get("End") or "").lower() == "true"
+            cmd.handle.send_input(data, eof=eof)
+        return NS_RSP + "/SendResponse", "<rsp:SendResponse/>"
+
+    def _signal(self, header, body) -> Tuple[str, str]:
+        shell = self._shell(header)
+        signal = body.find(f"{{{NS_RSP}}}Signal")
+        command_id = signal.get("CommandId") if signal is not None else None
+        cmd = self._find_command(shell, command_id)
+        code = (signal.findtext(f"{{{NS_RSP}}}Code") or "").strip()
+        _terminate(cmd.handle)
+        if code != SIGNAL_CTRL_C:
+            shell.commands.pop(cmd.command_id, None)
+        return NS_RSP + "/SignalResponse", "<rsp:SignalResponse/>"
+
+    def _receive(self, header, body) -> Tuple[str, str]:
+        shell = self._shell(header)
+        receive = body.find(f"{{{NS_RSP}}}Receive")
+        desired = receive.find(f"{{{NS_RSP}}}DesiredStream") if receive is not None else None
+        cmd = self._find_command(shell, desired.get("CommandId") if desired is not None else None)
+        timeout = _duration_s(header.findtext(f"{{{NS_W}}}OperationTimeout"), 60.0)
+        with cmd.lock:
+            if not cmd.stdout and not cmd.stderr and cmd.exit_code is None:
+                out, err, code = cmd.handle.read(timeout)
+                cmd.stdout += out
+                cmd.stderr += err
+                if code is None and (out or err):
+                    # most commands end right after their last output: save the client a Receive round trip
+                    out, err, code = cmd.handle.read(0.0)
+                    cmd.stdout += out
+                    cmd.stderr += err
+                cmd.exit_code = code
+            if not cmd.stdout and not cmd.stderr and cmd.exit_code is None:
+                raise _timed_out()
+            out = bytes(cmd.stdout[:MAX_CHUNK])
+            del cmd.stdout[:MAX_CHUNK]
+            err = bytes(cmd.stderr[:MAX_CHUNK - len(out)])
+            del cmd.stderr[:len(err)]
+            done = cmd.exit_code is not None and not cmd.stdout and not cmd.stderr
+            return NS_RSP + "/ReceiveResponse", _receive_body(cmd.command_id, out, err, cmd.exit_code if done else None)
+
+
+def _receive_body(command_id: str, out: bytes, err: bytes, exit_code: Optional[int]) -> str:
+    parts = ["<rsp:ReceiveResponse>"]
+    if out:
+        parts.append(f'<rsp:Stream Name="stdout" CommandId="{command_id}">{base64.b64encode(out).decode("ascii")}</rsp:Stream>')
+    if err:
+        parts.append(f'<rsp:Stream Name="stderr" CommandId="{command_id}">{base64.b64encode(err).decode("ascii")}</rsp:Stream>')
+    if exit_code is None:
+        parts.append(f'<rsp:CommandState CommandId="{command_id}" State="{STATE_RUNNING}"/>')
+    else:
+        parts.append(f'<rsp:Stream Name="stdout" CommandId="{command_id}" End="true"></rsp:Stream>')
+        parts.append(f'<rsp:Stream Name="stderr" CommandId="{command_id}" End="true"></rsp:Stream>')
+        parts.append(f'<rsp:CommandState CommandId="{command_id}" State="{STATE_DONE}">'
+                     f"<rsp:ExitCode>{int(exit_code)}</rsp:ExitCode></rsp:CommandState>")
+    parts.append("</rsp:ReceiveResponse>")
+    return "".join(parts)
+
+
+_DURATION = re.compile(r"^P(?:T)?(?:(\d+(?:\.\d+)?)H)?(?:(\d+(?:\.\d+)?)M)?(?:(\d+(?:\.\d+)?)S)?$")
+
+
+def _duration_s(text: Optional[str], default: float) -> float:
+    """xs:duration as WS-Man uses it (``PT20S``, ``PT20.000S``) -> seconds."""
+    match = _DURATION.match((text or "").strip())
+    if not match or not any(match.groups()):
+        return default
+    h, m, s = (float(g) if g else 0.0 for g in match.groups())
+    return h * 3600 + m * 60 + s
+
+
+def fault_envelope(fault: WSManFault, machine: str) -> bytes:
+    relates_to = getattr(fault, "relates_to", "") or ""
+    code = "s:Sender" if fault.sender else "s:Receiver"
+    body = (
+        f'<s:Fault><s:Code><s:Value>{code}</s:Value><s:Subcode><s:Value>{fault.subcode}</s:Value></s:Subcode></s:Code>'
+        f'<s:Reason><s:Text xml:lang="en-US">{escape(fault.reason)}</s:Text></s:Reason>'
+        f'<s:Detail><f:WSManFault xmlns:f="{NS_F}" Code="{fault.code}" Machine="{escape(machine)}">'
+        f"<f:Message>{escape(fault.message)}</f:Message></f:WSManFault></s:Detail></s:Fault>"
+    )
+    return _ENVELOPE.format(action=ACTION_FAULT, message_id=str(uuid.uuid4()).upper(), relates_to=escape(relates_to),
+                            body=body).encode("utf-8")
+
+
+def _terminate(handle: CommandHandle) -> None:
+    try:
+        handle.terminate()
+    except Exception:  # noqa: BLE001 - a persona failing to stop must not take the endpoint down
+        pass
+
+
+def _abort(conn) -> None:
+    """Drop a TCP connection the way a vanished host or a broken network does."""
+    try:
+        conn.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    try:
+        conn.close()
+    except OSError:
+        pass
+
+
+# -- HTTP --------------------------------------------------------------------------
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, address, host: WinRMHost, tls: bool):
+        self.winrm = host
+        self.tls = tls
+        self.closing = False
+        self.acceptor: Optional[threading.Thread] = None
+        super().__init__(address, _Handler)
+
+    def server_bind(self):
+        # HTTPServer.server_bind does a reverse DNS lookup of the address: seconds each for 127.0.x.y without a name
+        socketserver.TCPServer.server_bind(self)
+        self.server_name = self.winrm.hostname
+        self.server_port = self.server_address[1]
+
+    def accept_loop(self) -> None:
+        """Accept connections until stop_accepting(); blocks in accept(), so an idle host costs no CPU.
+
+        (serve_forever would poll every host's sockets several times a second:
+        with hundreds of emulated hosts that alone keeps a core busy.)
+        """
+        while not self.closing:
+            try:
+                request, client_address = self.get_request()
+            except OSError:
+                if self.closing:
+                    return
+                continue
+            self.process_request(request, client_address)  # ThreadingMixIn: one thread per connection
+
+    def stop_accepting(self) -> None:
+        self.closing = True
+        try:
+            self.socket.shutdown(socket.SHUT_RDWR)  # wakes the accept() above
+        except OSError:
+            pass
+        self.server_close()
+        if self.acceptor is not None and self.acceptor is not threading.current_thread():
+            self.acceptor.join(5)
+
+    def get_request(self):
+        sock, addr = self.socket.accept()
+        if self.tls:
+            # the handshake happens in the connection's own thread, not in the accept loop
+            sock = self.winrm.ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, addr
+
+    def handle_error(self, request, client_address):
+        pass  # a client that hangs up or fails TLS validation is not the server's error
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # else every reply stalls ~40 ms (headers and body in separate segments + delayed ACK)
+    timeout = IDLE_TIMEOUT_S
+    server_version = "Microsoft-HTTPAPI/2.0"
+    sys_version = ""
+
+    def setup(self):
+        super().setup()
+        self.winrm: WinRMHost = self.server.winrm
+        self.ntlm = None  # the established NTLM context: this connection's security context
+        self.ntlm_pending = None
+        self.owner = ""
+        if self.server.tls:
+            # bounded by the idle timeout set above; a failure closes the socket (finish() does not run)
+            self.connection.do_handshake()
+        self.winrm._track(self.connection)
+
+    def finish(self):
+        try:
+            super().finish()
+        finally:
+            self.winrm._untrack(self.connection)
+
+    def log_message(self, format, *args):  # noqa: A002 - no per-request logging (hot path)
+        pass
+
+    def do_GET(self):
+        self._reply(405, b"", close=False)
+
+    def do_POST(self):  # noqa: C901 - the order of the checks is the protocol
+        host = self.winrm
+        faults = host.faults
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        if faults.latency_ms:
+            time.sleep(faults.latency_ms / 1000.0)
+        if faults.down or host.state != "running":
+            self.close_connection = True
+            _abort(self.connection)
+            return
+        if self.path.split("?")[0].rstrip("/").lower() != "/wsman":
+            self._reply(404, b"", close=False)
+            return
+        if not self._authenticate():
+            return
+        encrypted = "multipart/encrypted" in (self.headers.get("Content-Type") or "")
+        if encrypted:
+            if self.ntlm is None:
+                self._challenge()
+                return
+            try:
+                body = self._unwrap(body)
+            except Exception:  # noqa: BLE001 - a tampered or out-of-sequence message
+                self._reply(400, b"", close=True)
+                return
+        elif body and not self.server.tls and not host.allow_unencrypted:
+            # WinRM's AllowUnencrypted=false: plain SOAP over HTTP is refused
+            self._challenge()
+            return
+        if not body:
+            # the empty POST that completes the NTLM handshake before encryption starts
+            self._reply(200, b"", close=False)
+            return
+        if faults.http_500 and faults.take("http_500"):
+            fault = internal_error("Fault injected by the rehearsal fleet spec (http_500).")
+            self._soap(500, fault_envelope(fault, host.hostname), encrypted)
+            return
+        if faults.drop_receive and b"/windows/shell/Receive<" in body and faults.take("drop_receive"):
+            self.close_connection = True
+            _abort(self.connection)
+            return
+        try:
+            reply = host.dispatch(body, self.owner)
+            status = 200
+        except WSManFault as fault:
+            reply, status = fault_envelope(fault, host.hostname), 500
+        if host.state != "running":
+            # the host went down (rebooted) while this request ran: the reply never arrives
+            self.close_connection = True
+            _abort(self.connection)
+            return
+        self._soap(status, reply, encrypted)
+
+    # -- auth -------------------------------------------------------------------
+    def _authenticate(self) -> bool:
+        """True when the request may proceed; otherwise the reply (a 401) has been sent."""
+        auth = self.headers.get("Authorization")
+        rejecting = self.winrm.faults.auth_reject  # fault: the account is refused (locked out, password changed)
+        if not auth:
+            if self.ntlm is not None and not rejecting:
+                return True
+            self._challenge()
+            return False
+        scheme, _, token = auth.strip().partition(" ")
+        scheme_l = scheme.lower()
+        if scheme_l == "basic":
+            if not self.server.tls and not self.winrm.allow_unencrypted:
+                self._challenge()  # Basic over plain HTTP is refused like AllowUnencrypted=false
+                return False
+            if rejecting or not self.winrm.credentials.basic_ok(token.strip()):
+                self._challenge()
+                return False
+            self.owner = self.winrm.credentials.username
+            return True
+        if scheme_l in ("negotiate", "ntlm"):
+            return self._ntlm_step(scheme, token.strip())
+        self._challenge()
+        return False
+
+    def _ntlm_step(self, scheme: str, token_b64: str) -> bool:
+        import spnego
+        from spnego.channel_bindings import GssChannelBindings
+
+        try:
+            token = base64.b64decode(token_b64)
+        except ValueError:
+            self._challenge()
+            return False
+        message_type = token[8:12] if token.startswith(b"NTLMSSP\x00") else b""
+        if message_type == b"\x01\x00\x00\x00":
+            self.ntlm = None
+            bindings = None
+            if self.server.tls and self.winrm.cert_sha256:
+                bindings = GssChannelBindings(application_data=b"tls-server-end-point:" + self.winrm.cert_sha256)
+            ctx = spnego.server(hostname=self.winrm.hostname, service="http", protocol="ntlm", channel_bindings=bindings)
+            try:
+                challenge = ctx.step(token)
+            except Exception:  # noqa: BLE001
+                self._challenge()
+                return False
+            self.ntlm_pending = ctx
+            self._reply(401, b"", close=False, extra=[("WWW-Authenticate", f"{scheme} {base64.b64encode(challenge).decode()}")])
+            return False
+        if message_type == b"\x03\x00\x00\x00" and self.ntlm_pending is not None:
+            ctx, self.ntlm_pending = self.ntlm_pending, None
+            if self.winrm.faults.auth_reject:
+                self._challenge()
+                return False
+            try:
+                ctx.step(token)
+            except Exception:  # noqa: BLE001 - wrong password, wrong channel binding, unknown user
+                self._challenge()
+                return False
+            if not ctx.complete:
+                self._challenge()
+                return False
+            self.ntlm = ctx
+            self.owner = self.winrm.credentials.username
+            return True
+        self._challenge()
+        return False
+
+    # -- message encryption -----------------------------------------------------
+    def _unwrap(self, body: bytes) -> bytes:
+        parts = [p for p in body.split(BOUNDARY + b"\r\n") if p]
+        message = b""
+        for i in range(0, len(parts) - 1, 2):
+            header, payload = parts[i].strip(), parts[i + 1]
+            expected = int(header.split(b"Length=")[1])
+            if payload.endswith(BOUNDARY + b"--\r\n"):
+                payload = payload[: -len(BOUNDARY + b"--\r\n")]
+            data = payload.replace(b"\tContent-Type: application/octet-stream\r\n", b"", 1)
+            sig_len = struct.unpack("<i", data[:4])[0]
+            plain = self.ntlm.unwrap_winrm(data[4:4 + sig_len], data[4 + sig_len:])
+            if len(plain) != expected:
+                raise ValueError("encrypted length does not match OriginalContent")
+            message += plain
+        return message
+
+    def _wrap(self, message: bytes) -> bytes:
+        res = self.ntlm.wrap_winrm(message)
+        return b"".join((
+            BOUNDARY, b"\r\n\tContent-Type: ", PROTOCOL_SPNEGO.encode(), b"\r\n",
+            b"\tOriginalContent: type=", SOAP_CONTENT_TYPE.encode(), b";Length=", str(len(message)).encode(), b"\r\n",
+            BOUNDARY, b"\r\n\tContent-Type: application/octet-stream\r\n",
+            struct.pack("<i", len(res.header)), res.header, res.data,
+            BOUNDARY, b"--\r\n",
+        ))
+
+    # -- replies ------------------------------------------------------------------
+    def _soap(self, status: int, envelope: bytes, encrypted: bool) -> None:
+        if encrypted:
+            self._reply(status, self._wrap(envelope), content_type=ENCRYPTED_CONTENT_TYPE)
+        else:
+            self._reply(status, envelope, content_type=SOAP_CONTENT_TYPE)
+
+    def _challenge(self) -> None:
+        """401 with the schemes Windows offers; a half-done NTLM handshake is forgotten."""
+        self.ntlm_pending = None
+        self._reply(401, b"", close=False, extra=[("WWW-Authenticate", "Negotiate"),
+                                                  ("WWW-Authenticate", 'Basic realm="WSMAN"')])
+
+    _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
+                500: "Internal Server Error"}
+
+    def _reply(self, status: int, body: bytes, *, content_type: Optional[str] = None, close: bool = False,
+               extra=()) -> None:
+        # one write: status line, headers and body leave in one segment
+        lines = [f"HTTP/1.1 {status} {self._REASONS.get(status, 'Error')}", "Server: Microsoft-HTTPAPI/2.0",
+                 f"Content-Length: {len(body)}"]
+        if content_type:
+            lines.append(f"Content-Type: {content_type}")
+        lines += [f"{k}: {v}" for k, v in extra]
+        if close:
+            lines.append("Connection: close")
+            self.close_connection = True
+        self.wfile.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
