@@ -13,9 +13,9 @@ import pytest
 import yaml
 
 from deploy_tasks.configgen import load_manifest, render
-from deploy_tasks.configgen.check import find_puppet, run_puppet_validate
+from deploy_tasks.configgen.check import _merge, find_puppet, run_puppet_validate
 from deploy_tasks.configgen.output import compare, read_modules, unified_diff, write
-from deploy_tasks.configgen.render import hiera_unescape, puppet_string
+from deploy_tasks.configgen.render import _dump, hiera_unescape, puppet_string
 from deploy_tasks.errors import ConfigError
 from deploy_tasks.inventory import load_inventory
 from deploy_tasks.settings import resolve
@@ -307,15 +307,23 @@ def test_node_files_are_exactly_what_one_safe_dump_of_the_node_gives(hostile, tm
                 row[4] = "acme::zeo"
         return rows
     with_class = load_inventory(write_example_variant(tmp_path / "c.xlsx", components=use_class))
-    for inventory in (hostile, with_class):
+    tricky = [("line one\nline two\n\nline four", "multi"), ("  leading and trailing  ", "spaces"), ("", "empty"),
+              ("yes", "yes"), ("1.10", "version_like"), (2.5, "ratio"), (True, "flag"), ("x" * 300 + " y", "long"),
+              ("- not a list", "dash"), ("#not a comment", "hash"), ("key: value", "colon"), ("\u00e9t\u00e9 \u2014 \U0001F680", "utf8"),
+              ("next\x85line\u2028sep", "unicode_breaks")]
+    odd = load_inventory(write_example_variant(
+        tmp_path / "o.xlsx", parameters=[("component:zeo_server", key, value) for value, key in tricky],
+        mapping_column=("note", {("ZDB01", "zeo_server"): "mapped\nvalue 'q' \"qq\"", ("ZDB01", "blob_storage"): 7})))
+    assert odd.parameters_for("ZDB01", "zeo_server")["multi"] == "line one\nline two\n\nline four"
+    for inventory in (hostile, with_class, odd):
         r = render(inventory, settings_for(inventory))
         nodes = [p for p in r.files if "/data/nodes/" in p]
         assert len(nodes) == 6
         for path in nodes:
             whole = yaml.safe_load(r.files[path])
+            assert whole == _merge(r.parts[path])  # and the data is what was meant
             header = r.files[path].split("\n", 1)[0] + "\n"
-            assert r.files[path] == header + yaml.safe_dump(whole, sort_keys=False, allow_unicode=True,
-                                                            default_flow_style=False, width=1 << 16)
+            assert r.files[path] == header + _dump(whole)
 
 
 def test_yaml_read_back_names_the_workbook_cell_of_a_value_that_changed(hostile, tmp_path):
@@ -323,7 +331,7 @@ def test_yaml_read_back_names_the_workbook_cell_of_a_value_that_changed(hostile,
     r = render(hostile, settings_for(hostile))
     path = f"{ENV}/data/nodes/zsvc01.example.test.yaml"
     # simulate an emitter that loses a character of the banner: text and parts disagree with the data
-    r.parts[path] = [(text.replace("line 2", "line two"), data, indent) for text, data, indent in r.parts[path]]
+    r.parts[path] = [(text and text.replace("line 2", "line two"), data, where) for text, data, where in r.parts[path]]
     r.files[path] = r.files[path].replace("line 2", "line two")
     for rel, text in r.files.items():
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ Errors name the workbook row a bad line or value comes from.
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import shutil
@@ -21,7 +22,7 @@ from typing import Optional
 import yaml
 
 from ..errors import ConfigError
-from .render import COMPONENTS_KEY, Rendered
+from .render import Rendered
 
 _LOCATION = re.compile(r"\(file: (?P<file>[^,]+), line: (?P<line>\d+)(?:, column: (?P<col>\d+))?\)")
 
@@ -89,15 +90,16 @@ def check_yaml(rendered: Rendered, root: Path, label: str = "") -> None:
                                     + _first_difference(expected, loaded, rendered.value_origin.get(rel, {})))
                     continue
                 whole_loaded = whole_loaded or parts is not None
-            for part_text, data, indent in parts or ():
+            for part_text, data, where in parts or ():
+                if part_text is None:  # a structural line ("parameters: {}"): checked by the whole load
+                    continue
                 ok = checked_parts.get(part_text)
                 if ok is None:
                     ok = checked_parts[part_text] = _load(part_text) == data
                 if not ok:
                     loaded = _load(part_text)
-                    nested = (COMPONENTS_KEY,) if indent else ()
                     problems.append(f"{label}{rel}: reads back differently from what was written: "
-                                    + _first_difference(data, loaded, rendered.value_origin.get(rel, {}), nested))
+                                    + _first_difference(data, loaded, rendered.value_origin.get(rel, {}), where))
                     break
         except yaml.YAMLError as exc:
             problems.append(f"{label}{rel}: does not read back as YAML: {exc}")
@@ -108,11 +110,11 @@ def check_yaml(rendered: Rendered, root: Path, label: str = "") -> None:
 def _merge(parts: list) -> dict:
     """The whole document the parts of a node file stand for."""
     doc: dict = {}
-    for _, data, indent in parts:
-        if indent:
-            doc.setdefault(COMPONENTS_KEY, {}).update(data)
-        else:
-            doc.update(data)
+    for _, data, where in parts:
+        target = doc
+        for key in where:
+            target = target.setdefault(key, {})
+        target.update(copy.deepcopy(data))  # parts share their data between files: never alias it
     return doc
 
 

@@ -15,6 +15,7 @@ Puppet class names, each as an escaped single-quoted Puppet string.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
@@ -48,7 +49,7 @@ class Rendered:
     # relative YAML path -> {(component, parameter key): "where in the workbook"}
     value_origin: dict = field(default_factory=dict)
     # node files are composed of parts, each the output of yaml.safe_dump:
-    # relative path -> [(text as dumped, the data it was dumped from, indent)]
+    # relative path -> [(text as dumped or None, the data it was dumped from, key path it goes under)]
     parts: dict = field(default_factory=dict)
 
     @property
@@ -311,50 +312,104 @@ def _check_certnames(inventory: Inventory, domain: str) -> None:
 
 
 def _add_node_yaml(out: Rendered, path: str, node: dict, source: str, memo: dict) -> None:
-    """A node file: what ``dump_yaml(node)`` gives, composed from memoized dumps of its entries.
+    """A node file: what ``dump_yaml(node)`` gives, composed from memoized ``yaml.safe_dump`` pieces.
 
-    Thousands of hosts share most component entries; dumping each distinct
-    entry once and indenting it under ``deploy::components:`` yields the same
-    bytes as dumping the whole node (a block mapping nests by indentation; no
-    line is folded at this width), for a fraction of the time. The unit tests
-    compare both for the example and hostile workbooks.
+    Thousands of hosts share most of what they say about a component; dumping
+    each distinct piece once (a component's fixed part, each ``key: value`` of
+    its parameters) and indenting it where it belongs yields the same bytes as
+    dumping the whole node (block mappings nest by indentation; no line is
+    folded at this width), for a fraction of the time. The only text not from
+    the emitter is the two keys ``deploy::components:`` and ``parameters:``.
+    The unit tests compare both ways on the example and hostile workbooks, and
+    the read-back check loads the first node file whole.
     """
-    components = node[COMPONENTS_KEY]
     keys = list(node)
     at = keys.index(COMPONENTS_KEY)
-    parts: list = []
+    parts: list = []  # (text or None for a structural line, data, where the data goes: a key path)
     chunks = [HEADER.format(source=source)]
-    if at:
-        head = hiera_escape({k: node[k] for k in keys[:at]})
-        head_text = _dump(head)
-        parts.append((head_text, head, 0))
-        chunks.append(head_text)
+    for group in (keys[:at],):
+        if group:
+            head = hiera_escape({k: node[k] for k in group})
+            text = _dump(head)
+            parts.append((text, head, ()))
+            chunks.append(text)
+    components = node[COMPONENTS_KEY]
     if not components:
         chunks.append(f"{COMPONENTS_KEY}: {{}}\n")
-        parts.append((f"{COMPONENTS_KEY}: {{}}\n", {COMPONENTS_KEY: {}}, 0))
+        parts.append((None, {}, (COMPONENTS_KEY,)))
     else:
         chunks.append(f"{COMPONENTS_KEY}:\n")
-        for name, entry in components.items():
-            key = (name, repr(entry))
-            cached = memo.get(key)
-            if cached is None:
-                data = {name: hiera_escape(entry)}
+    for name, entry in components.items():
+        fixed = {k: v for k, v in entry.items() if k != "parameters"}
+        key = ("fixed", name, repr(fixed))
+        piece = memo.get(key)
+        if piece is None:
+            data = {name: hiera_escape(fixed)}
+            text = _dump(data)
+            piece = memo[key] = (text, data, _indent(text, 2))
+        parts.append((piece[0], piece[1], (COMPONENTS_KEY,)))
+        chunks.append(piece[2])
+        params = entry["parameters"]
+        where = (COMPONENTS_KEY, name, "parameters")
+        if not params:
+            chunks.append("    parameters: {}\n")
+            parts.append((None, {}, where))
+            continue
+        chunks.append("    parameters:\n")
+        for pkey, value in params.items():
+            key = ("param", pkey, type(value).__name__, repr(value))
+            piece = memo.get(key)
+            if piece is None:
+                data = {pkey: hiera_escape(value)}
                 text = _dump(data)
-                cached = memo[key] = (text, data, "".join("  " + line for line in text.splitlines(keepends=True)))
-            parts.append((cached[0], cached[1], 2))
-            chunks.append(cached[2])
+                piece = memo[key] = (text, data, _indent(text, 6))
+            parts.append((piece[0], piece[1], where))
+            chunks.append(piece[2])
     tail = {k: node[k] for k in keys[at + 1:]}
     if tail:  # a user class's automatic parameter lookup keys, after the components
         tail = hiera_escape(tail)
-        tail_text = _dump(tail)
-        parts.append((tail_text, tail, 0))
-        chunks.append(tail_text)
+        text = _dump(tail)
+        parts.append((text, tail, ()))
+        chunks.append(text)
     out.parts[path] = parts
     out.files[path] = "".join(chunks)
 
 
+_BREAKS = re.compile("([\n\x85\u2028\u2029])")  # what YAML 1.1 (and so the emitter) counts as a line break
+
+
+def _indent(text: str, width: int) -> str:
+    """``text`` (emitter output, ending in a newline) moved ``width`` columns right.
+
+    Every line after any YAML line break is moved, as the emitter indents
+    each line of a multi-line scalar at any depth; an empty line stays empty,
+    as the emitter writes it.
+    """
+    pad = " " * width
+    pieces = _BREAKS.split(text)  # line, break, line, break, ..., "" after the final newline
+    out = []
+    for i, piece in enumerate(pieces):
+        out.append(pad + piece if i % 2 == 0 and piece else piece)
+    return "".join(out)
+
+
+class _Dumper(yaml.SafeDumper):
+    """yaml.safe_dump's dumper, except that text holding a YAML 1.1 line break other than \\n
+    (NEL, LS, PS) is written double-quoted, where those are escaped (\\N, \\L, \\P): written
+    raw, PyYAML's own loader folds a NEL into a space."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, text: str):
+    style = '"' if ("\x85" in text or "\u2028" in text or "\u2029" in text) else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", text, style=style)
+
+
+_Dumper.add_representer(str, _represent_str)
+
+
 def _dump(data: Any) -> str:
-    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, default_flow_style=False, width=1 << 16)
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, default_flow_style=False,
+                     width=1 << 16)
 
 
 def _add_yaml(out: Rendered, path: str, data: dict, source: str) -> None:

@@ -8,9 +8,10 @@ from deploy_tasks.inventory.template import example_sheets, write_workbook
 
 # Everything that breaks naive templating: both quotes, backslashes (a Windows
 # path and a trailing one), Puppet ${...}, Hiera %{...}, Jinja {{...}}, ERB,
-# a newline and a tab, and non-ASCII text (accents, an em dash, an emoji).
+# a newline and a tab, non-ASCII text (accents, an em dash, an emoji), and the
+# Unicode line breaks NEL and LS that YAML 1.1 treats as newlines.
 HOSTILE = ("He said \"hi\" & it's C:\\temp\\new\\ ${facts['os']} %{trusted.certname} %{literal('x')} "
-           "{{ jinja }} <%= erb %>\nline 2\tüñíçødé — ✓ 🚀 \\")
+           "{{ jinja }} <%= erb %>\nline 2\tüñíçødé — ✓ 🚀 NEL\x85LS\u2028 \\")
 
 
 def write_example_variant(path: Path, parameters=(), mapping_column=None, components=None) -> Path:
