@@ -10,9 +10,9 @@ Measured in the same run, best of --repeat:
 - separately: the single ``puppet parser validate`` call over all .pp files.
 Target: generate-config / load+validate at most 2x.
 
-The workbook (5,000 Windows servers, the example's 34 components, 30,000
-mapping rows, .xlsx) is generated here and cached under build/bench/; it
-stands in for the foundation benchmark's workbook of the same shape.
+The workbook is the foundation benchmark's (bench/inventory_load.py: 5,000
+servers, the example's 34 components, 30,000 mapping rows each with its own
+parameter value, .xlsx), cached under build/bench/.
 """
 
 from __future__ import annotations
@@ -30,40 +30,19 @@ sys.path.insert(0, str(ROOT))
 from deploy_tasks.configgen import load_manifest, render  # noqa: E402
 from deploy_tasks.configgen.check import find_puppet, run_puppet_validate  # noqa: E402
 from deploy_tasks.configgen.output import read_modules, write  # noqa: E402
-from deploy_tasks.inventory import example, load_inventory  # noqa: E402
-from deploy_tasks.inventory.template import example_sheets, write_workbook  # noqa: E402
+from deploy_tasks.inventory import load_inventory  # noqa: E402
+sys.path.insert(0, str(ROOT / "bench"))
+from inventory_load import write_big  # noqa: E402  (the foundation benchmark's workbook)
 from deploy_tasks.settings import resolve  # noqa: E402
 
 
 def big_workbook(path: Path, servers: int, mapping: int) -> Path:
-    """The example product on ``servers`` Windows hosts with ``mapping`` Mapping rows in all."""
-    if path.exists():
-        return path
-    sheets = example_sheets()
-    s_headers, _ = sheets["Servers"]
-    rows = [list(example.SERVERS[0])]  # deploy01: puppet master + package server
-    for i in range(servers):
-        rows.append([f"WIN{i:05d}", f"10.{i // 65025 % 256}.{i // 255 % 255}.{i % 255 + 1}", "windows", "app",
-                     None, ""])
-    sheets["Servers"] = (s_headers, rows)
-    names = [c[0] for c in example.COMPONENTS]
-    per_host = max(1, mapping // servers)
-    m_headers = list(example.MAPPING_HEADERS)
-    m_rows = []
-    for i in range(servers):
-        start = (i * 7) % len(names)
-        chosen = [names[(start + k) % len(names)] for k in range(per_host)]
-        for comp in chosen:
-            m_rows.append([f"WIN{i:05d}", comp, 8000 + (i % 100) if comp.startswith("zope") else None,
-                           "10.0.0.1:8100" if comp.startswith("zope_instance") else None])
-    sheets["Mapping"] = (m_headers, m_rows[:mapping])
-    p_headers, p_rows = sheets["Parameters"]
-    p_rows = [r for r in p_rows if not str(r[0]).startswith("host:")]  # the example hosts are not here
-    sheets["Parameters"] = (p_headers, p_rows + [[f"host:WIN{i:05d}", "log_level", "DEBUG"] for i in range(0, servers, 50)])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".partial.xlsx")
-    write_workbook(tmp, sheets, starter_aids=False, overwrite=True)
-    tmp.rename(path)
+    """The foundation benchmark's workbook (bench/inventory_load.py), cached under build/bench/."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.stem + ".partial.xlsx")
+        write_big(partial, servers, mapping)
+        partial.rename(path)
     return path
 
 
@@ -84,7 +63,7 @@ def main() -> int:
     args = ap.parse_args()
 
     t0 = time.perf_counter()
-    workbook = big_workbook(ROOT / "build" / "bench" / f"generate_config-{args.servers}-{args.mapping}.xlsx",
+    workbook = big_workbook(ROOT / "build" / "bench" / f"inventory_load-{args.servers}-{args.mapping}.xlsx",
                             args.servers, args.mapping)
     print(f"workbook: {workbook} ({time.perf_counter() - t0:.1f} s to make or find)")
     modules = read_modules(ROOT / "puppet" / "modules")
