@@ -279,8 +279,9 @@ def test_task_generate_check_and_diff(tmp_path):
     assert "-  notify { 'hand edit': }" in drift.stdout
     assert "1 file(s) differ" in drift.stderr
     assert "hand edit" in site.read_text()  # --check writes nothing
-    fix = inv("generate-config", "--output", str(out))
+    fix = inv("generate-config", "--output", str(out), "--diff")  # writes, and shows what it changed
     assert fix.returncode == 0 and "1 file(s) written (1 changed)" in fix.stdout
+    assert f"--- a/{ENV}/manifests/site.pp" in fix.stdout and "-  notify { 'hand edit': }" in fix.stdout
     assert "hand edit" not in site.read_text()
 
 
