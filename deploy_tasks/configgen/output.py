@@ -117,13 +117,24 @@ def write(rendered: Rendered, out_dir: Path, puppet: Optional[str]) -> WriteResu
         env_dir.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"{env_dir.parent}: cannot create the output directory: {exc.strerror}") from None
-    staging = Path(tempfile.mkdtemp(prefix=f".{env_dir.name}.new-", dir=env_dir.parent))
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{env_dir.name}.new-", dir=env_dir.parent))
+    except OSError as exc:
+        raise ConfigError(f"{env_dir.parent}: cannot create a temp dir to build in: {exc.strerror}") from None
     try:
         os.chmod(staging, 0o755)  # mkdtemp makes it 0700; the Puppet server's user must read it once published
-        _fill(rendered, staging, env_dir, {c.path for c in changes})
+        try:
+            _fill(rendered, staging, env_dir, {c.path for c in changes})
+        except OSError as exc:
+            raise ConfigError(f"{staging}: cannot write the new files ({exc.strerror}: {exc.filename}); "
+                              f"{env_dir} is unchanged") from None
         result.check = validate_tree(_Relocated(rendered), staging, puppet, label=f"{env_dir}/")
         if changes:
-            _swap(staging, env_dir)
+            try:
+                _swap(staging, env_dir)
+            except OSError as exc:
+                raise ConfigError(f"{env_dir}: cannot swap in the new tree ({exc.strerror}); "
+                                  "check its permissions and re-run") from None
             result.written = True
     finally:
         if staging.exists():
@@ -176,7 +187,11 @@ def _swap(staging: Path, env_dir: Path) -> None:
         return
     old = env_dir.with_name(f".{env_dir.name}.old-{os.getpid()}")
     os.rename(env_dir, old)
-    os.rename(staging, env_dir)
+    try:
+        os.rename(staging, env_dir)
+    except OSError:
+        os.rename(old, env_dir)  # put the previous tree back
+        raise
     shutil.rmtree(old, ignore_errors=True)
 
 
