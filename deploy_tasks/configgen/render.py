@@ -228,7 +228,19 @@ def render(inventory: Inventory, settings, manifest: Optional[ArtifactManifest] 
     }
     _add_yaml(out, f"{base}/data/common.yaml", common, source)
 
-    fragments: dict = {}  # memo: a component entry dumped once, whatever the number of hosts with it
+    # what a node says about a component apart from its parameters: the same on every host
+    fixed: dict = {}
+    for c in inventory.components:
+        fixed[c.name] = {
+            "version": c.version,
+            "group": groups[c.name],
+            "depends_on": list(c.depends_on),
+            "artifact": c.artifact,
+            "artifact_url": artifact_url(pkg_base, env, c),
+        }
+        if checksums.get(c.name):
+            fixed[c.name]["sha256"] = checksums[c.name]
+    fragments: dict = {}  # memo: each distinct piece of node YAML dumped once, whatever the number of hosts
     site = [HEADER.format(source=source).rstrip("\n"),
             "# One node block per Windows host; each component is tagged with its name so that",
             "# `puppet agent --tags <component>` applies exactly that component's resources.",
@@ -243,15 +255,7 @@ def render(inventory: Inventory, settings, manifest: Optional[ArtifactManifest] 
         for a in assignments:
             c = components[a.component]
             params, where = _parameters(by_scope, server.hostname, a)
-            entry = {
-                "version": c.version,
-                "group": groups[c.name],
-                "depends_on": list(c.depends_on),
-                "artifact": c.artifact,
-                "artifact_url": artifact_url(pkg_base, env, c),
-            }
-            if checksums.get(c.name):
-                entry["sha256"] = checksums[c.name]
+            entry = dict(fixed[c.name])
             entry["parameters"] = params
             node[COMPONENTS_KEY][c.name] = entry
             for key, w in where.items():
@@ -340,11 +344,10 @@ def _add_node_yaml(out: Rendered, path: str, node: dict, source: str, memo: dict
     else:
         chunks.append(f"{COMPONENTS_KEY}:\n")
     for name, entry in components.items():
-        fixed = {k: v for k, v in entry.items() if k != "parameters"}
-        key = ("fixed", name, repr(fixed))
+        key = ("fixed", name)  # the part before "parameters" depends on the component only
         piece = memo.get(key)
         if piece is None:
-            data = {name: hiera_escape(fixed)}
+            data = {name: hiera_escape({k: v for k, v in entry.items() if k != "parameters"})}
             text = _dump(data)
             piece = memo[key] = (text, data, _indent(text, 2))
         parts.append((piece[0], piece[1], (COMPONENTS_KEY,)))
