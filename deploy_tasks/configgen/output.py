@@ -113,6 +113,10 @@ def write(rendered: Rendered, out_dir: Path, puppet: Optional[str]) -> WriteResu
     env_dir = out_dir / rendered.env_dir
     changes = compare(rendered, out_dir)
     result = WriteResult(env_dir, changes)
+    if not changes:
+        # the current tree already holds exactly these bytes: check it where it is, touch nothing
+        result.check = validate_tree(_Relocated(rendered), env_dir, puppet, label=f"{env_dir}/")
+        return result
     try:
         env_dir.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -129,13 +133,12 @@ def write(rendered: Rendered, out_dir: Path, puppet: Optional[str]) -> WriteResu
             raise ConfigError(f"{staging}: cannot write the new files ({exc.strerror}: {exc.filename}); "
                               f"{env_dir} is unchanged") from None
         result.check = validate_tree(_Relocated(rendered), staging, puppet, label=f"{env_dir}/")
-        if changes:
-            try:
-                _swap(staging, env_dir)
-            except OSError as exc:
-                raise ConfigError(f"{env_dir}: cannot swap in the new tree ({exc.strerror}); "
-                                  "check its permissions and re-run") from None
-            result.written = True
+        try:
+            _swap(staging, env_dir)
+        except OSError as exc:
+            raise ConfigError(f"{env_dir}: cannot swap in the new tree ({exc.strerror}); "
+                              "check its permissions and re-run") from None
+        result.written = True
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
