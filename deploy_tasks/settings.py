@@ -136,6 +136,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("inventory", "str", "inventory/example.xlsx", "The inventory workbook (.xlsx or .xls).", workbook=False),
     Setting("build_dir", "str", "build", "Where generated files, state and reports go.", workbook=False),
     Setting("repository", "str", "build/repository", "The package repository directory on the controller: extract-artifacts writes it, nginx serves it.", workbook=False),
+    # -- issue 5: inv bootstrap (package server, Puppet master over SSH) and inv publish-config --
+    Setting("ssh_config", "str", "", "An extra ssh_config file for the Linux servers (read after ~/.ssh/config conventions; Fabric's runtime_ssh_path).", workbook=False),
+    Setting("ssh_user", "str", "", "SSH user for the Linux servers (blank: ssh_config's User, else the local user); not root means sudo, password from DEPLOY_SUDO_PASSWORD or a prompt.", workbook=False),
+    Setting("package_root", "str", "/srv/deploy_tasks/repository", "Directory the package server's nginx serves the repository from (where --publish sends it).", workbook=False),
+    Setting("template_dir", "str", "", "A directory whose templates override the shipped ones in templates/ (same file names).", workbook=False),
+    Setting("puppetserver_heap", "str", "512m-1g", "Java heap of puppetserver: min-max (512m-1g) or one size (2g).", workbook=False, check=lambda v: None if re.match(r"^\d+[kmgKMG](-\d+[kmgKMG])?$", v) else "must be a heap size such as 512m-1g (min-max) or 2g"),
+    Setting("puppetserver_start_timeout_s", "int", 300, "Longest wait for puppetserver to answer running after a (re)start, in seconds.", workbook=False, minimum=10),
+    Setting("puppet_autosign", "str", "false", "Master's autosign: false, or the absolute path of a policy executable on the master (challenge passwords); never true.", workbook=False, check=lambda v: None if v == "false" or v.startswith("/") else "must be false or the absolute path of an autosign policy executable (true is never allowed)"),
     # -- issue 3: inv generate-config ------------------------------------------
     Setting("puppet_dir", "str", "", "Where inv generate-config writes the Puppet code dir (environments/<env>/...); blank: <build_dir>/puppet.", workbook=False),
     Setting("puppet_modules", "str", "puppet/modules", "Modules copied into the generated environment's modules/ (the example product module); blank: none.", workbook=False),

@@ -127,9 +127,11 @@ PUPPETSERVER_LOG = Path("/var/log/puppetserver/puppetserver-daemon.log")
 def ensure_puppetserver(timeout: float = 240.0) -> dict:
     """A real puppetserver (Debian 7.9.5) answering on 127.0.0.1:8140; reused when already up.
 
-    Started as the Debian systemd unit would (systemd does not run here),
-    with TLS 1.2 only (TLS 1.3 keep-alive stalls 30 s on this version) and
-    autosign off. Returns paths the tests need.
+    Not running: the product's own Puppet master step (deploy_tasks.steps.puppet_master,
+    what `inv bootstrap --only puppet-master` runs for the example's master deploy01 +
+    example.test, through invoke's local Context) configures and starts it: TLS 1.2 only
+    (TLS 1.3 keep-alive stalls 30 s on this version), autosign off, started as the
+    Debian systemd unit would (systemd does not run here). Returns paths the tests need.
     """
     if not Path("/usr/share/puppetserver/puppetserver.jar").exists() or not shutil.which("java"):
         raise Missing("puppetserver is not installed (apt-get install puppetserver)")
@@ -144,35 +146,16 @@ def ensure_puppetserver(timeout: float = 240.0) -> dict:
     }
     if puppetserver_status() == "running":
         return info
-    _configure_puppetserver()
-    run_dir = Path("/run/puppetserver")
-    run_dir.mkdir(exist_ok=True)
-    shutil.chown(run_dir, "puppet", "puppet")
-    (run_dir / "restart").write_text("0")
-    shutil.chown(run_dir / "restart", "puppet", "puppet")
-    PUPPETSERVER_LOG.parent.mkdir(parents=True, exist_ok=True)
-    shutil.chown(PUPPETSERVER_LOG.parent, "puppet", "puppet")
-    cmd = [
-        "runuser", "-u", "puppet", "--", "java", "-Xms512m", "-Xmx1g",
-        "-Djruby.logger.class=com.puppetlabs.jruby_utils.jruby.Slf4jLogger",
-        "-Djruby.lib=/usr/share/jruby/lib", "-XX:+CrashOnOutOfMemoryError",
-        "-jar", "/usr/share/puppetserver/puppetserver.jar",
-        "--config", "/etc/puppet/puppetserver/conf.d",
-        "--bootstrap-config", "/etc/puppet/puppetserver/services.d",
-        "--restart-file", str(run_dir / "restart"),
-    ]
-    with open(PUPPETSERVER_LOG, "ab") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
-    (run_dir / "puppetserver.pid").write_text(str(proc.pid))
-    try:
-        wait_for(lambda: proc.poll() is not None or puppetserver_status() == "running", timeout, interval=1,
-                 what="puppetserver /status/v1/simple to answer running")
-    except TimeoutError:
-        raise TimeoutError("puppetserver did not start; last log lines:\n" + _tail(PUPPETSERVER_LOG)) from None
-    if proc.poll() is not None:
-        raise RuntimeError(f"puppetserver exited with {proc.returncode}; last log lines:\n" + _tail(PUPPETSERVER_LOG))
-    info["started"] = True
+    from deploy_tasks.inventory.model import Server
+    from deploy_tasks.settings import resolve
+    from deploy_tasks.steps import StepResult, puppet_master
+    from deploy_tasks.transports.ssh import Shell
+
+    master = Server(MASTER_CERTNAME.split(".")[0], "local", "linux", ("puppet-master", "package-server"))
+    settings = resolve({"domain": MASTER_CERTNAME.split(".", 1)[1], "puppetserver_start_timeout_s": int(timeout)})
+    result = puppet_master.run(Shell(master.hostname, "local"), master, settings,
+                               StepResult(master.hostname, "puppet-master"))
+    info["started"] = result.changed
     return info
 
 
@@ -181,24 +164,3 @@ def _tail(path: Path, lines: int = 30) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
-
-
-def _configure_puppetserver() -> None:
-    import configparser
-
-    conf = PUPPET_CONFDIR / "puppet.conf"
-    parser = configparser.ConfigParser(interpolation=None)
-    parser.read(conf)
-    for section in ("main", "server"):
-        if not parser.has_section(section):
-            parser.add_section(section)
-    parser.set("server", "certname", MASTER_CERTNAME)
-    parser.set("server", "dns_alt_names", "deploy01,deploy01.example.test,localhost,IP:127.0.0.1")
-    parser.set("server", "autosign", "false")
-    with open(conf, "w") as fh:
-        parser.write(fh)
-    web = PUPPET_CONFDIR / "puppetserver" / "conf.d" / "webserver.conf"
-    text = web.read_text()
-    if "ssl-protocols" not in text:
-        text = text.rstrip().rstrip("}") + "    ssl-protocols: [TLSv1.2]\n}\n"
-        web.write_text(text)
