@@ -119,3 +119,31 @@ def test_hostile_values_survive_byte_for_byte(catalogs):
     assert json.loads(frontend)["motd"].encode("utf-8") == HOSTILE.encode("utf-8")
     # and a component without the column has no such key
     assert "motd" not in json.loads(zweb01["File[C:\\Product\\api_gateway\\etc\\parameters.json]"]["parameters"]["content"])
+
+
+def test_a_user_class_gets_its_data_by_parameter_lookup_and_the_component_tag(puppet_master, tmp_path):
+    """Components.Puppet Class names the user's own class: declared with the component's tag, fed by Hiera."""
+    def use_class(rows):
+        for row in rows:
+            if row[0] == "zeo_server":
+                row[4] = "acme::zeo"
+        return rows
+    inventory = load_inventory(write_example_variant(tmp_path / "class.xlsx", components=use_class))
+    settings = resolve({**inventory.settings, "environment": "gentestclass", "domain": DOMAIN,
+                        "repository": str(tmp_path / "none")})
+    modules = read_modules(ROOT / "puppet" / "modules")
+    modules.update({f"acme/{k}": v for k, v in read_modules(ROOT / "tests" / "fixtures" / "puppet" / "acme").items()})
+    write(render(inventory, settings, None, modules), Path(puppet_master["codedir"]), find_puppet())
+    catalog = compile_catalog(f"zdb01.{DOMAIN}", "gentestclass")
+    resources = _resources(catalog)
+    config = resources["File[C:\\Acme\\zeo_server-5.4.0.json]"]
+    assert "zeo_server" in config["tags"] and "acme::zeo" in config["tags"]
+    assert json.loads(config["parameters"]["content"]) == {
+        **inventory.parameters_for("ZDB01", "zeo_server"),
+        "artifact_url": "http://127.0.0.1:8080/gentestclass/zeo_server/5.4.0/zeo_server-5.4.0.zip"}
+    # ordering across the two kinds: zodb_storage (the product type) before the class
+    before = resources["Product::Component[zodb_storage]"]["parameters"]["before"]
+    assert "Class[Acme::Zeo]" in ([before] if isinstance(before, str) else before)
+    # exactly: only the class's resources carry the zeo_server tag among the node's components
+    tagged = {ref for ref, r in resources.items() if "zeo_server" in r["tags"]}
+    assert tagged == {"Class[Acme::Zeo]", "File[C:\\Acme\\zeo_server-5.4.0.json]"}
