@@ -144,6 +144,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("puppetserver_heap", "str", "512m-1g", "Java heap of puppetserver: min-max (512m-1g) or one size (2g).", workbook=False, check=lambda v: None if re.match(r"^\d+[kmgKMG](-\d+[kmgKMG])?$", v) else "must be a heap size such as 512m-1g (min-max) or 2g"),
     Setting("puppetserver_start_timeout_s", "int", 300, "Longest wait for puppetserver to answer running after a (re)start, in seconds.", workbook=False, minimum=10),
     Setting("puppet_autosign", "str", "false", "Master's autosign: false, or the absolute path of a policy executable on the master (challenge passwords); never true.", workbook=False, check=lambda v: None if v == "false" or v.startswith("/") else "must be false or the absolute path of an autosign policy executable (true is never allowed)"),
+    # -- issue 3: inv generate-config ------------------------------------------
+    Setting("puppet_dir", "str", "", "Where inv generate-config writes the Puppet code dir (environments/<env>/...); blank: <build_dir>/puppet.", workbook=False),
+    Setting("puppet_modules", "str", "puppet/modules", "Modules copied into the generated environment's modules/ (the example product module); blank: none.", workbook=False),
 )
 
 BY_NAME: Mapping[str, Setting] = {s.name: s for s in SETTINGS}

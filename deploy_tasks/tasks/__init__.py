@@ -6,11 +6,12 @@ from invoke import Collection
 
 from .. import settings
 from . import bootstrap as _bootstrap
+from . import configgen as _configgen
 from . import fleet as _fleet
 from . import inventory as _inventory
 
 ns = Collection()
-for _module in (_inventory, _bootstrap):
+for _module in (_inventory, _bootstrap, _configgen):
     for _task in _module.TASKS:
         ns.add_task(_task)
 ns.add_collection(_fleet.COLLECTION)
