@@ -10,6 +10,7 @@ from invoke.exceptions import Exit
 
 from ..configgen import load_manifest, render
 from ..configgen.check import find_puppet
+from ..configgen.render import EMITTER_NOTE
 from ..configgen.output import compare, read_modules, unified_diff, write
 from ..report import console
 from ._common import deploy_task, load
@@ -45,6 +46,8 @@ def generate_config(c, inventory=None, output=None, check=False, diff=False):
     rendered = render(inv, settings, manifest, modules)
     for warning in rendered.warnings:
         console.warn(warning)
+    if EMITTER_NOTE:
+        console.warn(EMITTER_NOTE)
     env_dir = out_dir / rendered.env_dir
 
     if check:
