@@ -136,6 +136,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("inventory", "str", "inventory/example.xlsx", "The inventory workbook (.xlsx or .xls).", workbook=False),
     Setting("build_dir", "str", "build", "Where generated files, state and reports go.", workbook=False),
     Setting("repository", "str", "build/repository", "The package repository directory on the controller: extract-artifacts writes it, nginx serves it.", workbook=False),
+    # -- issue 6: extract-artifacts (limits against hostile archives, workers, publish target) --
+    Setting("artifact_max_unpacked_mb", "int", 8192, "Most a single artifact may unpack to, in MiB (zip bomb guard).", workbook=False, minimum=1),
+    Setting("artifact_max_ratio", "int", 200, "Highest compression ratio accepted for an archive member over 1 MiB (zip bomb guard).", workbook=False, minimum=1),
+    Setting("artifact_max_members", "int", 200000, "Most members (files, directories, links) a single artifact may hold.", workbook=False, minimum=1),
+    Setting("extract_workers", "int", 0, "Threads extract-artifacts uses; 0 means one per CPU.", workbook=False, minimum=0, maximum=256),
+    Setting("package_root", "str", "/srv/deploy_tasks/repository", "Directory the package server's nginx serves the repository from (where --publish sends it).", workbook=False),
 )
 
 BY_NAME: Mapping[str, Setting] = {s.name: s for s in SETTINGS}

@@ -1,0 +1,299 @@
+"""Read one component's archive (zip, tar, tar.gz) and extract it safely into a fresh directory.
+
+Zip: the central directory is read and checked as a whole first
+(``safety.check_members``); the files are then extracted in chunks, each chunk
+through its own ``ZipFile`` handle so that chunks run in parallel.
+Tar and tar.gz are streamed in one pass: each member is checked as it comes,
+links are created only after the whole list has been checked.
+
+Every function here raises ``ArtifactError`` naming the component and the
+member; the caller removes the half-written directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import tarfile
+import zipfile
+import zlib
+from dataclasses import dataclass, field
+from typing import Dict, List, Tuple
+
+from ..errors import ArtifactError
+from . import safety
+from .safety import DIR, FILE, HARDLINK, SYMLINK, Limits, Member
+
+BLOCK = 1 << 20
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+MAX_LINK_TARGET = 4096
+
+
+def archive_kind(path: str) -> str:
+    """'zip', 'tar' or 'tar.gz' from the file's first bytes (not its name)."""
+    with open(path, "rb") as fh:
+        head = fh.read(512)
+    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+        return "zip"
+    if head[:2] == b"\x1f\x8b":
+        return "tar.gz"
+    if len(head) >= 262 and head[257:262] == b"ustar":
+        return "tar"
+    if len(head) == 512 and _tar_checksum_ok(head):
+        return "tar"  # v7 tar without the ustar magic
+    return ""
+
+
+def _tar_checksum_ok(block: bytes) -> bool:
+    try:
+        return tarfile.calc_chksums(block)[0] == int(block[148:156].strip(b"\0 ") or b"-1", 8)
+    except ValueError:
+        return False
+
+
+@dataclass
+class Extracted:
+    """What a (partial) extraction produced: file -> sha256, link -> target, bytes written."""
+
+    files: Dict[str, str] = field(default_factory=dict)
+    links: Dict[str, str] = field(default_factory=dict)
+    size: int = 0
+
+    def merge(self, other: "Extracted") -> None:
+        self.files.update(other.files)
+        self.links.update(other.links)
+        self.size += other.size
+
+
+# -- zip ---------------------------------------------------------------------
+
+def _zip_kind(info: zipfile.ZipInfo):
+    mode = info.external_attr >> 16
+    fmt = stat.S_IFMT(mode)
+    if fmt == stat.S_IFLNK:
+        return SYMLINK
+    if fmt == stat.S_IFDIR or (fmt == 0 and info.is_dir()):
+        return DIR
+    if fmt in (0, stat.S_IFREG):
+        return DIR if info.is_dir() else FILE
+    return None  # device, FIFO, socket
+
+
+def _open_zip(component: str, path: str) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(path)
+    except zipfile.BadZipFile as exc:
+        raise ArtifactError(component, f"not a readable zip archive ({exc}); the file is truncated or corrupt",
+                            hint="rebuild or re-download the artifact") from None
+    except OSError as exc:
+        raise ArtifactError(component, f"cannot read the artifact: {exc}") from None
+
+
+def zip_members(component: str, path: str, limits: Limits) -> List[Member]:
+    """The zip's checked member list (symlink targets read from the archive)."""
+    with _open_zip(component, path) as zf:
+        members = []
+        for index, info in enumerate(zf.infolist()):
+            raw = info.filename
+            kind = safety.check_kind(component, raw, _zip_kind(info), "member")
+            name = safety.clean_name(component, raw)
+            if info.flag_bits & 0x1:
+                raise ArtifactError(component, "member is encrypted", raw, "artifacts must not be password-protected")
+            m = Member(name, kind, size=info.file_size, packed=info.compress_size, index=index, raw_name=raw)
+            if kind == SYMLINK:
+                if info.file_size > MAX_LINK_TARGET:
+                    raise ArtifactError(component, "symlink target longer than 4096 bytes", raw)
+                m.target = _read_small(component, zf, info).decode("utf-8", "replace")
+            members.append(m)
+    return safety.check_members(component, members, limits, os.path.getsize(path))
+
+
+def _read_small(component: str, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+    try:
+        return zf.read(info)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
+        raise _broken(component, info.filename, exc) from None
+
+
+def _broken(component: str, member: str, exc: BaseException) -> ArtifactError:
+    text = str(exc) or type(exc).__name__
+    if "CRC" in text:
+        what = "CRC mismatch: the member's data is corrupt"
+    elif isinstance(exc, EOFError) or "ended" in text or "truncated" in text.lower():
+        what = f"truncated data ({text})"
+    else:
+        what = f"corrupt data ({text})"
+    return ArtifactError(component, what, member, "rebuild or re-download the artifact")
+
+
+def make_dirs(tree: str, members: List[Member]) -> None:
+    """Every directory the members need, created up front (real directories; no link exists yet)."""
+    needed = set()
+    for m in members:
+        if m.kind == DIR:
+            needed.add(m.name)
+        parent = m.name.rpartition("/")[0]
+        if parent:
+            needed.add(parent)
+    for d in sorted(needed):
+        os.makedirs(os.path.join(tree, d), exist_ok=True)
+
+
+def plan_chunks(members: List[Member], chunk_bytes: int) -> List[List[int]]:
+    """Group the zip's file members into chunks of about ``chunk_bytes`` (largest files spread first)."""
+    files = sorted((m for m in members if m.kind == FILE), key=lambda m: m.size, reverse=True)
+    if not files:
+        return []
+    total = sum(m.size for m in files)
+    n = max(1, min(len(files), -(-total // max(chunk_bytes, 1))))
+    chunks: List[List[int]] = [[] for _ in range(n)]
+    loads = [0] * n
+    for m in files:
+        i = loads.index(min(loads))
+        chunks[i].append(m.index)
+        loads[i] += m.size + 4096
+    return [sorted(c) for c in chunks if c]
+
+
+def extract_zip_chunk(component: str, archive: str, tree: str, indices: List[int]) -> Extracted:
+    """Extract the zip's file members at ``indices`` into ``tree`` through an own handle."""
+    out = Extracted()
+    with _open_zip(component, archive) as zf:
+        infos = zf.infolist()
+        for index in indices:
+            info = infos[index]
+            name = safety.clean_name(component, info.filename)
+            try:
+                with zf.open(info) as src:
+                    sha, size = _write_file(os.path.join(tree, name), src, info.file_size)
+            except ArtifactError:
+                raise
+            except (zipfile.BadZipFile, zlib.error, EOFError, ValueError) as exc:
+                raise _broken(component, info.filename, exc) from None
+            except _SizeMismatch as exc:
+                raise ArtifactError(component, f"size mismatch: {exc}", info.filename,
+                                    "rebuild or re-download the artifact") from None
+            except OSError as exc:
+                raise ArtifactError(component, f"cannot write {name}: {exc}", info.filename) from None
+            out.files[name] = sha
+            out.size += size
+    return out
+
+
+class _SizeMismatch(Exception):
+    pass
+
+
+def _write_file(dest: str, src, declared: int, limit: int = -1) -> Tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    fd = os.open(dest, _CREATE, 0o644)
+    with open(fd, "wb", buffering=0) as fh:
+        while True:
+            buf = src.read(BLOCK)
+            if not buf:
+                break
+            size += len(buf)
+            if size > declared >= 0:
+                raise _SizeMismatch(f"more data than the {declared} bytes declared")
+            digest.update(buf)
+            fh.write(buf)
+    if declared >= 0 and size != declared:
+        raise _SizeMismatch(f"{size} bytes of data, {declared} declared")
+    return digest.hexdigest(), size
+
+
+def make_links(component: str, tree: str, members: List[Member], done: Extracted) -> None:
+    """Create the (already checked) links once every file exists; a hard link becomes a real link in the tree."""
+    for m in members:
+        path = os.path.join(tree, m.name)
+        if m.kind == SYMLINK:
+            os.symlink(m.target.replace("\\", "/"), path)
+            done.links[m.name] = m.target
+        elif m.kind == HARDLINK:
+            target = safety.clean_name(component, m.target)
+            os.link(os.path.join(tree, target), path, follow_symlinks=False)
+            done.files[m.name] = done.files[target]
+
+
+# -- tar, tar.gz (streamed) ----------------------------------------------------
+
+def _tar_kind(info: tarfile.TarInfo):
+    if info.issparse():
+        return None
+    if info.isreg():
+        return FILE
+    if info.isdir():
+        return DIR
+    if info.issym():
+        return SYMLINK
+    if info.islnk():
+        return HARDLINK
+    return None
+
+
+def extract_tar(component: str, archive: str, tree: str, limits: Limits) -> Extracted:
+    """Stream a tar or tar.gz into ``tree``: files as they come, links after the whole list passed the checks."""
+    out = Extracted()
+    members: List[Member] = []
+    seen: Dict[str, str] = {}
+    packed = os.path.getsize(archive)
+    try:
+        with tarfile.open(archive, mode="r|*") as tf:
+            for info in tf:
+                raw = info.name
+                kind = safety.check_kind(component, raw, _tar_kind(info), "member")
+                name = safety.clean_name(component, raw)
+                m = Member(name, kind, size=info.size if kind == FILE else 0, target=info.linkname, raw_name=raw)
+                members.append(m)
+                if len(members) > limits.max_members:
+                    safety.check_members(component, members, limits)  # raises the limit error
+                key = name.lower()
+                if key in seen and not (kind == DIR and seen[key] == DIR):
+                    safety.check_members(component, members, limits)  # raises the duplicate error
+                seen[key] = kind
+                if kind == DIR:
+                    os.makedirs(os.path.join(tree, name), exist_ok=True)
+                    continue
+                if kind != FILE:
+                    continue
+                if out.size + info.size > limits.max_unpacked:
+                    raise ArtifactError(component, f"unpacks to more than {limits.max_unpacked >> 20} MiB "
+                                        "(zip bomb guard)", raw, "setting artifact_max_unpacked_mb")
+                if out.size + info.size > max(packed, 1) * limits.max_ratio and out.size + info.size > safety.RATIO_MIN_SIZE:
+                    raise ArtifactError(component, f"compression ratio above {limits.max_ratio}:1 (zip bomb guard)",
+                                        raw, "setting artifact_max_ratio")
+                parent = name.rpartition("/")[0]
+                if parent:
+                    _make_parent(component, tree, parent, seen, raw)
+                src = tf.extractfile(info)
+                try:
+                    sha, size = _write_file(os.path.join(tree, name), src, info.size)
+                except _SizeMismatch as exc:
+                    raise ArtifactError(component, f"size mismatch: {exc}", raw) from None
+                except FileExistsError:
+                    raise ArtifactError(component, "duplicate member: the same name appears twice", raw) from None
+                out.files[name] = sha
+                out.size += size
+    except ArtifactError:
+        raise
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+        where = members[-1].raw_name if members else None
+        raise ArtifactError(component, f"truncated or corrupt tar archive ({exc})", where,
+                            "rebuild or re-download the artifact") from None
+    if not members:
+        raise ArtifactError(component, "the archive is empty or not a tar archive")
+    safety.check_members(component, members, limits)
+    make_links(component, tree, members, out)
+    return out
+
+
+def _make_parent(component: str, tree: str, parent: str, seen: Dict[str, str], raw: str) -> None:
+    parts = parent.split("/")
+    for i in range(1, len(parts) + 1):
+        kind = seen.get("/".join(parts[:i]).lower())
+        if kind is not None and kind != DIR:
+            raise ArtifactError(component, f"{'/'.join(parts[:i])!r} is a {kind}, not a directory", raw,
+                                "members may not be written through links or files")
+    os.makedirs(os.path.join(tree, parent), exist_ok=True)
