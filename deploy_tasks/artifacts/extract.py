@@ -105,6 +105,7 @@ class Prepared:
     chunks: List[List[int]] = field(default_factory=list)
     sha256: str = ""
     artifact_size: int = 0
+    started: float = 0.0  # time.monotonic() when a worker took it up
 
 
 def _target(dest: str, env: str, job: Job) -> str:
@@ -178,8 +179,11 @@ def _clean_stale(comp_dir: str) -> None:
 def prepare(job: Job, ref: ArtifactRef, entry: Optional[dict], expected: Optional[str], sums_given: bool,
             dest: str, env: str, limits: Limits, dry_run: bool, chunk_bytes: int = CHUNK_BYTES) -> Prepared:
     """Decide, and when there is work: copy + hash the artifact into a fresh directory and check its members."""
+    started = time.monotonic()
     try:
-        return _prepare(job, ref, entry, expected, sums_given, dest, env, limits, dry_run, chunk_bytes)
+        prepared = _prepare(job, ref, entry, expected, sums_given, dest, env, limits, dry_run, chunk_bytes)
+        prepared.started = started
+        return prepared
     except ArtifactError:
         raise
     except Exception as exc:  # disk full, permissions...: still this component's failure only
@@ -431,6 +435,7 @@ def _discard(state: _State) -> None:
 
 def _after_prepare(pool, futures, state: _State, prepared: Prepared, limits, outcomes, entries, progress) -> None:
     job = state.job
+    state.started = prepared.started or state.started
     if prepared.status != "work":
         outcome = Outcome(job.component, job.version, prepared.status,
                           len((prepared.entry or {}).get("files", {})), artifact_size=state.ref.size,

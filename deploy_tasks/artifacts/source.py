@@ -131,7 +131,7 @@ class Release:
             st = os.stat(path)
         except OSError:
             raise ConfigError(f"release {path!r} does not exist (set --source or the artifact_source setting; "
-                              "`inv make-release --example` writes a synthetic one)") from None
+                              "`inv make-release` writes a synthetic one)") from None
         self.key = stat_key(st)
         if stat_mod.S_ISDIR(st.st_mode):
             self.kind = "dir"

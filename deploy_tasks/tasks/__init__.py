@@ -5,10 +5,11 @@ from __future__ import annotations
 from invoke import Collection
 
 from .. import settings
+from . import artifacts as _artifacts
 from . import inventory as _inventory
 
 ns = Collection()
-for _module in (_inventory,):
+for _module in (_inventory, _artifacts):
     for _task in _module.TASKS:
         ns.add_task(_task)
 
