@@ -159,7 +159,11 @@ def check_members(component: str, members: Iterable[Member], limits: Limits, arc
         if m.kind == SYMLINK:
             resolve_link(component, m, links)
         elif m.kind == HARDLINK:
-            target = clean_name(component, m.target) if m.target else ""
+            try:
+                target = clean_name(component, m.target) if m.target else ""
+            except ArtifactError as exc:
+                raise ArtifactError(component, f"hard link to {m.target!r} points outside the tree ({exc.reason})",
+                                    m.raw_name or m.name) from None
             other = seen.get(target.lower())
             if not target or other is None or other.kind != FILE:
                 raise ArtifactError(component, f"hard link to {m.target!r}, which is not a file in this archive "
