@@ -93,10 +93,9 @@ class SshTarget:
         self.conn = connection
         self._sftp = None
 
-    def _run(self, command: str, stdin: Optional[str] = None) -> str:
+    def _run(self, command: str) -> str:
         try:
-            kwargs = {"hide": True, "warn": True, "in_stream": io.StringIO(stdin) if stdin is not None else False}
-            result = self.conn.run(command, **kwargs)
+            result = self.conn.run(command, hide=True, warn=True, in_stream=False)
         except Exception as exc:  # paramiko/socket errors do not share a base class with ours
             raise TransportError(self.host, f"SSH failed: {type(exc).__name__}: {exc}") from None
         if result.exited != 0:
@@ -111,23 +110,29 @@ class SshTarget:
         return parse_sha256sum(out)
 
     def send(self, dest: str, paths: List[str]) -> int:
+        # Lists of names travel as NUL-separated files over SFTP (invoke feeds a command's stdin
+        # one byte per 10 ms), and every name is handled by xargs/read, never pasted into a command.
+        root = shlex.quote(self.root)
+        listing = f".publish-list-{os.getpid()}{TMP_SUFFIX}"
         dirs = sorted({os.path.dirname(p) for p in paths if os.path.dirname(p)})
-        if dirs:
-            self._run(f"cd {shlex.quote(self.root)} && xargs -0 -r mkdir -p --", stdin="\0".join(dirs))
         total = 0
         try:
             sftp = self.conn.sftp()
+            if dirs:
+                sftp.putfo(io.BytesIO("\0".join(dirs).encode()), f"{self.root}/{listing}")
+                self._run(f"cd {root} && xargs -0 -r -a {listing} mkdir -p --")
             for rel in paths:
                 local = os.path.join(dest, rel)
                 sftp.put(local, f"{self.root}/{rel}{TMP_SUFFIX}")
                 total += os.path.getsize(local)
+            sftp.putfo(io.BytesIO("".join(p + "\0" for p in paths).encode()), f"{self.root}/{listing}")
         except (OSError, EOFError) as exc:
             raise TransportError(self.host, f"upload into {self.root} failed: {exc}") from None
         except Exception as exc:
             raise TransportError(self.host, f"SSH failed: {type(exc).__name__}: {exc}") from None
         # one command moves everything into place, in order (manifest last)
-        script = f"cd {shlex.quote(self.root)} && while IFS= read -r -d '' f; do mv -f -- \"$f{TMP_SUFFIX}\" \"$f\" || exit 1; done"
-        self._run(script, stdin="".join(p + "\0" for p in paths))
+        self._run(f"cd {root} && while IFS= read -r -d '' f; do mv -f -- \"$f{TMP_SUFFIX}\" \"$f\" || exit 1; "
+                  f"done < {listing} && rm -f {listing}")
         return total
 
     def close(self) -> None:
