@@ -142,6 +142,7 @@ HOSTILE = {
                                                           link("y", "p/q/c/..")]), "y", "outside"),
     "write through a link": (lambda p: write_zip(p, [link("lnk", "sub"), ("sub/a.txt", b"x"), ("lnk/b.txt", b"x")]),
                              "lnk/b.txt", "through the link"),
+    "windows device name": (lambda p: write_zip(p, [("logs/nul.txt", b"x")]), "logs/nul.txt", "device name"),
     "zip device file": (lambda p: write_zip(p, [(zinfo("dev/sda", stat.S_IFBLK | 0o644), b"")]), "dev/sda", "device"),
     "zip fifo": (lambda p: write_zip(p, [(zinfo("pipe", stat.S_IFIFO | 0o644), b"")]), "pipe", "FIFO"),
     "duplicate member": (lambda p: write_zip(p, [("a.txt", b"first"), ("a.txt", b"second")]), "a.txt", "duplicate"),
@@ -463,3 +464,30 @@ def test_task_dry_run_and_missing_release(tmp_path):
     dry = run_inv("extract-artifacts", "--source", str(rel), "--dest", str(tmp_path / "repo"), "--dry-run")
     assert dry.returncode == 0 and "34 would-extract" in dry.stdout
     assert not (tmp_path / "repo").exists()
+
+
+def test_progress_bar_when_interactive_and_lines_otherwise():
+    from deploy_tasks.artifacts import Outcome
+    from deploy_tasks.report.progress import ComponentProgress
+
+    done = Outcome("zeo_server", "5.4.0", "extracted", files=12, size=3 << 20, artifact_size=1 << 20, seconds=0.5,
+                   reason="new")
+    same = Outcome("catalog", "4.8.11", "unchanged", reason="sha256 unchanged")
+    plain = io.StringIO()
+    p = ComponentProgress(stream=plain, interactive=False)
+    p.begin(2, 10)
+    p.finished(done)
+    p.finished(same)
+    p.close()
+    assert plain.getvalue().splitlines() == [
+        "extracted     zeo_server 5.4.0: 12 files, 3.0 MiB from 1.0 MiB in 0.5s (new)",
+        "unchanged     catalog 4.8.11: sha256 unchanged",
+    ]
+    tty = io.StringIO()
+    bar = ComponentProgress(stream=tty, interactive=True)
+    bar.begin(2, 10)
+    bar.advance(5)
+    bar.finished(done)
+    bar.finished(same)
+    bar.close()
+    assert "zeo_server 5.4.0: 12 files" in tty.getvalue() and "catalog" not in tty.getvalue()

@@ -103,10 +103,10 @@ class SshTarget:
                                      hint=f"check that the SSH user may write {self.root}")
         return result.stdout
 
-    def sums(self) -> Dict[str, str]:
+    def sums(self, create: bool = True) -> Dict[str, str]:
         root = shlex.quote(self.root)
-        out = self._run(f"mkdir -p {root} && cd {root} && find . -type f ! -name '*{TMP_SUFFIX}' -print0 "
-                        "| xargs -0 -r sha256sum --")
+        enter = f"mkdir -p {root} && cd {root}" if create else f"cd {root} 2>/dev/null || exit 0; cd {root}"
+        out = self._run(f"{enter} && find . -type f ! -name '*{TMP_SUFFIX}' -print0 | xargs -0 -r sha256sum --")
         return parse_sha256sum(out)
 
     def send(self, dest: str, paths: List[str]) -> int:
@@ -149,7 +149,7 @@ class LocalTarget:
         self.host = "local"
         self.root = root
 
-    def sums(self) -> Dict[str, str]:
+    def sums(self, create: bool = True) -> Dict[str, str]:
         out: Dict[str, str] = {}
         for base, _dirs, files in os.walk(self.root):
             for name in files:
@@ -182,7 +182,7 @@ def publish(dest: str, target, dry_run: bool = False) -> PublishResult:
     """Sync ``dest`` to ``target`` (SshTarget or LocalTarget), sending only what differs."""
     local = local_sums(dest)
     try:
-        remote = target.sums()
+        remote = target.sums(create=not dry_run)
         paths = to_send(local, remote)
         result = PublishResult(target.host, target.root, list(paths), len(local) - len(paths), 0, dry_run)
         if paths and not dry_run:

@@ -29,6 +29,7 @@ from ..errors import ArtifactError
 RATIO_MIN_SIZE = 1 << 20  # members smaller than this cannot be bombs on their own
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _FORBIDDEN_CHARS = set('\0<>:"|?*')
+_WINDOWS_DEVICES = {"CON", "PRN", "AUX", "NUL"} | {f"{p}{n}" for p in ("COM", "LPT") for n in range(1, 10)}
 
 FILE, DIR, SYMLINK, HARDLINK = "file", "dir", "symlink", "hardlink"
 
@@ -72,6 +73,9 @@ def clean_name(component: str, raw: str) -> str:
     for part in parts:
         if _FORBIDDEN_CHARS.intersection(part) or any(ord(ch) < 32 for ch in part):
             raise ArtifactError(component, "name holds a character Windows forbids (control, <>:\"|?*)", raw)
+        if part.split(".")[0].upper().rstrip(" ") in _WINDOWS_DEVICES:
+            raise ArtifactError(component, f"{part!r} is a Windows device name (CON, NUL, COM1...)", raw,
+                                "the nodes could not write this file")
     if not parts:
         raise ArtifactError(component, "empty member name", raw)
     return "/".join(parts)
