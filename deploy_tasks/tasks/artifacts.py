@@ -21,7 +21,7 @@ INVENTORY_HELP = "Inventory workbook (.xlsx or .xls); default: deploy.inventory 
     "inventory": INVENTORY_HELP,
     "source": "Release directory, or one bundle (zip, tar, tar.gz) holding the artifacts; default: artifact_source (build/release).",
     "dest": "Package repository directory to write; default: the repository setting (build/repository).",
-    "workers": "Threads to extract with; default: extract_workers (0 = one per CPU).",
+    "workers": "Worker processes (or threads: setting extract_executor); default: extract_workers (0 = one per CPU).",
     "publish": "Then send the repository to the package server over SSH (only files whose checksum differs).",
     "dry_run": "Say what would be extracted (and published) without writing anything.",
 })
@@ -34,7 +34,8 @@ def extract_artifacts(c, inventory=None, source=None, dest=None, workers=None, p
     try:
         result = extract_release(jobs_from_inventory(inv), settings.artifact_source, settings.repository,
                                  settings.environment, limits=Limits.from_settings(settings),
-                                 workers=settings.extract_workers, dry_run=dry_run, progress=progress)
+                                 workers=settings.extract_workers, executor=settings.extract_executor,
+                                 dry_run=dry_run, progress=progress)
     finally:
         progress.close()
     counts = {}
