@@ -211,6 +211,7 @@ def test_hostile_or_broken_artifact_is_rejected_naming_component_and_member(case
     after_outside = snapshot(tmp_path.parent)
     new = {p for p in after_outside if p not in before_outside and not p.startswith(f"{tmp_path.name}/repo")}
     assert new == set()
+    assert not os.path.lexists("/etc/evil.txt") and not os.path.lexists("/tmp/evil")
     # and the failure becomes one error listing the component
     with pytest.raises(ExtractionFailed) as exc:
         result.raise_for_failures()
@@ -491,3 +492,23 @@ def test_progress_bar_when_interactive_and_lines_otherwise():
     bar.finished(same)
     bar.close()
     assert "zeo_server 5.4.0: 12 files" in tty.getvalue() and "catalog" not in tty.getvalue()
+
+
+def test_release_sums_disagreeing_with_the_manifest_force_a_hash(tmp_path, monkeypatch):
+    rel = synthetic.write_release(COMPONENTS, tmp_path / "rel", size_per_component=64 << 10)
+    dest = tmp_path / "repo"
+    monkeypatch.setattr(source_mod, "RACY_NS", 0)
+    extract_release([Job(*c) for c in COMPONENTS], str(rel), str(dest), ENV)
+    sums = (rel / "SHA256SUMS").read_text().replace(sha(rel / "alpha-1.0.zip"), "f" * 64)
+    (rel / "SHA256SUMS").write_text(sums)  # the release now claims another alpha than the one extracted
+    result = extract_release([Job(*c) for c in COMPONENTS], str(rel), str(dest), ENV)
+    (fail,) = result.failures
+    assert fail.component == "alpha" and "checksum mismatch" in str(fail.error)
+
+
+def test_dry_run_on_a_tar_gz_bundle_writes_nothing(tmp_path):
+    rel = synthetic.write_release(COMPONENTS, tmp_path / "rel", size_per_component=64 << 10)
+    bundle = synthetic.write_bundle(rel, tmp_path / "release.tar.gz", "tar.gz")
+    result = extract_release([Job(*c) for c in COMPONENTS], str(bundle), str(tmp_path / "repo"), ENV, dry_run=True)
+    assert [o.status for o in result.outcomes] == ["would-extract"] * 3
+    assert not (tmp_path / "repo").exists()

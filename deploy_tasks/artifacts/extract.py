@@ -32,6 +32,7 @@ import hashlib
 import multiprocessing
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Optional
@@ -300,12 +301,14 @@ def extract_release(jobs: Iterable[Job], source: str, dest: str, environment: st
         outcomes: Dict[str, Outcome] = {}
         entries: Dict[str, dict] = {}
         todo: List[Job] = []
+        early_sums = release.sums() if release.kind != "tar.gz" else None  # tar.gz: known once streamed
         for job in jobs:
             entry = previous.get(job.component)
             key = release.fast_key(job.artifact)
             src = (entry or {}).get("source") or {}
             if (key is not None and _intact(dest, environment, job, entry) and src.get("stat") == list(key)
-                    and src.get("path") == release.origin_of(job.artifact)):
+                    and src.get("path") == release.origin_of(job.artifact)
+                    and (early_sums is None or early_sums.get(job.artifact) == entry.get("sha256"))):
                 outcomes[job.component] = Outcome(job.component, job.version, "unchanged", len(entry.get("files", {})),
                                                   artifact_size=entry.get("size", 0), reason="not modified since hashed")
                 entries[job.component] = entry
@@ -315,7 +318,13 @@ def extract_release(jobs: Iterable[Job], source: str, dest: str, environment: st
                                                   reason=f"no host runs it and {job.artifact} is not in the release")
                 continue
             todo.append(job)
-        staging = os.path.join(dest, f".staging-{os.getpid()}")
+        if dry_run:
+            staging = tempfile.mkdtemp(prefix="extract-dry-run-")
+        else:
+            for name in os.listdir(dest):  # left by a killed run (we hold the lock)
+                if name.startswith(".staging-"):
+                    shutil.rmtree(os.path.join(dest, name), ignore_errors=True)
+            staging = os.path.join(dest, f".staging-{os.getpid()}")
         states: Dict[str, _State] = {}
         try:
             if todo and release.needs_prepare:
