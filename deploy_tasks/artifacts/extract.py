@@ -3,8 +3,8 @@
 For each component (in a pool of workers, largest artifact first):
 
 Workers are processes by default (setting extract_executor): on this 2-core
-machine, shared with other jobs, a process pool measured ~25% faster than a
-thread pool, although zlib, sha256 and file writes release the GIL (under
+machine, shared with other jobs, a process pool measured ~10% faster than a
+thread pool (best of 6 alternating runs), although zlib, sha256 and file writes release the GIL (under
 CPU contention the GIL hand-offs stall); see bench/extract.py.
 
 1. decide: an artifact whose version matches the manifest and whose stat key
@@ -35,7 +35,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Optional
+from typing import Dict, Iterable, List, Optional
 
 from ..errors import ArtifactError, ConfigError, ExtractionFailed
 from . import archive as archive_mod
