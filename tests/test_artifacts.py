@@ -125,6 +125,15 @@ def _corrupt_deflate(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
+def _encrypted(path: Path) -> None:
+    write_zip(path, [("secret.txt", b"classified", zipfile.ZIP_STORED)])
+    data = bytearray(path.read_bytes())
+    for signature, flag_at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        at = data.find(signature) + flag_at
+        data[at] |= 0x1
+    path.write_bytes(bytes(data))
+
+
 def _truncated_tgz(path: Path) -> None:
     write_tar(path, [(tinfo("a.bin"), os.urandom(300000)), (tinfo("b.bin"), os.urandom(300000))])
     path.write_bytes(path.read_bytes()[:350000])
@@ -155,6 +164,7 @@ HOSTILE = {
     "size mismatch": (_size, "sized.txt", "size mismatch"),
     "corrupt deflate data": (_corrupt_deflate, "text.txt", "corrupt"),
     "truncated zip": (_truncated_zip, None, "truncated"),
+    "encrypted member": (_encrypted, "secret.txt", "encrypted"),
     "not an archive": (lambda p: p.write_bytes(b"this is not a zip"), None, "not a zip"),
     "tar absolute path": (lambda p: write_tar(p, [(tinfo("/tmp/evil"), b"x")]), "/tmp/evil", "absolute"),
     "tar traversal": (lambda p: write_tar(p, [(tinfo("ok"), b"x"), (tinfo("../evil"), b"x")]), "../evil", "traversal"),
@@ -511,3 +521,11 @@ def test_dry_run_on_a_tar_gz_bundle_writes_nothing(tmp_path):
     result = extract_release([Job(*c) for c in COMPONENTS], str(bundle), str(tmp_path / "repo"), ENV, dry_run=True)
     assert [o.status for o in result.outcomes] == ["would-extract"] * 3
     assert not (tmp_path / "repo").exists()
+
+
+def test_too_many_members_is_refused(tmp_path, release):
+    write_zip(release / "many-1.zip", [(f"f{i}.txt", b"x") for i in range(5)])
+    result = extract_release([Job("many", "1", "many-1.zip")], str(release), str(tmp_path / "repo"), ENV,
+                             limits=Limits(max_members=4))
+    assert "5 members, more than the limit of 4" in str(result.failures[0].error)
+    assert "artifact_max_members" in str(result.failures[0].error)
