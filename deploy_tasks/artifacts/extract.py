@@ -469,9 +469,11 @@ def _after_prepare(pool, futures, state: _State, prepared: Prepared, limits, out
     tree = os.path.join(prepared.tmp, "tree")
     if prepared.kind == "zip":
         sizes = {m.index: m.size for m in prepared.members if m.kind == FILE}
+        unpacked = max(1, sum(sizes.values()))
         for indices in prepared.chunks:
             fut = pool.submit(extract_chunk, job.component, archive, tree, indices)
-            futures[fut] = ("chunk", state, sum(sizes[i] for i in indices))
+            # progress counts artifact bytes: each chunk its share of the artifact
+            futures[fut] = ("chunk", state, state.ref.size * sum(sizes[i] for i in indices) // unpacked)
             state.pending += 1
     else:
         fut = pool.submit(extract_stream, job.component, archive, tree, limits)
