@@ -112,7 +112,6 @@ def main() -> int:
             shutil.rmtree(out)
             shutil.rmtree(repo, ignore_errors=True)
             firsts.append(timed("inv extract-artifacts, first run", run_cli))
-            time.sleep(2.1)  # older than the racy window of the stat check (see deploy_tasks/artifacts/source.py)
             agains.append(timed("inv extract-artifacts, unchanged re-run", run_cli))
         seq = min(s for s, _ in seqs)
         par = min(s for s, _ in pars)

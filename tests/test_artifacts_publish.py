@@ -118,3 +118,16 @@ def test_task_publishes_to_a_remote_package_server(sshd, tmp_path):
     sent = int(again.stdout.split("publish (deploy01): sent ")[1].split()[0])
     assert sent <= 1
     assert remote_tree(tmp_path / "served") == publish_mod.local_sums(str(dest))
+
+
+def test_local_package_server_serving_another_directory_gets_a_local_sync(repo, tmp_path):
+    from deploy_tasks.inventory.model import Server
+
+    _, dest = repo
+    here = Server("deploy01", "local", "linux", ("package-server",))
+    assert publish_mod.target_for(here, str(dest), str(dest)) is None  # nginx serves the repository itself
+    served = tmp_path / "served"
+    first = publish_mod.publish(str(dest), publish_mod.target_for(here, str(dest), str(served)))
+    assert remote_tree(served) == publish_mod.local_sums(str(dest)) and first.unchanged == 0
+    again = publish_mod.publish(str(dest), publish_mod.target_for(here, str(dest), str(served)))
+    assert again.sent == []
