@@ -529,3 +529,14 @@ def test_too_many_members_is_refused(tmp_path, release):
                              limits=Limits(max_members=4))
     assert "5 members, more than the limit of 4" in str(result.failures[0].error)
     assert "artifact_max_members" in str(result.failures[0].error)
+
+
+def test_without_copy_file_range_the_copies_fall_back_to_reads(tmp_path, monkeypatch):
+    def unsupported(*a, **k):
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "copy_file_range", unsupported)
+    rel = synthetic.write_release(COMPONENTS, tmp_path / "rel", size_per_component=[300 << 10, 2 << 20, 64 << 10])
+    result = extract_release([Job(*c) for c in COMPONENTS], str(rel), str(tmp_path / "repo"), ENV, executor="thread")
+    assert not result.failures
+    _check_repository(tmp_path / "repo", rel, COMPONENTS)

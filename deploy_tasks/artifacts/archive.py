@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import struct
 import tarfile
 import zipfile
 import zlib
@@ -27,6 +28,7 @@ from .safety import DIR, FILE, HARDLINK, SYMLINK, Limits, Member
 
 BLOCK = 1 << 20
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+_CREATE_RW = (_CREATE & ~os.O_WRONLY) | os.O_RDWR  # written in the kernel, then read back for the checksums
 MAX_LINK_TARGET = 4096
 
 
@@ -156,29 +158,109 @@ def plan_chunks(members: List[Member], chunk_bytes: int) -> List[List[int]]:
     return [sorted(c) for c in chunks if c]
 
 
+def copy_range(src_fd: int, dst_fd: int, offset: int, size: int) -> int:
+    """Copy ``size`` bytes at ``offset`` of src into dst inside the kernel (copy_file_range), else by reads."""
+    done = 0
+    while done < size:
+        try:
+            n = os.copy_file_range(src_fd, dst_fd, size - done, offset + done)
+        except OSError:  # another file system, an old kernel: plain reads and writes
+            buf = os.pread(src_fd, min(BLOCK, size - done), offset + done)
+            n = os.write(dst_fd, buf) if buf else 0
+        if n == 0:
+            break
+        done += n
+    return done
+
+
+def hash_fd(fd: int, with_crc: bool = False) -> Tuple[str, int, int]:
+    """(sha256, crc32, size) of a file read from its start."""
+    digest = hashlib.sha256()
+    crc = 0
+    size = 0
+    offset = 0
+    while True:
+        buf = os.pread(fd, BLOCK, offset)
+        if not buf:
+            break
+        digest.update(buf)
+        if with_crc:
+            crc = zlib.crc32(buf, crc)
+        size += len(buf)
+        offset += len(buf)
+    return digest.hexdigest(), crc, size
+
+
+def _stored_data_offset(fd: int, info: zipfile.ZipInfo, archive_size: int) -> int:
+    """Where a member's data starts, from its local header (checked as zipfile checks it)."""
+    header = os.pread(fd, 30, info.header_offset)
+    if len(header) != 30 or header[:4] != b"PK\x03\x04":
+        raise zipfile.BadZipFile("bad local file header")
+    name_len, extra_len = struct.unpack("<HH", header[26:30])
+    raw = os.pread(fd, name_len, info.header_offset + 30)
+    name = raw.decode("utf-8" if info.flag_bits & 0x800 else "cp437", "replace")
+    if name != info.orig_filename:
+        raise zipfile.BadZipFile(f"file name in directory {info.orig_filename!r} and header {name!r} differ")
+    start = info.header_offset + 30 + name_len + extra_len
+    if start + info.compress_size > archive_size:
+        raise EOFError("the archive ends inside this member's data")
+    return start
+
+
+def _extract_stored(fd: int, archive_size: int, info: zipfile.ZipInfo, dest: str) -> Tuple[str, int]:
+    """A stored member: copied inside the kernel, then read back once for its CRC and sha256."""
+    start = _stored_data_offset(fd, info, archive_size)
+    out = os.open(dest, _CREATE_RW, 0o644)
+    try:
+        copied = copy_range(fd, out, start, info.file_size)
+        if copied != info.file_size:
+            raise EOFError(f"{copied} bytes of data, {info.file_size} declared")
+        sha, crc, size = hash_fd(out, with_crc=True)
+    finally:
+        os.close(out)
+    if size != info.file_size:
+        raise _SizeMismatch(f"{size} bytes of data, {info.file_size} declared")
+    if crc != info.CRC:
+        raise zipfile.BadZipFile(f"Bad CRC-32 for file {info.filename!r}")
+    return sha, size
+
+
 def extract_zip_chunk(component: str, archive: str, tree: str, indices: List[int]) -> Extracted:
     """Extract the zip's file members at ``indices`` into ``tree`` through an own handle."""
     out = Extracted()
     with _open_zip(component, archive) as zf:
         infos = zf.infolist()
-        for index in indices:
-            info = infos[index]
-            name = safety.clean_name(component, info.filename)
-            try:
-                with zf.open(info) as src:
-                    sha, size = _write_file(os.path.join(tree, name), src, info.file_size)
-            except ArtifactError:
-                raise
-            except (zipfile.BadZipFile, zlib.error, EOFError, ValueError) as exc:
-                raise _broken(component, info.filename, exc) from None
-            except _SizeMismatch as exc:
-                raise ArtifactError(component, f"size mismatch: {exc}", info.filename,
-                                    "rebuild or re-download the artifact") from None
-            except OSError as exc:
-                raise ArtifactError(component, f"cannot write {name}: {exc}", info.filename) from None
-            out.files[name] = sha
-            out.size += size
+        fd = os.open(archive, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        archive_size = os.fstat(fd).st_size
+        try:
+            for index in indices:
+                info = infos[index]
+                _extract_member(component, zf, fd, archive_size, info, tree, out)
+        finally:
+            os.close(fd)
     return out
+
+
+def _extract_member(component, zf, fd, archive_size, info, tree, out: Extracted) -> None:
+    name = safety.clean_name(component, info.filename)
+    dest = os.path.join(tree, name)
+    try:
+        if info.compress_type == zipfile.ZIP_STORED and info.compress_size == info.file_size:
+            sha, size = _extract_stored(fd, archive_size, info, dest)
+        else:
+            with zf.open(info) as src:
+                sha, size = _write_file(dest, src, info.file_size)
+    except ArtifactError:
+        raise
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError) as exc:
+        raise _broken(component, info.filename, exc) from None
+    except _SizeMismatch as exc:
+        raise ArtifactError(component, f"size mismatch: {exc}", info.filename,
+                            "rebuild or re-download the artifact") from None
+    except OSError as exc:
+        raise ArtifactError(component, f"cannot write {name}: {exc}", info.filename) from None
+    out.files[name] = sha
+    out.size += size
 
 
 class _SizeMismatch(Exception):

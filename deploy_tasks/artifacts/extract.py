@@ -148,6 +148,17 @@ def _copy_hashing(ref: ArtifactRef, dest: str) -> tuple:
         with open(dest, "rb") as fh:
             digest = hashlib.file_digest(fh, "sha256")
         return digest.hexdigest(), os.path.getsize(dest)
+    if ref.kind == "file":
+        # copied inside the kernel (copy_file_range: several times faster than write() here), then the
+        # copy is hashed: what is hashed is exactly what gets extracted, whatever happens to the source
+        with open(ref.origin, "rb") as src:
+            out = os.open(dest, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            try:
+                archive_mod.copy_range(src.fileno(), out, 0, os.fstat(src.fileno()).st_size)
+                sha, _crc, size = archive_mod.hash_fd(out)
+            finally:
+                os.close(out)
+        return sha, size
     digest = hashlib.sha256()
     size = 0
     with ref.open() as src, open(dest, "wb") as out:
