@@ -540,3 +540,15 @@ def test_without_copy_file_range_the_copies_fall_back_to_reads(tmp_path, monkeyp
     result = extract_release([Job(*c) for c in COMPONENTS], str(rel), str(tmp_path / "repo"), ENV, executor="thread")
     assert not result.failures
     _check_repository(tmp_path / "repo", rel, COMPONENTS)
+
+
+@pytest.mark.parametrize("case", ["corrupt deflate data", "size mismatch", "zip bomb ratio"])
+def test_without_isal_zipfile_inflates_and_the_checks_hold(case, tmp_path, release, monkeypatch):
+    monkeypatch.setattr(archive_mod, "_inflate_lib", None)
+    make, member, word = HOSTILE[case]
+    make(release / "bad-2.0.zip")
+    result = extract_release([GOOD, Job("bad", "2.0", "bad-2.0.zip")], str(release), str(tmp_path / "repo"), ENV)
+    assert [o.status for o in result.outcomes] == ["extracted", "failed"]
+    error = result.failures[0].error
+    assert error.member == member and word.lower() in str(error).lower()
+    _check_repository(tmp_path / "repo", release, [("good", "1.0", "good-1.0.zip")])
