@@ -140,7 +140,7 @@ def main() -> int:
               f"(without the ~0.5 s Python + workbook start-up: {again_inner:.2f} s vs {first_inner:.2f} s)")
         if executors["thread"]:
             print(f"  process pool / thread pool (best of {args.rounds})  "
-                  f"{min(executors['process']) / min(executors['thread']):6.2f}   (the default is the process pool)")
+                  f"{min(executors['process']) / min(executors['thread']):6.2f}   (the default is the thread pool)")
         return 0
     finally:
         if args.keep:

@@ -141,7 +141,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("artifact_max_ratio", "int", 200, "Highest compression ratio accepted for an archive member over 1 MiB (zip bomb guard).", workbook=False, minimum=1),
     Setting("artifact_max_members", "int", 200000, "Most members (files, directories, links) a single artifact may hold.", workbook=False, minimum=1),
     Setting("extract_workers", "int", 0, "Workers extract-artifacts uses; 0 means one per CPU.", workbook=False, minimum=0, maximum=256),
-    Setting("extract_executor", "choice", "process", "extract-artifacts workers: process (measured faster here) or thread.", workbook=False, choices=("process", "thread")),
+    Setting("extract_executor", "choice", "thread", "extract-artifacts workers: thread (measured faster here) or process.", workbook=False, choices=("thread", "process")),
     Setting("package_root", "str", "/srv/deploy_tasks/repository", "Directory the package server's nginx serves the repository from (where --publish sends it).", workbook=False),
 )
 

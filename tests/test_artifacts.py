@@ -308,12 +308,12 @@ def test_good_release_in_every_form(form, tmp_path):
     assert snapshot(dest / ENV) == before
 
 
-def test_thread_pool_gives_the_same_repository(tmp_path):
+def test_process_pool_gives_the_same_repository(tmp_path):
     rel = synthetic.write_release(COMPONENTS, tmp_path / "rel", size_per_component=256 << 10)
     write_zip(rel / "bad-1.zip", [("../x", b"x")])
     resum(rel)
     jobs = [Job(*c) for c in COMPONENTS] + [Job("bad", "1", "bad-1.zip")]
-    result = extract_release(jobs, str(rel), str(tmp_path / "repo"), ENV, workers=2, executor="thread")
+    result = extract_release(jobs, str(rel), str(tmp_path / "repo"), ENV, workers=2, executor="process")
     assert [o.status for o in result.outcomes] == ["extracted"] * 3 + ["failed"]
     assert result.failures[0].error.member == "../x"
     _check_repository(tmp_path / "repo", rel, COMPONENTS)

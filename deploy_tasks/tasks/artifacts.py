@@ -21,7 +21,7 @@ INVENTORY_HELP = "Inventory workbook (.xlsx or .xls); default: deploy.inventory 
     "inventory": INVENTORY_HELP,
     "source": "Release directory, or one bundle (zip, tar, tar.gz) holding the artifacts; default: artifact_source (build/release).",
     "dest": "Package repository directory to write; default: the repository setting (build/repository).",
-    "workers": "Worker processes (or threads: setting extract_executor); default: extract_workers (0 = one per CPU).",
+    "workers": "Worker threads (or processes: setting extract_executor); default: extract_workers (0 = one per CPU).",
     "publish": "Then send the repository to the package server over SSH (only files whose checksum differs).",
     "dry_run": "Say what would be extracted (and published) without writing anything.",
 })
