@@ -29,7 +29,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import fcntl
 import hashlib
-import multiprocessing
 import os
 import shutil
 import tempfile
@@ -393,6 +392,8 @@ def _run(refs, states, outcomes, entries, previous, sums, dest, env, limits, wor
     if not refs:
         return
     if executor == "process":
+        import multiprocessing
+
         # fork: the workers need nothing but this module (spawn/forkserver would re-import __main__)
         pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"))
     else:

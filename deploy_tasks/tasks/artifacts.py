@@ -6,13 +6,11 @@ import os
 
 from invoke import task
 
-from ..artifacts import Limits, extract_release, jobs_from_inventory
-from ..artifacts import publish as publish_mod
-from ..artifacts import synthetic
 from ..errors import ConfigError, DeployError
 from ..report import console
-from ..report.progress import ComponentProgress
 from ._common import deploy_task, load, resolve_settings
+
+# deploy_tasks.artifacts is imported inside the tasks: every `inv` loads this module, and most never need it
 
 INVENTORY_HELP = "Inventory workbook (.xlsx or .xls); default: deploy.inventory (inventory/example.xlsx)."
 
@@ -28,6 +26,9 @@ INVENTORY_HELP = "Inventory workbook (.xlsx or .xls); default: deploy.inventory 
 @deploy_task
 def extract_artifacts(c, inventory=None, source=None, dest=None, workers=None, publish=False, dry_run=False):
     """Unpack the release into the package repository: verified, safe, concurrent, incremental."""
+    from ..artifacts import Limits, extract_release, jobs_from_inventory
+    from ..report.progress import ComponentProgress
+
     inv, _ = load(c, inventory)
     settings = resolve_settings(c, inv, artifact_source=source, repository=dest, extract_workers=workers)
     progress = ComponentProgress("would extract" if dry_run else "extracting")
@@ -53,6 +54,8 @@ def extract_artifacts(c, inventory=None, source=None, dest=None, workers=None, p
 
 
 def _publish(inv, settings, dry_run: bool) -> None:
+    from ..artifacts import publish as publish_mod
+
     server = inv.package_server
     target = publish_mod.target_for(server, settings.repository, settings.package_root)
     if target is None:
@@ -76,6 +79,8 @@ def _publish(inv, settings, dry_run: bool) -> None:
 @deploy_task
 def make_release(c, inventory=None, dest=None, size_mb=2, force=False):
     """Write a SYNTHETIC release (one zip per component + SHA256SUMS) for rehearsals, demos and tests."""
+    from ..artifacts import synthetic
+
     inv, _ = load(c, inventory)
     settings = resolve_settings(c, inv, artifact_source=dest)
     target = settings.artifact_source
