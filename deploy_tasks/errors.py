@@ -108,3 +108,38 @@ class StepFailed(DeployError):
         self.step = step
         self.cause = cause
         super().__init__(f"{host}: step {step} failed: {cause}")
+
+
+class ArtifactError(DeployError):
+    """A component's artifact is missing, does not match its checksum, or is unsafe or broken.
+
+    Names the component and, when one is at fault, the archive member.
+    """
+
+    def __init__(self, component: str, message: str, member: Optional[str] = None, hint: str = ""):
+        self.component = component
+        self.member = member
+        self.reason = message
+        self.hint = hint
+        where = f"component {component}"
+        if member is not None:
+            where += f", member {member!r}"
+        text = f"{where}: {message}"
+        if hint:
+            text += f" ({hint})"
+        super().__init__(text)
+
+    def __reduce__(self):  # survives a process pool
+        return (type(self), (self.component, self.reason, self.member, self.hint))
+
+
+class ExtractionFailed(DeployError):
+    """Some components could not be extracted; the others' results stand."""
+
+    def __init__(self, failures: Iterable[ArtifactError], done: int = 0):
+        self.failures = tuple(failures)
+        self.done = done
+        n = len(self.failures)
+        lines = [f"{n} component{'s' if n != 1 else ''} failed ({done} done; their results are kept):"]
+        lines += [f"  - {f}" for f in self.failures]
+        super().__init__("\n".join(lines))

@@ -147,6 +147,12 @@ SETTINGS: tuple[Setting, ...] = (
     # -- issue 3: inv generate-config ------------------------------------------
     Setting("puppet_dir", "str", "", "Where inv generate-config writes the Puppet code dir (environments/<env>/...); blank: <build_dir>/puppet.", workbook=False),
     Setting("puppet_modules", "str", "puppet/modules", "Modules copied into the generated environment's modules/ (the example product module); blank: none.", workbook=False),
+    # -- issue 6: extract-artifacts (limits against hostile archives, workers, publish target) --
+    Setting("artifact_max_unpacked_mb", "int", 8192, "Most a single artifact may unpack to, in MiB (zip bomb guard).", workbook=False, minimum=1),
+    Setting("artifact_max_ratio", "int", 200, "Highest compression ratio accepted for an archive member over 1 MiB (zip bomb guard).", workbook=False, minimum=1),
+    Setting("artifact_max_members", "int", 200000, "Most members (files, directories, links) a single artifact may hold.", workbook=False, minimum=1),
+    Setting("extract_workers", "int", 0, "Workers extract-artifacts uses; 0 means one per CPU.", workbook=False, minimum=0, maximum=256),
+    Setting("extract_executor", "choice", "thread", "extract-artifacts workers: thread (measured faster here) or process.", workbook=False, choices=("thread", "process")),
 )
 
 BY_NAME: Mapping[str, Setting] = {s.name: s for s in SETTINGS}

@@ -1,0 +1,81 @@
+"""The repository's manifest.json and SHA256SUMS (format fixed by docs/artifacts.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Dict, Optional
+
+from ..errors import ArtifactError, ConfigError
+
+FORMAT = 1
+MANIFEST = "manifest.json"
+SUMS = "SHA256SUMS"
+_SUM_LINE = re.compile(r"^([0-9a-fA-F]{64}) [ *](.+)$")
+
+
+def load(dest: str) -> dict:
+    """The manifest in ``dest``, or an empty one; a manifest that cannot be read is an error."""
+    path = os.path.join(dest, MANIFEST)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except FileNotFoundError:
+        return {"format": FORMAT, "environment": "", "components": {}}
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: cannot read the repository manifest ({exc}); "
+                          "move it away and re-run to extract everything again") from None
+    if not isinstance(data, dict) or not isinstance(data.get("components"), dict):
+        raise ConfigError(f"{path}: not a repository manifest (no components); move it away and re-run")
+    return data
+
+
+def sums_text(manifest: dict) -> str:
+    """``sha256sum`` format: one line per artifact, sorted by path."""
+    rows = sorted((entry["path"], entry["sha256"]) for entry in manifest["components"].values())
+    return "".join(f"{sha}  {path}\n" for path, sha in rows)
+
+
+def manifest_text(manifest: dict) -> str:
+    return json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+
+
+def write(dest: str, manifest: dict) -> bool:
+    """Write manifest.json and SHA256SUMS atomically; leave them untouched when unchanged. True if written."""
+    changed = False
+    for name, text in ((MANIFEST, manifest_text(manifest)), (SUMS, sums_text(manifest))):
+        path = os.path.join(dest, name)
+        try:
+            with open(path, encoding="utf-8") as fh:
+                if fh.read() == text:
+                    continue
+        except OSError:
+            pass
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        changed = True
+    return changed
+
+
+def parse_sums(text: str, where: str) -> Dict[str, str]:
+    """A release's SHA256SUMS as {file name: sha256}; names are matched by their last path part."""
+    sums: Dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        match = _SUM_LINE.match(line.rstrip("\r"))
+        if not match:
+            raise ArtifactError("(release)", f"{where} line {number} is not '<sha256>  <file>': {line[:80]!r}",
+                                hint="write it with sha256sum")
+        name = match.group(2).replace("\\", "/").rsplit("/", 1)[-1]
+        sums[name] = match.group(1).lower()
+    return sums
+
+
+def expected_sha(sums: Optional[Dict[str, str]], artifact: str) -> Optional[str]:
+    return None if sums is None else sums.get(artifact)

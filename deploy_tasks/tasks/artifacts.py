@@ -1,0 +1,104 @@
+"""Tasks about the release: extract-artifacts (release -> package repository), make-release (a synthetic one)."""
+
+from __future__ import annotations
+
+import os
+
+from invoke import task
+
+from ..errors import ConfigError, DeployError
+from ..report import console
+from ._common import deploy_task, load, resolve_settings
+
+# deploy_tasks.artifacts is imported inside the tasks: every `inv` loads this module, and most never need it
+
+INVENTORY_HELP = "Inventory workbook (.xlsx or .xls); default: deploy.inventory (inventory/example.xlsx)."
+
+
+@task(help={
+    "inventory": INVENTORY_HELP,
+    "source": "Release directory, or one bundle (zip, tar, tar.gz) holding the artifacts; default: artifact_source (build/release).",
+    "dest": "Package repository directory to write; default: the repository setting (build/repository).",
+    "workers": "Worker threads (or processes: setting extract_executor); default: extract_workers (0 = one per CPU).",
+    "publish": "Then send the repository to the package server over SSH (only files whose checksum differs).",
+    "dry_run": "Say what would be extracted (and published) without writing anything.",
+})
+@deploy_task
+def extract_artifacts(c, inventory=None, source=None, dest=None, workers=None, publish=False, dry_run=False):
+    """Unpack the release into the package repository: verified, safe, concurrent, incremental."""
+    from ..artifacts import Limits, extract_release, jobs_from_inventory
+    from ..report.progress import ComponentProgress
+
+    inv, _ = load(c, inventory)
+    settings = resolve_settings(c, inv, artifact_source=source, repository=dest, extract_workers=workers)
+    progress = ComponentProgress("would extract" if dry_run else "extracting")
+    try:
+        result = extract_release(jobs_from_inventory(inv), settings.artifact_source, settings.repository,
+                                 settings.environment, limits=Limits.from_settings(settings),
+                                 workers=settings.extract_workers, executor=settings.extract_executor,
+                                 dry_run=dry_run, progress=progress)
+    finally:
+        progress.close()
+    counts = {}
+    for o in result.outcomes:
+        counts[o.status] = counts.get(o.status, 0) + 1
+    summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    console.say(f"repository {settings.repository}: {len(result.outcomes)} components: {summary} "
+                f"({result.seconds:.1f}s){'; manifest updated' if result.manifest_written else ''}")
+    if result.failures:
+        if publish:
+            console.warn("not publishing: fix the failed components and re-run")
+        result.raise_for_failures()
+    if publish:
+        _publish(inv, settings, dry_run)
+
+
+def _publish(inv, settings, dry_run: bool) -> None:
+    from ..artifacts import publish as publish_mod
+
+    server = inv.package_server
+    target = publish_mod.target_for(server, settings.repository, settings.package_root)
+    if target is None:
+        console.say(f"publish: package server {server.hostname} is this machine and serves "
+                    f"{settings.repository} directly; nothing to send")
+        return
+    if dry_run and not os.path.exists(os.path.join(settings.repository, "manifest.json")):
+        console.say("publish: the repository does not exist yet; nothing to compare")
+        return
+    result = publish_mod.publish(settings.repository, target, dry_run=dry_run)
+    for line in publish_mod.describe(result):
+        console.say(f"publish ({server.hostname}): {line}")
+
+
+@task(help={
+    "inventory": INVENTORY_HELP,
+    "dest": "Directory to write the release into; default: artifact_source (build/release).",
+    "size_mb": "Unpacked size of each component in MiB (half text, half binaries); default 2.",
+    "force": "Overwrite artifacts already there.",
+})
+@deploy_task
+def make_release(c, inventory=None, dest=None, size_mb=2, force=False):
+    """Write a SYNTHETIC release (one zip per component + SHA256SUMS) for rehearsals, demos and tests."""
+    from ..artifacts import synthetic
+
+    inv, _ = load(c, inventory)
+    settings = resolve_settings(c, inv, artifact_source=dest)
+    target = settings.artifact_source
+    try:
+        size = int(size_mb)
+    except ValueError:
+        raise ConfigError(f"--size-mb {size_mb!r} is not a whole number") from None
+    if size < 1:
+        raise ConfigError("--size-mb must be at least 1")
+    if os.path.exists(target) and not os.path.isdir(target):
+        raise ConfigError(f"{target} is a file; make-release writes a release directory")
+    present = [comp.artifact for comp in inv.components if os.path.exists(os.path.join(target, comp.artifact))]
+    if present and not force:
+        raise DeployError(f"{target} already holds {len(present)} artifact(s) ({present[0]}, ...); "
+                          "add --force to overwrite them with synthetic ones")
+    synthetic.write_release(inv, target, size_per_component=size << 20)
+    console.say(f"wrote a synthetic release of {len(inv.components)} components ({size} MiB each, unpacked) "
+                f"and SHA256SUMS to {target}; next: inv extract-artifacts")
+
+
+TASKS = (extract_artifacts, make_release)
