@@ -388,6 +388,18 @@ def test_ensure_line_and_upload_are_idempotent_and_quote_safely(ssh_shell, tmp_p
         subprocess.run(["rm", "-rf", os.path.dirname(target)])
 
 
+def test_a_published_environment_symlink_counts_as_the_directory(ssh_shell):
+    """publish-config makes environments/<env> a symlink; bootstrap's check must see the directory it points to."""
+    base = Path(f"/tmp/deploy_tasks-test-{RUN_ID}-link")
+    try:
+        (base / "release").mkdir(parents=True)
+        os.chmod(base / "release", 0o755)
+        (base / "production").symlink_to(base / "release")
+        assert remote.directory(ssh_shell, str(base / "production"), mode="755") is False
+    finally:
+        subprocess.run(["rm", "-rf", str(base)])
+
+
 @pytest.mark.parametrize("setting,value,what", [
     ("INVOKE_DEPLOY_DOMAIN", "other.test", "wrote /etc/puppet/puppet.conf"),
     ("INVOKE_DEPLOY_PUPPETSERVER_HEAP", "768m-1g", "restarted puppetserver"),

@@ -116,7 +116,7 @@ def directory(shell, path: str, owner: str = "", group: str = "", mode: str = ""
         shell.change(f"mkdir -p {q(path)}")
         changed = True
     want = []
-    current = shell.run(f"stat -c '%U %G %a' {q(path)}").stdout.split() if not (changed and shell.dry_run) else []
+    current = shell.run(f"stat -L -c '%U %G %a' {q(path)}").stdout.split() if not (changed and shell.dry_run) else []
     if owner and (not current or current[0] != owner):
         want.append(f"chown {q(owner)} {q(path)}")
     if group and (not current or current[1] != group):
@@ -143,7 +143,7 @@ def upload(shell, data: bytes, path: str, mode: str = "0644", owner: str = "", g
 
 
 def _attributes(shell, path, mode, owner, group) -> bool:
-    current = shell.run(f"stat -c '%U %G %a' {q(path)}").stdout.split()
+    current = shell.run(f"stat -L -c '%U %G %a' {q(path)}").stdout.split()
     changed = False
     if mode and current[2] != mode.lstrip("0"):
         shell.change(f"chmod {q(mode)} {q(path)}")
