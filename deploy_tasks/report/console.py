@@ -8,38 +8,14 @@ reaches stdout, stderr or a log.
 from __future__ import annotations
 
 import sys
-import threading
 from typing import Iterable, Sequence
 
-_secrets: set = set()
-_lock = threading.Lock()
-
-
-def add_secret(value: str) -> None:
-    """Register a value (a password) that must never be printed."""
-    if value and len(value) >= 3:
-        with _lock:
-            _secrets.add(value)
-
-
-def redact(text: str) -> str:
-    with _lock:
-        secrets = sorted(_secrets, key=len, reverse=True)
-    for secret in secrets:
-        text = text.replace(secret, "********")
-    return text
+from ..redact import add_secret, lock as _lock, redact, say  # noqa: F401  (re-exported)
 
 
 def interactive(stream=None) -> bool:
     stream = stream or sys.stdout
     return bool(getattr(stream, "isatty", lambda: False)())
-
-
-def say(text: str = "", err: bool = False) -> None:
-    stream = sys.stderr if err else sys.stdout
-    text = redact(text)
-    with _lock:
-        print(text, file=stream, flush=True)
 
 
 def warn(text: str) -> None:

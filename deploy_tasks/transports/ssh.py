@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from ..errors import RemoteCommandError, TransportError
-from ..report import console
+from .. import redact as console  # add_secret, say: the registry sits below the transports
 
 SUDO_PASSWORD_ENV = "DEPLOY_SUDO_PASSWORD"
 
