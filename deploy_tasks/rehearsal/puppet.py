@@ -429,10 +429,7 @@ class PuppetAgent:
         return code
 
     def _fetch_catalog(self, eff: Dict[str, str], opts: _Options) -> Tuple[Optional[dict], str]:
-        import requests
-
         certname = eff["certname"]
-        ssl = self._real_dirs()["ssldir"]
         version = self.version() or "7.23.0"
         facts = {"name": certname,
                  "values": windows_facts(self.persona.hostname, certname, self.persona.address,
@@ -442,11 +439,20 @@ class PuppetAgent:
         # The agent URI-encodes the facts itself and the form encoding comes on top (Puppet::Configurer::FactHandler)
         data = {"facts_format": "application/json", "facts": urllib.parse.quote(json.dumps(facts)),
                 "transaction_uuid": hashlib.sha1(_now().encode()).hexdigest()}
+        return self._server_json(eff, "POST", url, {"environment": eff["environment"]}, data, "catalog", 120)
+
+    def _server_json(self, eff: Dict[str, str], method: str, url: str, params: dict, data: Optional[dict],
+                     what: str, timeout: float) -> Tuple[Optional[dict], str]:
+        """Call the master's API with the node's own certificate, as the agent does: (JSON, "") or (None, error)."""
+        import requests
+
+        ssl = self._real_dirs()["ssldir"]
+        certname = eff["certname"]
         try:
-            resp = requests.post(url, params={"environment": eff["environment"]}, data=data, timeout=120,
-                                 cert=(str(ssl / "certs" / f"{certname}.pem"),
-                                       str(ssl / "private_keys" / f"{certname}.pem")),
-                                 verify=str(ssl / "certs" / "ca.pem"), headers={"Accept": "application/json"})
+            resp = requests.request(method, url, params=params, data=data, timeout=timeout,
+                                    cert=(str(ssl / "certs" / f"{certname}.pem"),
+                                          str(ssl / "private_keys" / f"{certname}.pem")),
+                                    verify=str(ssl / "certs" / "ca.pem"), headers={"Accept": "application/json"})
         except requests.RequestException as exc:
             return None, f"Failed to open TCP connection to {eff['server']}:{eff['serverport']} ({exc})"
         if resp.status_code != 200:
@@ -458,33 +464,17 @@ class PuppetAgent:
         try:
             return resp.json(), ""
         except ValueError:
-            return None, "the server's catalog is not JSON"
+            return None, f"the server's {what} is not JSON"
 
     def _node_environment(self, eff: Dict[str, str]) -> Tuple[Optional[str], str]:
         """The environment the server assigns this node (``GET /puppet/v3/node``), as the agent asks first."""
-        import requests
-
-        ssl = self._real_dirs()["ssldir"]
         certname = eff["certname"]
         url = f"https://{eff['connect']}:{eff['serverport']}/puppet/v3/node/{urllib.parse.quote(certname)}"
-        try:
-            resp = requests.get(url, params={"environment": eff["environment"], "configured_environment":
-                                             eff["environment"]}, timeout=60,
-                                cert=(str(ssl / "certs" / f"{certname}.pem"),
-                                      str(ssl / "private_keys" / f"{certname}.pem")),
-                                verify=str(ssl / "certs" / "ca.pem"), headers={"Accept": "application/json"})
-        except requests.RequestException as exc:
-            return None, f"Failed to open TCP connection to {eff['server']}:{eff['serverport']} ({exc})"
-        if resp.status_code != 200:
-            try:
-                message = resp.json().get("message", resp.text)
-            except ValueError:
-                message = resp.text
-            return None, f"Error {resp.status_code} on SERVER: {message}"
-        try:
-            return resp.json().get("environment") or eff["environment"], ""
-        except ValueError:
-            return None, "the server's node definition is not JSON"
+        params = {"environment": eff["environment"], "configured_environment": eff["environment"]}
+        node, error = self._server_json(eff, "GET", url, params, None, "node definition", 60)
+        if node is None:
+            return None, error
+        return node.get("environment") or eff["environment"], ""
 
     def fetch_file_content(self, eff: Dict[str, str], source: str) -> Optional[bytes]:
         """Fetch a ``puppet:///modules/...`` source with the node's certificate (the file_content API)."""
