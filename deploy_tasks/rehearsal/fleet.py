@@ -32,7 +32,7 @@ from .certs import make_ca, make_host_cert
 from .faults import FleetSpec, HostFaults
 from .server import Credentials, WinRMHost
 
-DEFAULT_ROOT = Path("build") / "fleet"
+from . import DEFAULT_ROOT  # noqa: E402  (kept light for the task layer)
 DEFAULT_USER = "deploy"
 
 PersonaFactory = Callable[[str, str, Path, HostFaults, FleetSpec, RebootHook], Persona]

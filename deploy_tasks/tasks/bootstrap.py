@@ -10,8 +10,6 @@ from invoke import task
 from ..errors import DeployError, TransportError
 from ..report import console
 from ..steps import CHANGED, FAILED, SKIPPED, StepResult, Timer
-from ..steps import package_server, publish, puppet_master, remote
-from ..transports.ssh import shell_for
 from ._common import deploy_task, load
 
 INVENTORY_HELP = "Inventory workbook (.xlsx or .xls); default: deploy.inventory (inventory/example.xlsx)."
@@ -34,6 +32,13 @@ def parse_only(only: str | None) -> List[str]:
             raise DeployError(f"--only {part}: {LATER_PARTS[part]}; run the Linux parts with "
                               f"--only {','.join(LINUX_PARTS)}")
     return [p for p in LINUX_PARTS if p in wanted]
+
+
+def _shell_for(server, settings, dry_run: bool):
+    # Fabric and paramiko load only when a task needs SSH, so every other `inv` call starts faster
+    from ..transports.ssh import shell_for
+
+    return shell_for(server, settings, dry_run=dry_run)
 
 
 def _run_step(results: list, shell, step: str, body: Callable[[StepResult], StepResult],
@@ -95,13 +100,15 @@ def _summary(title: str, results: list, dry_run: bool) -> None:
 @deploy_task
 def bootstrap(c, inventory=None, only=None, dry_run=False):
     """Set up the package server (nginx) and the Puppet master over SSH; safe to re-run."""
+    from ..steps import package_server, puppet_master
+
     parts = parse_only(only)
     inv, settings = load(c, inventory)
     shells = {}
 
     def shell(server):
         if server.hostname not in shells:
-            shells[server.hostname] = shell_for(server, settings, dry_run=dry_run)
+            shells[server.hostname] = _shell_for(server, settings, dry_run=dry_run)
         return shells[server.hostname]
 
     if dry_run:
@@ -133,13 +140,16 @@ def bootstrap(c, inventory=None, only=None, dry_run=False):
 @deploy_task
 def publish_config(c, inventory=None, source=None, modules=None, rollback=False, dry_run=False):
     """Publish the generated Puppet environment to the master (versioned, validated, atomic switch)."""
+    from ..steps import publish, puppet_master, remote
+
     inv, settings = load(c, inventory)
     env = settings.environment
     server = inv.puppet_master
-    shell = shell_for(server, settings, dry_run=dry_run)
+    shell = _shell_for(server, settings, dry_run=dry_run)
     modules_dir = None
     if not rollback:
-        source = source or os.path.join(settings.build_dir, "puppet", "environments", env)
+        puppet_dir = settings.puppet_dir or os.path.join(settings.build_dir, "puppet")  # where generate-config writes
+        source = source or os.path.join(puppet_dir, "environments", env)
         explicit = modules is not None
         modules = modules or "puppet/modules"
         if os.path.isdir(os.path.join(source, "modules")):

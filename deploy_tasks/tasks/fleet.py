@@ -16,7 +16,7 @@ from invoke import Collection, task
 
 from ..errors import DeployError
 from ..rehearsal.faults import FleetSpec
-from ..rehearsal.fleet import DEFAULT_ROOT
+from ..rehearsal import DEFAULT_ROOT  # the fleet itself is imported by the process fleet.up starts
 from ..report import console
 from ._common import deploy_task, inventory_path, load
 
