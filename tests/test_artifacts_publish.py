@@ -13,6 +13,7 @@ import pytest
 
 from deploy_tasks.artifacts import Job, extract_release, synthetic
 from deploy_tasks.artifacts import publish as publish_mod
+from deploy_tasks.transports.ssh import Shell
 from deploy_tasks.errors import RemoteCommandError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,7 +31,7 @@ def remote_tree(root: Path) -> dict:
 
 
 def target(sshd, root: Path) -> publish_mod.SshTarget:
-    return publish_mod.SshTarget("127.0.0.1", str(root), ssh_config=sshd.ssh_config)
+    return publish_mod.SshTarget(Shell("pkg01", "127.0.0.1", ssh_config=sshd.ssh_config), str(root))
 
 
 @pytest.fixture
@@ -86,7 +87,7 @@ def test_publish_into_an_unwritable_root_is_a_clear_error(sshd, repo, tmp_path):
     blocker.write_text("x")
     with pytest.raises(RemoteCommandError) as exc:
         publish_mod.publish(str(dest), target(sshd, blocker / "root"))
-    assert "127.0.0.1" in str(exc.value) and "mkdir" in str(exc.value)
+    assert str(exc.value).startswith("pkg01: ") and "mkdir" in str(exc.value)
 
 
 def test_task_publishes_to_a_remote_package_server(sshd, tmp_path):

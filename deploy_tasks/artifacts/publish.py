@@ -8,9 +8,9 @@ node never sees a manifest naming files that are not there yet. Files on the
 server that the repository no longer has are left alone (a node may still be
 installing an older version).
 
-The SSH connection is a deliberately small helper (Fabric ``Connection``,
-``~/.ssh/config`` and ssh-agent as usual); it is to be replaced by
-``deploy_tasks.transports.ssh`` once that exists.
+Over SSH the target uses the project's SSH shell (``deploy_tasks.transports.ssh.Shell``,
+handed in by the task layer): the same ssh_config, known-hosts checks and
+located error messages as ``inv bootstrap``.
 """
 
 from __future__ import annotations
@@ -80,28 +80,15 @@ def to_send(local: Dict[str, str], remote: Dict[str, str]) -> List[str]:
 # -- targets ----------------------------------------------------------------------
 
 class SshTarget:
-    """The package server's repository directory over SSH (minimal helper, see the module docstring)."""
+    """The package server's repository directory, through an SSH shell (see the module docstring)."""
 
-    def __init__(self, host: str, root: str, connection=None, ssh_config: Optional[str] = None):
-        self.host = host
+    def __init__(self, shell, root: str):
+        self.shell = shell
+        self.host = shell.name
         self.root = root.rstrip("/") or "/"
-        if connection is None:
-            from fabric import Config, Connection
-
-            config = Config(runtime_ssh_path=ssh_config) if ssh_config else Config()
-            connection = Connection(host, config=config)
-        self.conn = connection
-        self._sftp = None
 
     def _run(self, command: str) -> str:
-        try:
-            result = self.conn.run(command, hide=True, warn=True, in_stream=False)
-        except Exception as exc:  # paramiko/socket errors do not share a base class with ours
-            raise TransportError(self.host, f"SSH failed: {type(exc).__name__}: {exc}") from None
-        if result.exited != 0:
-            raise RemoteCommandError(self.host, command, result.exited, result.stdout + result.stderr,
-                                     hint=f"check that the SSH user may write {self.root}")
-        return result.stdout
+        return self.shell.run(command, hint=f"check that the SSH user may write {self.root}").stdout
 
     def sums(self, create: bool = True) -> Dict[str, str]:
         root = shlex.quote(self.root)
@@ -116,8 +103,9 @@ class SshTarget:
         listing = f".publish-list-{os.getpid()}{TMP_SUFFIX}"
         dirs = sorted({os.path.dirname(p) for p in paths if os.path.dirname(p)})
         total = 0
+        self.shell.open()
         try:
-            sftp = self.conn.sftp()
+            sftp = self.shell.connection().sftp()
             if dirs:
                 sftp.putfo(io.BytesIO("\0".join(dirs).encode()), f"{self.root}/{listing}")
                 self._run(f"cd {root} && xargs -0 -r -a {listing} mkdir -p --")
@@ -136,10 +124,7 @@ class SshTarget:
         return total
 
     def close(self) -> None:
-        try:
-            self.conn.close()
-        except Exception:
-            pass
+        self.shell.close()
 
 
 class LocalTarget:
@@ -194,13 +179,18 @@ def publish(dest: str, target, dry_run: bool = False) -> PublishResult:
         target.close()
 
 
-def target_for(package_server, dest: str, package_root: str, ssh_config: Optional[str] = None):
-    """SshTarget for a remote package server; LocalTarget, or None when nginx serves ``dest`` itself."""
+def target_for(package_server, dest: str, package_root: str, shell_factory=None):
+    """SshTarget for a remote package server; LocalTarget, or None when nginx serves ``dest`` itself.
+
+    ``shell_factory()`` gives the SSH shell of the package server (the task layer builds it).
+    """
     if package_server.is_local:
         if os.path.realpath(package_root) == os.path.realpath(dest):
             return None
         return LocalTarget(package_root)
-    return SshTarget(package_server.network_address, package_root, ssh_config=ssh_config)
+    if shell_factory is None:
+        raise ConfigError(f"{package_server.hostname} is a remote package server: an SSH shell is needed to publish")
+    return SshTarget(shell_factory(), package_root)
 
 
 def describe(result: PublishResult) -> Tuple[str, ...]:

@@ -57,7 +57,12 @@ def _publish(inv, settings, dry_run: bool) -> None:
     from ..artifacts import publish as publish_mod
 
     server = inv.package_server
-    target = publish_mod.target_for(server, settings.repository, settings.package_root)
+    def shell():
+        from ..transports.ssh import shell_for
+
+        return shell_for(server, settings, dry_run=dry_run)
+
+    target = publish_mod.target_for(server, settings.repository, settings.package_root, shell)
     if target is None:
         console.say(f"publish: package server {server.hostname} is this machine and serves "
                     f"{settings.repository} directly; nothing to send")
