@@ -44,6 +44,11 @@ def e_unknown_role(d):
     return "Servers!D8", "unknown role 'proxxy' (did you mean 'proxy'?)"
 
 
+def e_roles_semicolons(d):
+    wb.set_cell(d, "Servers", _servers_row(d, "deploy01"), "Roles", "puppet-master; package-server")
+    return "Servers!D2", "roles 'puppet-master; package-server' must be separated by commas"
+
+
 def e_master_on_windows(d):
     wb.set_cell(d, "Servers", _servers_row(d, "ZWEB01"), "Roles", "web, puppet-master")
     return "Servers!D8", "role 'puppet-master' needs a linux server"
@@ -192,7 +197,7 @@ def e_error_cell(d):
 
 
 CASES = [
-    e_bad_address, e_bad_hostname, e_duplicate_hostname, e_bad_os, e_unknown_role, e_master_on_windows,
+    e_bad_address, e_bad_hostname, e_duplicate_hostname, e_bad_os, e_unknown_role, e_roles_semicolons, e_master_on_windows,
     e_no_package_server, e_two_masters, e_fractional_port, e_port_out_of_range, e_port_text, e_component_name,
     e_component_shell_chars, e_duplicate_component, e_unknown_dependency, e_self_dependency, e_cycle,
     e_missing_version, e_artifact_path, e_bad_class, e_bad_timeout, e_unknown_column, e_missing_column,

@@ -388,6 +388,10 @@ class _Builder:
             else:
                 ok = False
             roles = []
+            if ";" in roles_text or "\n" in roles_text:
+                self.error(sheet.ref(row, "Roles"), f"roles {roles_text!r} must be separated by commas")
+                ok = False
+                roles_text = roles_text.replace(";", ",").replace("\n", ",")
             for role in (r.strip().lower() for r in roles_text.split(",")):
                 if not role:
                     continue
