@@ -28,7 +28,7 @@ def _raw(data: dict) -> RawWorkbook:
     sheets = {}
     for title, (headers, rows) in data.items():
         sheets[title] = RawSheet(title, [list(headers)] + [list(r) for r in rows])
-    return RawWorkbook("prop.xlsx", "xlsx", sheets, None)
+    return RawWorkbook("prop.xlsx", "xlsx", sheets)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -183,3 +183,16 @@ def test_inventory_readme_documents_every_setting():
     text = (ROOT / "inventory" / "README.md").read_text()
     for s in settings_mod.SETTINGS:
         assert f"| `{s.name}` |" in text, f"setting {s.name} is not documented in inventory/README.md"
+
+
+def test_json_stays_json_for_an_odd_xls_and_an_invalid_plan(tmp_path):
+    padded = tmp_path / "padded.xls"
+    padded.write_bytes(wb.write(tmp_path, wb.sheets(), "xls").read_bytes() + b"\x00" * 100)
+    result = inv("validate", "--format", "json", "--inventory", str(padded))
+    assert json.loads(result.stdout)["valid"] is True  # xlrd's diagnostics stay off stdout
+    data = wb.sheets()
+    wb.set_cell(data, "Components", 10, "Depends On", "zodb_storage, workflow_engine")
+    bad = inv("plan", "--format", "json", "--inventory", str(wb.write(tmp_path, data, name="cycle")))
+    assert bad.returncode == 1
+    doc = json.loads(bad.stdout)
+    assert doc["valid"] is False and doc["groups"] == [] and "dependency cycle" in doc["problems"][0]["message"]

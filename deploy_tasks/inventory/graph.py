@@ -44,22 +44,27 @@ def find_cycles(depends_on: Mapping[str, Sequence[str]]) -> list[list[str]]:
 def dependency_groups(depends_on: Mapping[str, Sequence[str]]) -> dict[str, int]:
     """Group (wave) of each name: 1 without dependencies, else 1 + the highest group among them.
 
-    The graph must be acyclic (validation guarantees it); unknown names are ignored.
+    Unknown names are ignored. Raises ValueError on a cycle (validation reports
+    cycles with their rows first, so users never see this).
     """
     groups: dict[str, int] = {}
     for root in depends_on:
         if root in groups:
             continue
-        stack = [root]
+        on_path = {root}
+        stack = [(root, iter(depends_on.get(root, ())))]
         while stack:
-            node = stack[-1]
-            pending = [d for d in depends_on.get(node, ()) if d in depends_on and d not in groups]
-            if pending:
-                if len(stack) > len(depends_on):
-                    raise ValueError("dependency cycle; run find_cycles() first")
-                stack.extend(pending)
-                continue
-            stack.pop()
-            if node not in groups:
+            node, deps = stack[-1]
+            for dep in deps:
+                if dep not in depends_on or dep in groups:
+                    continue
+                if dep in on_path:
+                    raise ValueError(f"dependency cycle through {dep}; run find_cycles() first")
+                on_path.add(dep)
+                stack.append((dep, iter(depends_on.get(dep, ()))))
+                break
+            else:
+                stack.pop()
+                on_path.discard(node)
                 groups[node] = 1 + max((groups[d] for d in depends_on.get(node, ()) if d in groups), default=0)
     return groups

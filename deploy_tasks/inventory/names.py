@@ -19,7 +19,7 @@ PUPPET_RESERVED = frozenset(
     "and application attr case component consumes default define elsif environment "
     "false function if import in inherits node or private produces regexp site true "
     "type undef unit unless class".split()
-)
+) | frozenset({"main", "settings"})  # class names Puppet itself defines
 
 
 def is_hostname(text: str) -> bool:

@@ -76,8 +76,12 @@ SCHEMA = (
 )
 
 
+_SETTING_BY_LETTERS = {name.replace("_", ""): name for name in settings_mod.BY_NAME}
+
+
 def _norm(text: str) -> str:
-    return re.sub(r"[^0-9a-z]", "", text.lower())
+    """Headers and sheet names match ignoring case and white space (not punctuation: host_name is a parameter)."""
+    return re.sub(r"\s+", "", text.lower())
 
 
 def closest(word: str, choices, cutoff: float = 0.6) -> Optional[str]:
@@ -105,6 +109,7 @@ class _Sheet:
         self.title = raw.title
         self.col_index: dict = {}  # canonical header -> 1-based column
         self.extras: list = []  # (header text, 1-based column) for Mapping parameters
+        self.headed: set = set()  # every column with a header cell, known or not
         self.header_row = 0
         self.ok = self._locate_header(builder)
 
@@ -127,6 +132,7 @@ class _Sheet:
             if _blank(value):
                 continue
             text = str(value).strip()
+            self.headed.add(col)
             ref = cell_ref(self.title, self.header_row, col)
             column = known.get(_norm(text))
             if column is not None:
@@ -150,7 +156,7 @@ class _Sheet:
 
     def _extra(self, b: "_Builder", text: str, col: int, ref: str, seen: dict) -> None:
         near = closest(text, [c.header for c in self.spec.columns], cutoff=0.75)
-        if near is not None:
+        if near is not None and not PARAMETER_NAME.match(text):  # "Hostnme" is a typo; host_name a parameter
             b.error(ref, f"column {text!r} is neither {near!r} nor a parameter name", f"did you mean {near!r}?")
             return
         if not PARAMETER_NAME.match(text):
@@ -183,6 +189,20 @@ class _Sheet:
     def ref(self, row: int, header: str) -> str:
         return cell_ref(self.title, row, self.col_index.get(header, 1))
 
+    def unlabelled(self, b: "_Builder") -> None:
+        """A value under a column without a header would be dropped silently: name the first one per column."""
+        headed = self.headed
+        reported: set = set()
+        for index in range(self.header_row, len(self.raw.rows)):
+            row = self.raw.rows[index]
+            if len(row) <= len(headed) and all(c in headed for c in range(1, len(row) + 1)):
+                continue
+            for col, value in enumerate(row, start=1):
+                if col not in headed and col not in reported and not _blank(value):
+                    reported.add(col)
+                    b.error(cell_ref(self.title, index + 1, col), "a value under a column without a header",
+                            "give the column a header (merged header cells keep only the first) or clear it")
+
 
 class _Builder:
     def __init__(self, raw: RawWorkbook):
@@ -210,11 +230,7 @@ class _Builder:
         if _blank(value):
             if required:
                 col = sheet.col_index.get(header, 1)
-                if self.raw.is_uncomputed_formula(sheet.title, row, col):
-                    self.error(ref, f"{header} is a formula without a computed value",
-                               "the file was written by a tool that does not compute formulas: "
-                               "open and save it in Excel or LibreOffice, or type the value")
-                else:
+                if not self.raw.is_uncomputed_formula(sheet.title, row, col):  # else reported already
                     self.error(ref, f"{header} is empty")
                 return None
             return ""
@@ -223,7 +239,9 @@ class _Builder:
                        "format the column as text and type the value again")
             return None
         if isinstance(value, bool):
-            return "true" if value else "false"
+            self.error(ref, f"{header} is the logical value {str(value).upper()}, not text",
+                       "format the cell as text and type the value again")
+            return None
         if isinstance(value, float):
             if math.isfinite(value) and value.is_integer():
                 return str(int(value))
@@ -238,6 +256,13 @@ class _Builder:
         if type(value) is float and value.is_integer() and 1 <= value <= 65535:
             return int(value)
         ref = sheet.ref(row, header)
+        if isinstance(value, CellError):
+            self.error(ref, f"the cell shows the error {value.code}", "fix the formula or type the port")
+            return None
+        if is_date(value):
+            self.error(ref, f"{header} is a date or time ({value}), not a port number",
+                       "format the column as a number and type the port again")
+            return None
         number: Any = value
         if isinstance(value, str):
             try:
@@ -261,8 +286,15 @@ class _Builder:
         if _blank(value):
             return None
         ref = sheet.ref(row, header)
+        if isinstance(value, CellError):
+            self.error(ref, f"the cell shows the error {value.code}", "fix the formula or type the value")
+            return None
+        if is_date(value):
+            self.error(ref, f"{header} is a date or time ({value}), not a number of seconds",
+                       "format the column as a number and type the value again")
+            return None
         try:
-            number = settings_mod._to_int(value) if not is_date(value) else None
+            number = settings_mod._to_int(value)
         except (ValueError, OverflowError):
             number = None
         if number is None or number < 1:
@@ -296,9 +328,13 @@ class _Builder:
     # -- sheets ----------------------------------------------------------------
     def sheet(self, spec: SheetSpec) -> Optional[_Sheet]:
         wanted = _norm(spec.name)
-        for title, raw in self.raw.sheets.items():
-            if _norm(title) == wanted:
-                return _Sheet(raw, spec, self)
+        matches = [raw for title, raw in self.raw.sheets.items() if _norm(title) == wanted]
+        if len(matches) > 1:
+            self.error("workbook", f"sheets {', '.join(repr(m.title) for m in matches)} are all read as {spec.name!r}",
+                       "sheet names are matched ignoring case and spaces: keep one, rename or delete the others")
+            return None
+        if matches:
+            return _Sheet(matches[0], spec, self)
         if spec.required:
             near = _did_you_mean(spec.name, list(self.raw.sheets))
             self.error("workbook", f"required sheet {spec.name!r} is missing",
@@ -315,9 +351,15 @@ class _Builder:
             if not key:
                 continue
             name = re.sub(r"[\s-]+", "_", key.strip().lower())
+            # "Max Parallel", "max-parallel", "MaxParallel" all name max_parallel
+            name = _SETTING_BY_LETTERS.get(name.replace("_", ""), name)
             ref = sheet.ref(row, "Key")
             spec = settings_mod.BY_NAME.get(name)
-            if spec is None or not spec.workbook:
+            if spec is not None and not spec.workbook:
+                self.error(ref, f"setting {name!r} belongs to the controller, not the workbook",
+                           f"set it in invoke.yaml (deploy.{name}), INVOKE_DEPLOY_{name.upper()} or a --flag")
+                continue
+            if spec is None:
                 self.error(ref, f"unknown setting {key!r}",
                            _did_you_mean(name, settings_mod.WORKBOOK_KEYS)
                            or "known settings: " + ", ".join(settings_mod.WORKBOOK_KEYS))
@@ -329,6 +371,10 @@ class _Builder:
             value = cells["Value"]
             if isinstance(value, CellError):
                 self.error(sheet.ref(row, "Value"), f"the cell shows the error {value.code}")
+                continue
+            if is_date(value):
+                self.error(sheet.ref(row, "Value"), f"{name} is a date or time ({value})",
+                           "format the Value column as text and type the value again")
                 continue
             try:
                 found[name] = spec.coerce(value)
@@ -342,6 +388,7 @@ class _Builder:
             return servers
         by_name: dict = {}
         by_address: dict = {}
+        holders: dict = {role: [] for role in LINUX_ONLY_ROLES}  # rows, whatever else is wrong on them
         for row, cells, _ in sheet.rows():
             hostname = self.text(sheet, row, "Hostname", cells["Hostname"], required=True)
             address = self.text(sheet, row, "Address", cells["Address"], required=True)
@@ -351,7 +398,11 @@ class _Builder:
             notes = self.text(sheet, row, "Notes", cells.get("Notes")) or ""
             ok = True
             if hostname:
-                if not is_hostname(hostname):
+                if hostname.endswith("."):
+                    self.error(sheet.ref(row, "Hostname"), f"hostname {hostname!r} ends with a dot",
+                               "write the host name without the trailing dot (the domain setting completes it)")
+                    ok = False
+                elif not is_hostname(hostname):
                     self.error(sheet.ref(row, "Hostname"), f"hostname {hostname!r} is not a valid host name",
                                "letters, digits and hyphens, dot-separated labels of at most 63 characters, "
                                "not starting or ending with a hyphen")
@@ -404,17 +455,18 @@ class _Builder:
                     ok = False
                 elif role not in roles:
                     roles.append(role)
+                    if role in holders:
+                        holders[role].append(row)
             if port and os_name == "linux":
                 self.warn(sheet.ref(row, "WinRM Port"), "a WinRM port on a linux server is ignored")
             if ok:
                 servers.append(Server(hostname, address, os_name, tuple(roles), port, notes, row))
-        if sheet.ok and not self.problems_in(sheet.title):
-            for role in LINUX_ONLY_ROLES:
-                holders = [s for s in servers if role in s.roles]
-                if len(holders) != 1:
-                    where = ", ".join(f"{sheet.title} row {s.row}" for s in holders) or f"{sheet.title} sheet"
-                    self.error(where, f"exactly one linux server must have the role {role!r}, found {len(holders)}",
-                               "the Roles column is a comma list; one server may hold both puppet-master and package-server")
+        for role in LINUX_ONLY_ROLES:
+            rows = holders[role]
+            if len(rows) != 1:
+                where = ", ".join(f"{sheet.title} row {r}" for r in rows) or f"{sheet.title} sheet"
+                self.error(where, f"exactly one linux server must have the role {role!r}, found {len(rows)}",
+                           "the Roles column is a comma list; one server may hold both puppet-master and package-server")
         return servers
 
     def problems_in(self, title: str) -> bool:
@@ -436,6 +488,7 @@ class _Builder:
             timeout = self.positive_int(sheet, row, "Timeout (s)", cells.get("Timeout (s)"))
             description = self.text(sheet, row, "Description", cells.get("Description")) or ""
             ok = name is not None and version is not None and artifact is not None
+            named = False  # the row defines this name (even if another cell of it is wrong)
             if name:
                 if not COMPONENT_NAME.match(name):
                     suggestion = re.sub(r"[^a-z0-9_]+", "_", name.lower()).strip("_")
@@ -453,6 +506,7 @@ class _Builder:
                     ok = False
                 else:
                     rows[name] = sheet.ref(row, "Component")
+                    named = True
             if version:
                 if isinstance(version_cell, (int, float)) and not isinstance(version_cell, bool):
                     self.warn(sheet.ref(row, "Version"),
@@ -474,14 +528,15 @@ class _Builder:
             if ";" in deps_text or "\n" in deps_text:
                 self.error(sheet.ref(row, "Depends On"), f"dependencies {deps_text!r} must be separated by commas")
                 ok = False
-            for dep in (d.strip() for d in deps_text.split(",")):
+            for dep in (d.strip() for d in re.split(r"[,;\n]", deps_text)):
                 if dep and dep not in deps:
                     deps.append(dep)
-            if ok:
-                pending.append((row, name, version, artifact, deps, pclass.lstrip(":"), timeout, description))
+            if named:  # rows with other problems still take part in the dependency checks
+                pending.append((ok, row, name, version, artifact, deps, pclass.lstrip(":"), timeout, description))
         known = set(rows)
         graph: dict = {}
-        for row, name, version, artifact, deps, pclass, timeout, description in pending:
+        row_of: dict = {}
+        for ok, row, name, version, artifact, deps, pclass, timeout, description in pending:
             good = []
             for dep in deps:
                 ref = sheet.ref(row, "Depends On")
@@ -493,8 +548,9 @@ class _Builder:
                 else:
                     good.append(dep)
             graph[name] = good
-            components.append(Component(name, version, artifact, tuple(good), pclass, timeout, description, row))
-        row_of = {c.name: c.row for c in components}
+            row_of[name] = row
+            if ok:
+                components.append(Component(name, version, artifact, tuple(good), pclass, timeout, description, row))
         for cycle in find_cycles(graph):
             where = ", ".join(sheet.ref(row_of[n], "Depends On") for n in cycle[:-1])
             self.error(f"{sheet.ref(row_of[cycle[0]], 'Depends On')}",
@@ -517,7 +573,8 @@ class _Builder:
             server = hosts.get(hostname.lower())
             ok = True
             if server is None:
-                if hostname.lower() not in server_names:  # a server row with its own problem is not re-reported
+                # a server row with its own problem, or a Servers sheet that could not be read, is not re-reported
+                if server_names is not None and hostname.lower() not in server_names:
                     self.error(sheet.ref(row, "Hostname"), f"unknown host {hostname!r}",
                                _did_you_mean(hostname, [s.hostname for s in servers]) or "add it to the Servers sheet")
                 ok = False
@@ -526,7 +583,7 @@ class _Builder:
                            f"{server.hostname} is a {server.os} server; components deploy to windows servers only")
                 ok = False
             if component not in comps:
-                if component not in component_names:
+                if component_names is not None and component not in component_names:
                     self.error(sheet.ref(row, "Component"), f"unknown component {component!r}",
                                _did_you_mean(component, comps) or "add it to the Components sheet")
                 ok = False
@@ -549,12 +606,13 @@ class _Builder:
                     params[header] = value
             result.append(Assignment(server.hostname, component, MappingProxyType(params), row))
         mapped = {a.component for a in result}
-        for c in components:
+        for c in components if not self.problems else ():  # with errors, rows were skipped: no noise
             if c.name not in mapped:
                 self.warn(f"Components!A{c.row}", f"component {c.name!r} is not mapped to any host")
         return result
 
-    def parameters(self, sheet: Optional[_Sheet], servers: list, components: list) -> list:
+    def parameters(self, sheet: Optional[_Sheet], servers: list, components: list,
+                   server_names: Optional[set] = None, component_names: Optional[set] = None) -> list:
         result: list = []
         if sheet is None or not sheet.ok:
             return result
@@ -574,12 +632,15 @@ class _Builder:
                 scope = "common"
             elif kind == "component" and target:
                 if target not in comps:
-                    self.error(ref, f"scope names unknown component {target!r}", _did_you_mean(target, comps))
+                    if component_names is not None and target not in component_names:
+                        self.error(ref, f"scope names unknown component {target!r}", _did_you_mean(target, comps))
                     continue
                 scope = f"component:{target}"
             elif kind == "host" and target:
                 if target.lower() not in hosts:
-                    self.error(ref, f"scope names unknown host {target!r}", _did_you_mean(target, list(hosts.values())))
+                    if server_names is not None and target.lower() not in server_names:
+                        self.error(ref, f"scope names unknown host {target!r}",
+                                   _did_you_mean(target, list(hosts.values())))
                     continue
                 scope = f"host:{hosts[target.lower()]}"
             else:
@@ -607,6 +668,14 @@ def build_inventory(raw: RawWorkbook) -> Inventory:
     """Validate ``raw`` into an Inventory, or raise InventoryError with every problem located."""
     b = _Builder(raw)
     sheets = {spec.name: b.sheet(spec) for spec in SCHEMA}
+    for title, row, col in sorted(raw.uncomputed_formulas):
+        if any(sh is not None and sh.title == title for sh in sheets.values()):
+            b.error(cell_ref(title, row, col), "a formula without a computed value (the cell reads as blank)",
+                    "the file was written by a tool that does not compute formulas: open and save it in "
+                    "Excel or LibreOffice, or type the value")
+    for sh in sheets.values():
+        if sh is not None and sh.ok:
+            sh.unlabelled(b)
     settings = b.settings(sheets["Settings"])
     servers = b.servers(sheets["Servers"])
     components = b.components(sheets["Components"])
@@ -614,7 +683,7 @@ def build_inventory(raw: RawWorkbook) -> Inventory:
     server_names = _names_in(sheets["Servers"], "Hostname", lower=True)
     component_names = _names_in(sheets["Components"], "Component")
     mapping = b.mapping(sheets["Mapping"], servers, components, server_names, component_names)
-    parameters = b.parameters(sheets.get("Parameters"), servers, components)
+    parameters = b.parameters(sheets.get("Parameters"), servers, components, server_names, component_names)
     if b.problems:
         raise InventoryError(b.problems, source=raw.path, warnings=b.warnings)
     return Inventory(
@@ -628,10 +697,11 @@ def build_inventory(raw: RawWorkbook) -> Inventory:
     )
 
 
-def _names_in(sheet: Optional[_Sheet], header: str, lower: bool = False) -> set:
+def _names_in(sheet: Optional[_Sheet], header: str, lower: bool = False) -> Optional[set]:
+    """Names the sheet mentions at all; None when the sheet could not be read (then nothing is checked against it)."""
     names: set = set()
     if sheet is None or not sheet.ok:
-        return names
+        return None
     for _, cells, _ in sheet.rows():
         value = cells.get(header)
         if isinstance(value, str) and value.strip():

@@ -42,18 +42,18 @@ class RawSheet:
 
 @dataclass
 class RawWorkbook:
-    """All sheets of a workbook, plus a lazy probe for formulas without cached values."""
+    """All sheets of a workbook, and the cells holding formulas that were never computed."""
 
     path: str
     format: str  # "xlsx" or "xls"
     sheets: dict  # title -> RawSheet, in workbook order
-    _formula_probe: Optional[Callable[[str, int, int], bool]] = None
+    # (title, row, column), 1-based: formulas saved without a cached value (tools that
+    # write .xlsx without computing, openpyxl among them); such a cell reads as blank
+    uncomputed_formulas: frozenset = frozenset()
 
     def is_uncomputed_formula(self, title: str, row: int, col: int) -> bool:
         """True when the (1-based) cell holds a formula whose value was never computed."""
-        if self._formula_probe is None:
-            return False
-        return self._formula_probe(title, row, col)
+        return (title, row, col) in self.uncomputed_formulas
 
 
 def sniff_format(path: str) -> str:
@@ -72,6 +72,9 @@ def sniff_format(path: str) -> str:
     if head.startswith(ZIP_MAGIC):
         return "xlsx"
     if head.startswith(OLE2_MAGIC):
+        if _ole2_holds(path, "EncryptedPackage"):
+            raise WorkbookFormatError(path, "the workbook is password-protected (encrypted); "
+                                            "save a copy without a password and use that")
         return "xls"
     text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
     if text.startswith((b"<!doctype html", b"<html", b"<table")):
@@ -85,6 +88,17 @@ def sniff_format(path: str) -> str:
     raise WorkbookFormatError(
         path, f"is not an Excel workbook: it looks like {looks}; open it in Excel or LibreOffice and save it as .xlsx"
     )
+
+
+def _ole2_holds(path: str, stream: str) -> bool:
+    """True when the OLE2 file's directory names ``stream`` (an encrypted .xlsx is an OLE2 file
+    with an EncryptedPackage stream); a cheap scan of the bytes for the UTF-16 name."""
+    needle = stream.encode("utf-16-le")
+    try:
+        with open(path, "rb") as fh:
+            return needle in fh.read(4 << 20)
+    except OSError:
+        return False
 
 
 def read_workbook(path: str | os.PathLike) -> RawWorkbook:
@@ -135,17 +149,44 @@ def _read_xlsx(path: str) -> RawWorkbook:
         wb.close()
         fh.close()
 
-    cache: dict = {}
+    uncomputed = _uncomputed_formulas(path, sheets) if _has_formulas(path) else frozenset()
+    return RawWorkbook(path, "xlsx", sheets, uncomputed)
 
-    def probe(title: str, row: int, col: int) -> bool:
-        if "wb" not in cache:
-            with open(path, "rb") as fh2:
-                cache["wb"] = openpyxl.load_workbook(fh2, read_only=False, data_only=False)
-        ws = cache["wb"][title]
-        value = ws.cell(row=row, column=col).value
-        return isinstance(value, str) and value.startswith("=")
 
-    return RawWorkbook(path, "xlsx", sheets, probe)
+def _has_formulas(path: str) -> bool:
+    """Whether any worksheet holds a formula (an <f> element): a cheap scan, no parsing."""
+    with zipfile.ZipFile(path) as zf:
+        for name in zf.namelist():
+            if name.startswith("xl/worksheets/") and name.endswith(".xml"):
+                data = zf.read(name)
+                if b"<f>" in data or b"<f " in data or b":f>" in data or b":f " in data:
+                    return True
+    return False
+
+
+def _uncomputed_formulas(path: str, sheets: dict) -> frozenset:
+    """Cells whose formula has no cached value: a second, formula-reading pass, only when formulas exist."""
+    import openpyxl
+
+    found = set()
+    with open(path, "rb") as fh:
+        wb = openpyxl.load_workbook(fh, read_only=True, data_only=False)
+        try:
+            for ws in wb.worksheets:
+                ws.reset_dimensions()
+                cached = sheets[ws.title].rows
+                for r, row in enumerate(ws.iter_rows(values_only=True), start=1):
+                    for c, value in enumerate(row, start=1):
+                        if isinstance(value, str) and value.startswith("="):
+                            line = cached[r - 1] if r - 1 < len(cached) else ()
+                            if c - 1 >= len(line) or line[c - 1] is None:
+                                found.add((ws.title, r, c))
+        finally:
+            wb.close()
+    return frozenset(found)
+
+
+
 
 
 def _clean_xlsx_row(row: tuple) -> tuple:
@@ -157,10 +198,11 @@ def _clean_xlsx_row(row: tuple) -> tuple:
 def _read_xls(path: str) -> RawWorkbook:
     import xlrd
 
-    book = xlrd.open_workbook(path, on_demand=True)
+    with open(os.devnull, "w") as quiet:  # xlrd prints its diagnostics to stdout: keep --format json clean
+        book = xlrd.open_workbook(path, on_demand=True, logfile=quiet)
     try:
         sheets = {}
-        datemode = book.datemode
+        datemode = book.datemode  # (book stays usable after the logfile closes: on_demand reads need no log)
         for index in range(book.nsheets):
             sh = book.sheet_by_index(index)
             rows = []
@@ -174,7 +216,7 @@ def _read_xls(path: str) -> RawWorkbook:
             book.unload_sheet(index)
     finally:
         book.release_resources()
-    return RawWorkbook(path, "xls", sheets, None)
+    return RawWorkbook(path, "xls", sheets)
 
 
 def _xls_value(value: Any, ctype: int, datemode: int) -> Any:
@@ -209,4 +251,5 @@ def cell_ref(title: str, row: int, col: int) -> str:
 
 
 def is_date(value: Any) -> bool:
-    return isinstance(value, (_dt.datetime, _dt.date, _dt.time))
+    """A date, time or duration: what a spreadsheet makes of text it took for one."""
+    return isinstance(value, (_dt.datetime, _dt.date, _dt.time, _dt.timedelta))

@@ -49,7 +49,14 @@ def validate(c, inventory=None, format="text"):
 def plan(c, inventory=None, format="text"):
     """Show the dependency groups (waves): components and hosts of each group."""
     fmt = check_format(format)
-    inv, _ = load(c, inventory, quiet=(fmt == "json"))
+    try:
+        inv, _ = load(c, inventory, quiet=(fmt == "json"))
+    except InventoryError as exc:
+        if fmt == "json":  # a machine reading stdout gets a document either way
+            emit_json({"valid": False, "source": inventory_path(c, inventory),
+                       "problems": [p.as_dict() for p in exc.problems], "groups": []})
+            raise Exit(str(exc), code=1)
+        raise
     the_plan = make_plan(inv)
     if fmt == "json":
         emit_json(the_plan.as_dict())
