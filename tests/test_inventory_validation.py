@@ -455,3 +455,12 @@ def test_password_protected_workbook_is_named(tmp_path):
     path.write_bytes(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\x00" * 600 + "EncryptedPackage".encode("utf-16-le"))
     with pytest.raises(InventoryError, match="password-protected"):
         load_inventory(path)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_numbers_beyond_spreadsheet_precision_are_warned(tmp_path, fmt):
+    data = wb.sheets()
+    data["Parameters"][1].append(["common", "big", 12345678901234567890])
+    inv = load_inventory(wb.write(tmp_path, data, fmt))
+    assert any(w.where == "Parameters!C7" and "more digits than a spreadsheet keeps" in w.message
+               for w in inv.warnings)

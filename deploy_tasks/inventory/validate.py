@@ -308,9 +308,16 @@ class _Builder:
 
         ``where`` is the cell reference, or a (title, row, column) tuple turned into one only on a problem.
         """
-        if isinstance(value, (str, int, bool)):
+        if isinstance(value, str) or (isinstance(value, int) and abs(value) < 2 ** 53):
             return value
         ref = cell_ref(*where) if isinstance(where, tuple) else where
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+                and abs(value) >= 2 ** 53:
+            self.warn(ref, f"the number {value} has more digits than a spreadsheet keeps exactly",
+                      "type it as text if every digit matters")
+            return int(value) if isinstance(value, float) and value.is_integer() else value
+        if isinstance(value, bool):
+            return value
         if isinstance(value, CellError):
             self.error(ref, f"the cell shows the error {value.code}", "fix the formula or type the value")
             return None
