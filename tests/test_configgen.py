@@ -258,8 +258,10 @@ def test_compare_and_diff_show_a_hand_edit(example, tmp_path):
 
 # -- the task, as a user runs it ---------------------------------------------------------
 def inv(*args, env=None, cwd=ROOT):
+    # no artifact manifest from a developer's own build/ (CI's clean clone has none either)
+    env = {"INVOKE_DEPLOY_REPOSITORY": "/nonexistent/deploy_tasks-test-repository", **(env or {})}
     return subprocess.run([str(Path(sys.executable).parent / "inv"), *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=180, env={**os.environ, **(env or {})})
+                          text=True, timeout=180, env={**os.environ, **env})
 
 
 def test_task_generate_check_and_diff(tmp_path):
