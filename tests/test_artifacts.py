@@ -145,6 +145,9 @@ HOSTILE = {
     "dotdot traversal": (lambda p: write_zip(p, [("ok.txt", b"x"), ("lib/../../evil.txt", b"x")]), "lib/../../evil.txt", "traversal"),
     "backslash traversal": (lambda p: write_zip(p, [("..\\..\\evil.txt", b"x")]), "..\\..\\evil.txt", "traversal"),
     "zip symlink outside": (lambda p: write_zip(p, [("ok.txt", b"x"), link("etc", "../../../etc")]), "etc", "outside"),
+    "zip symlink target with NUL": (lambda p: write_zip(p, [("ok.txt", b"x"), link("lib/bad", "a\x00b")]),
+                                    "lib/bad", "control character"),
+    "zip symlink target with newline": (lambda p: write_zip(p, [link("nl", "a\nb")]), "nl", "control character"),
     "zip absolute symlink": (lambda p: write_zip(p, [link("passwd", "/etc/passwd")]), "passwd", "outside"),
     "zip symlink chain escapes": (lambda p: write_zip(p, [("p/q/keep.txt", b"x"), link("p/q/c", "../.."),
                                                           link("y", "p/q/c/..")]), "y", "outside"),
@@ -251,6 +254,36 @@ def test_zip_with_safe_links_extracts_them_inside(tmp_path, release):
     assert not result.failures
     tree = tmp_path / "repo" / ENV / "links" / "1" / "tree"
     assert os.readlink(tree / "lib" / "alias.txt") == "real.txt" and (tree / "current" / "real.txt").read_bytes() == b"real"
+
+
+def test_unexpected_error_while_finishing_fails_only_that_component(tmp_path, release, monkeypatch):
+    """Anything _finish (links, rename) raises is the component's ArtifactError; the others and the manifest stand."""
+    write_zip(release / "links-1.zip", [("lib/real.txt", b"real"), link("lib/alias.txt", "real.txt")])
+    real = archive_mod.make_links
+
+    def boom(component, tree, members, done):
+        if component == "links":
+            raise ValueError("embedded null byte")
+        return real(component, tree, members, done)
+
+    monkeypatch.setattr(archive_mod, "make_links", boom)
+    dest = tmp_path / "repo"
+    result = extract_release([GOOD, Job("links", "1", "links-1.zip")], str(release), str(dest), ENV, workers=2)
+    statuses = {o.component: o.status for o in result.outcomes}
+    assert statuses == {"good": "extracted", "links": "failed"}
+    error = result.failures[0].error
+    assert error.component == "links" and "embedded null byte" in str(error)
+    assert set(json.loads((dest / "manifest.json").read_text())["components"]) == {"good"}
+    assert not (dest / ENV / "links").exists() or list((dest / ENV / "links").iterdir()) == []
+
+
+def test_link_creation_error_names_the_member(tmp_path, monkeypatch):
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    members = [archive_mod.Member("lib/alias", archive_mod.SYMLINK, target="x", raw_name="lib/alias")]
+    with pytest.raises(ArtifactError) as exc:  # lib/ does not exist: the OSError names the member
+        archive_mod.make_links("c", str(tree), members, archive_mod.Extracted())
+    assert exc.value.member == "lib/alias" and exc.value.component == "c"
 
 
 def test_tar_artifact_with_inside_hardlink(tmp_path, release):

@@ -340,13 +340,19 @@ def make_links(component: str, tree: str, members: List[Member], done: Extracted
     """Create the (already checked) links once every file exists; a hard link becomes a real link in the tree."""
     for m in members:
         path = os.path.join(tree, m.name)
-        if m.kind == SYMLINK:
-            os.symlink(m.target.replace("\\", "/"), path)
-            done.links[m.name] = m.target
-        elif m.kind == HARDLINK:
-            target = safety.clean_name(component, m.target)
-            os.link(os.path.join(tree, target), path, follow_symlinks=False)
-            done.files[m.name] = done.files[target]
+        try:
+            if m.kind == SYMLINK:
+                os.symlink(m.target.replace("\\", "/"), path)
+                done.links[m.name] = m.target
+            elif m.kind == HARDLINK:
+                target = safety.clean_name(component, m.target)
+                os.link(os.path.join(tree, target), path, follow_symlinks=False)
+                done.files[m.name] = done.files[target]
+        except ArtifactError:
+            raise
+        except Exception as exc:  # OSError, ValueError (embedded null byte), a missing file...
+            raise ArtifactError(component, f"cannot create the {m.kind} to {m.target!r}: "
+                                f"{type(exc).__name__}: {exc}", m.raw_name or m.name) from None
 
 
 # -- tar, tar.gz (streamed) ----------------------------------------------------

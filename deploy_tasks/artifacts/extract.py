@@ -420,11 +420,16 @@ def _run(refs, states, outcomes, entries, previous, sums, dest, env, limits, wor
                     _fail(state, ArtifactError(state.job.component, f"{type(exc).__name__}: {exc}"))
                 else:
                     if state.error is None:
-                        if what == "prepare":
-                            _after_prepare(pool, futures, state, value, limits, outcomes, entries, progress)
-                        else:
-                            state.done.merge(value)
-                            progress.advance(nbytes)
+                        try:
+                            if what == "prepare":
+                                _after_prepare(pool, futures, state, value, limits, outcomes, entries, progress)
+                            else:
+                                state.done.merge(value)
+                                progress.advance(nbytes)
+                        except ArtifactError as exc:
+                            _fail(state, exc)
+                        except Exception as exc:  # still this component's failure only
+                            _fail(state, ArtifactError(state.job.component, f"{type(exc).__name__}: {exc}"))
                 if state.error is None and state.prepared is not None and state.prepared.status == "work" \
                         and state.pending == 0:
                     try:
@@ -434,6 +439,8 @@ def _run(refs, states, outcomes, entries, previous, sums, dest, env, limits, wor
                                           time.monotonic() - state.started, state.prepared.reason)
                     except ArtifactError as exc:
                         _fail(state, exc)
+                    except Exception as exc:  # _finish wraps its own; anything else is still one component's
+                        _fail(state, ArtifactError(state.job.component, f"{type(exc).__name__}: {exc}"))
                     else:
                         outcomes[state.job.component] = outcome
                         progress.finished(outcome)
@@ -519,6 +526,8 @@ def _finish(state: _State, dest: str, env: str) -> dict:
         raise
     except OSError as exc:
         raise ArtifactError(job.component, f"cannot move the extracted tree into place: {exc}") from None
+    except Exception as exc:  # a bug or an unforeseen input: still this component's failure only
+        raise ArtifactError(job.component, f"{type(exc).__name__}: {exc}") from None
     entry = {
         "version": job.version,
         "artifact": job.artifact,
