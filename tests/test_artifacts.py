@@ -175,6 +175,8 @@ HOSTILE = {
                             "s", "outside"),
     "tar hardlink outside": (lambda p: write_tar(p, [(tinfo("h", tarfile.LNKTYPE, "/etc/passwd"), None)]), "h", "hard link"),
     "tar hardlink traversal": (lambda p: write_tar(p, [(tinfo("h", tarfile.LNKTYPE, "../../x"), None)]), "h", "traversal"),
+    "tar dot as a file": (lambda p: write_tar(p, [(tinfo("./", tarfile.DIRTYPE), None), (tinfo("."), b"x")]), ".", "empty member name"),
+    "tar dot as a link": (lambda p: write_tar(p, [(tinfo(".", tarfile.SYMTYPE, "x"), None)]), ".", "empty member name"),
     "tar device": (lambda p: write_tar(p, [(tinfo("null", tarfile.CHRTYPE), None)]), "null", "device"),
     "tar fifo": (lambda p: write_tar(p, [(tinfo("fifo", tarfile.FIFOTYPE), None)]), "fifo", "FIFO"),
     "tar duplicate": (lambda p: write_tar(p, [(tinfo("a"), b"1"), (tinfo("a"), b"2")]), "a", "duplicate"),
@@ -284,6 +286,34 @@ def test_link_creation_error_names_the_member(tmp_path, monkeypatch):
     with pytest.raises(ArtifactError) as exc:  # lib/ does not exist: the OSError names the member
         archive_mod.make_links("c", str(tree), members, archive_mod.Extracted())
     assert exc.value.member == "lib/alias" and exc.value.component == "c"
+
+
+@pytest.mark.parametrize("mode", ["w", "w:gz"])
+def test_tar_made_from_a_directory_with_dot_root_extracts(mode, tmp_path, release):
+    """`tar -C dir -cf x.tar .` starts with a './' directory member: it is the tree itself."""
+    src = tmp_path / "src"
+    (src / "bin").mkdir(parents=True)
+    (src / "bin" / "app.exe").write_bytes(b"binary")
+    (src / "readme.txt").write_bytes(b"hello")
+    artifact = "dot-1.tar.gz" if mode == "w:gz" else "dot-1.tar"
+    subprocess.run(["tar", "-C", str(src), "-c" + ("z" if mode == "w:gz" else "") + "f", str(release / artifact), "."],
+                   check=True)
+    with tarfile.open(release / artifact) as tf:
+        assert tf.getnames()[0] in (".", "./")
+    dest = tmp_path / "repo"
+    result = extract_release([Job("dot", "1", artifact)], str(release), str(dest), ENV)
+    assert not result.failures, [str(o.error) for o in result.failures]
+    tree = dest / ENV / "dot" / "1" / "tree"
+    assert (tree / "bin" / "app.exe").read_bytes() == b"binary" and (tree / "readme.txt").read_bytes() == b"hello"
+    assert set(json.loads((dest / "manifest.json").read_text())["components"]["dot"]["files"]) == {
+        "bin/app.exe", "readme.txt"}
+
+
+def test_zip_with_dot_directory_member_extracts(tmp_path, release):
+    write_zip(release / "zdot-1.zip", [(zinfo("./", stat.S_IFDIR | 0o755), b""), ("./a.txt", b"a")])
+    result = extract_release([Job("zdot", "1", "zdot-1.zip")], str(release), str(tmp_path / "repo"), ENV)
+    assert not result.failures, [str(o.error) for o in result.failures]
+    assert (tmp_path / "repo" / ENV / "zdot" / "1" / "tree" / "a.txt").read_bytes() == b"a"
 
 
 def test_tar_artifact_with_inside_hardlink(tmp_path, release):

@@ -107,6 +107,8 @@ def zip_members(component: str, path: str, limits: Limits) -> List[Member]:
         for index, info in enumerate(zf.infolist()):
             raw = info.filename
             kind = safety.check_kind(component, raw, _zip_kind(info), "member")
+            if kind == DIR and safety.is_root(raw):
+                continue  # "./": the tree itself
             name = safety.clean_name(component, raw)
             if info.flag_bits & 0x1:
                 raise ArtifactError(component, "member is encrypted", raw, "artifacts must not be password-protected")
@@ -382,6 +384,8 @@ def extract_tar(component: str, archive: str, tree: str, limits: Limits) -> Extr
             for info in tf:
                 raw = info.name
                 kind = safety.check_kind(component, raw, _tar_kind(info), "member")
+                if kind == DIR and safety.is_root(raw):
+                    continue  # "." or "./" (tar -C dir -cf x.tar .): the tree itself; a "." file stays refused
                 name = safety.clean_name(component, raw)
                 m = Member(name, kind, size=info.size if kind == FILE else 0, target=info.linkname, raw_name=raw)
                 members.append(m)

@@ -60,6 +60,12 @@ class Member:
     raw_name: str = ""
 
 
+def is_root(raw: str) -> bool:
+    """``.`` or ``./`` (``tar -C dir -cf x.tar .`` starts with it): the tree itself, not a member."""
+    name = raw.replace("\\", "/")
+    return bool(name) and not name.startswith("/") and all(p in ("", ".") for p in name.split("/"))
+
+
 def clean_name(component: str, raw: str) -> str:
     """The member's path relative to the tree, or ArtifactError when it could leave it."""
     name = raw.replace("\\", "/")
