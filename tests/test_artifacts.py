@@ -316,6 +316,70 @@ def test_zip_with_dot_directory_member_extracts(tmp_path, release):
     assert (tmp_path / "repo" / ENV / "zdot" / "1" / "tree" / "a.txt").read_bytes() == b"a"
 
 
+def test_sha256sums_exact_line_wins_over_a_later_subdirectory_line(tmp_path, release):
+    from deploy_tasks.artifacts import manifest as manifest_mod
+
+    good = sha(release / GOOD.artifact)
+    text = f"{good}  {GOOD.artifact}\n{'0' * 64}  old/{GOOD.artifact}\n"
+    assert manifest_mod.parse_sums(text, "SUMS")[GOOD.artifact] == good
+    (release / "SHA256SUMS").write_text(text)
+    result = extract_release([GOOD], str(release), str(tmp_path / "repo"), ENV)
+    assert not result.failures, [str(o.error) for o in result.failures]
+    # the exact line wins in either order
+    (release / "SHA256SUMS").write_text(f"{'0' * 64}  old/{GOOD.artifact}\n{good}  ./{GOOD.artifact}\n")
+    assert manifest_mod.parse_sums((release / "SHA256SUMS").read_text(), "S")[GOOD.artifact] == good
+
+
+def test_sha256sums_conflicting_subdirectory_lines_fail_the_component_naming_both(tmp_path, release):
+    write_zip(release / "other-1.zip", [("o.txt", b"o")])
+    good = sha(release / GOOD.artifact)
+    (release / "SHA256SUMS").write_text(f"{sha(release / 'other-1.zip')}  other-1.zip\n"
+                                        f"{good}  new/{GOOD.artifact}\n{'0' * 64}  old/{GOOD.artifact}\n")
+    dest = tmp_path / "repo"
+    result = extract_release([GOOD, Job("other", "1", "other-1.zip")], str(release), str(dest), ENV)
+    by = {o.component: o for o in result.outcomes}
+    assert by["other"].status == "extracted" and by["good"].status == "failed"
+    text = str(by["good"].error)
+    assert "component good" in text and "line 2" in text and "line 3" in text
+    assert f"new/{GOOD.artifact}" in text and f"old/{GOOD.artifact}" in text
+    assert set(json.loads((dest / "manifest.json").read_text())["components"]) == {"other"}
+
+
+def _bundle_with_sums(path: Path, form: str, members) -> Path:
+    """members: (name, bytes) written into a zip, tar or tar.gz bundle in that order."""
+    if form == "zip":
+        return write_zip(path, [(n, d, zipfile.ZIP_STORED) for n, d in members])
+    return write_tar(path, [(tinfo(n), d) for n, d in members], "w:gz" if form == "tar.gz" else "w")
+
+
+@pytest.mark.parametrize("form", ["zip", "tar", "tar.gz"])
+def test_bundle_uses_the_sha256sums_nearest_the_root(form, tmp_path, release):
+    data = (release / GOOD.artifact).read_bytes()
+    good = hashlib.sha256(data).hexdigest()
+    bundle = _bundle_with_sums(tmp_path / f"b.{form}", form, [
+        ("rel/old/SHA256SUMS", f"{'0' * 64}  {GOOD.artifact}\n".encode()),  # deeper, comes first: ignored
+        (f"rel/{GOOD.artifact}", data),
+        ("rel/SHA256SUMS", f"{good}  {GOOD.artifact}\n".encode()),
+    ])
+    result = extract_release([GOOD], str(bundle), str(tmp_path / "repo"), ENV)
+    assert [o.status for o in result.outcomes] == ["extracted"], [str(o.error) for o in result.failures]
+
+
+@pytest.mark.parametrize("form", ["zip", "tar", "tar.gz"])
+def test_bundle_with_disagreeing_sha256sums_at_the_same_depth_is_refused(form, tmp_path, release):
+    data = (release / GOOD.artifact).read_bytes()
+    good = hashlib.sha256(data).hexdigest()
+    bundle = _bundle_with_sums(tmp_path / f"b.{form}", form, [
+        ("a/SHA256SUMS", f"{'0' * 64}  {GOOD.artifact}\n".encode()),
+        (f"a/{GOOD.artifact}", data),
+        ("b/SHA256SUMS", f"{good}  {GOOD.artifact}\n".encode()),
+    ])
+    with pytest.raises(ConfigError) as exc:
+        extract_release([GOOD], str(bundle), str(tmp_path / "repo"), ENV)
+    assert "a/SHA256SUMS" in str(exc.value) and "b/SHA256SUMS" in str(exc.value)
+    assert not (tmp_path / "repo" / ENV).exists()
+
+
 def test_tar_artifact_with_inside_hardlink(tmp_path, release):
     write_tar(release / "t-1.tar.gz", [(tinfo("bin/a.exe"), b"binary"), (tinfo("bin/b.exe", tarfile.LNKTYPE, "bin/a.exe"), None)])
     result = extract_release([Job("t", "1", "t-1.tar.gz")], str(release), str(tmp_path / "repo"), ENV)

@@ -401,6 +401,14 @@ def _run(refs, states, outcomes, entries, previous, sums, dest, env, limits, wor
     futures: Dict[cf.Future, tuple] = {}
     try:
         for job, ref in refs:
+            conflict = getattr(sums, "conflicts", {}).get(job.artifact) if sums is not None else None
+            if conflict:
+                error = ArtifactError(job.component, conflict,
+                                      hint="fix the release's SHA256SUMS: one sha256 per artifact")
+                outcome = Outcome(job.component, job.version, "failed", reason=error.reason, error=error)
+                outcomes[job.component] = outcome
+                progress.finished(outcome)
+                continue
             state = states[job.component] = _State(job, ref, time.monotonic())
             state.pending = 1
             expected = None if sums is None else sums.get(job.artifact)
