@@ -134,6 +134,17 @@ def _encrypted(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
+def _method9(path: Path) -> None:
+    """A member compressed with deflate64 (method 9), which zipfile cannot read."""
+    write_zip(path, [("ok.txt", b"fine"), ("m.txt", b"some text " * 100)])
+    data = bytearray(path.read_bytes())
+    local = data.rfind(b"PK\x03\x04", 0, data.find(b"m.txt"))
+    struct.pack_into("<H", data, local + 8, 9)
+    cd = data.rfind(b"PK\x01\x02", 0, data.rfind(b"m.txt"))
+    struct.pack_into("<H", data, cd + 10, 9)
+    path.write_bytes(bytes(data))
+
+
 def _truncated_tgz(path: Path) -> None:
     write_tar(path, [(tinfo("a.bin"), os.urandom(300000)), (tinfo("b.bin"), os.urandom(300000))])
     path.write_bytes(path.read_bytes()[:350000])
@@ -183,6 +194,15 @@ HOSTILE = {
     "tar link then write through it": (lambda p: write_tar(p, [(tinfo("d", tarfile.SYMTYPE, "."), None),
                                                                 (tinfo("d/x"), b"x")]), "d/x", "not a directory"),
     "truncated tar.gz": (_truncated_tgz, None, "truncated"),
+    "unsupported compression method": (_method9, "m.txt", "compression method 9"),
+    "zip name too long": (lambda p: write_zip(p, [("ok.txt", b"x"), ("d" * 300 + "/f.txt", b"x")]),
+                          "d" * 300 + "/f.txt", "cannot create"),
+    "zip directory name too long": (lambda p: write_zip(p, [(zinfo("e" * 300 + "/", stat.S_IFDIR | 0o755), b"")]),
+                                    "e" * 300 + "/", "cannot create"),
+    "tar name too long": (lambda p: write_tar(p, [(tinfo("ok"), b"x"), (tinfo("t" * 300 + "/f.txt"), b"x")]),
+                          "t" * 300 + "/f.txt", "cannot create"),
+    "tar file name too long": (lambda p: write_tar(p, [(tinfo("ok"), b"x"), (tinfo("f" * 300), b"x")]),
+                               "f" * 300, "cannot write"),
 }
 
 

@@ -234,7 +234,7 @@ def _prepare(job, ref, entry, expected, sums_given, dest, env, limits, dry_run, 
                             reason="artifact changed" if intact else ("new version" if entry else "new"))
         if kind == "zip":
             prepared.members = archive_mod.zip_members(job.component, artifact_path, limits)
-            archive_mod.make_dirs(tree, prepared.members)
+            archive_mod.make_dirs(tree, prepared.members, job.component)
             prepared.chunks = archive_mod.plan_chunks(prepared.members, chunk_bytes)
         elif kind not in ("tar", "tar.gz"):
             raise ArtifactError(job.component, f"{job.artifact} is not a zip, tar or tar.gz archive "
