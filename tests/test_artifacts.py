@@ -400,6 +400,46 @@ def test_bundle_with_disagreeing_sha256sums_at_the_same_depth_is_refused(form, t
     assert not (tmp_path / "repo" / ENV).exists()
 
 
+@pytest.mark.parametrize("form", ["zip", "tar", "tar.gz"])
+def test_bundled_artifact_over_the_size_limit_is_not_copied(form, tmp_path, release, monkeypatch):
+    """A small bundle holding a huge (compressible) artifact: refused on its size before it is copied or staged."""
+    from deploy_tasks.artifacts import extract as extract_mod
+
+    big = Job("big", "1", "big-1.zip")
+    bundle = tmp_path / f"b.{form}"
+    if form == "zip":
+        write_zip(bundle, [(f"rel/{GOOD.artifact}", (release / GOOD.artifact).read_bytes(), zipfile.ZIP_STORED),
+                           (f"rel/{big.artifact}", bytes(3 << 20), zipfile.ZIP_DEFLATED)])
+    else:
+        write_tar(bundle, [(tinfo(f"rel/{GOOD.artifact}"), (release / GOOD.artifact).read_bytes()),
+                           (tinfo(f"rel/{big.artifact}"), bytes(3 << 20))], "w:gz" if form == "tar.gz" else "w")
+    copied = []
+    real_copy = extract_mod._copy_hashing
+    monkeypatch.setattr(extract_mod, "_copy_hashing", lambda ref, dest, limit=0: copied.append(ref.name)
+                        or real_copy(ref, dest, limit))
+    dest = tmp_path / "repo"
+    result = extract_release([GOOD, big], str(bundle), str(dest), ENV, limits=Limits(max_unpacked=1 << 20), workers=2)
+    by = {o.component: o for o in result.outcomes}
+    assert by["good"].status == "extracted" and by["big"].status == "failed"
+    assert "component big" in str(by["big"].error) and "size limit" in str(by["big"].error)
+    assert big.artifact not in copied
+    assert set(json.loads((dest / "manifest.json").read_text())["components"]) == {"good"}
+    assert not (dest / ENV / "big").exists() or list((dest / ENV / "big").iterdir()) == []
+
+
+def test_bundled_artifact_copy_is_bounded_while_copying(tmp_path):
+    """Even when the declared size lies, the copy stops at the limit."""
+    from deploy_tasks.artifacts import extract as extract_mod
+
+    bundle = write_zip(tmp_path / "b.zip", [("big-1.zip", bytes(3 << 20))])
+    ref = source_mod.ArtifactRef("big", "big-1.zip", str(bundle), "big-1.zip", size=10, kind="zip-member")
+    out = tmp_path / "copy"
+    with pytest.raises(ArtifactError, match="size limit") as exc:
+        extract_mod._copy_hashing(ref, str(out), 1 << 20)
+    assert exc.value.component == "big"
+    assert out.stat().st_size <= 1 << 20
+
+
 def test_tar_artifact_with_inside_hardlink(tmp_path, release):
     write_tar(release / "t-1.tar.gz", [(tinfo("bin/a.exe"), b"binary"), (tinfo("bin/b.exe", tarfile.LNKTYPE, "bin/a.exe"), None)])
     result = extract_release([Job("t", "1", "t-1.tar.gz")], str(release), str(tmp_path / "repo"), ENV)

@@ -141,7 +141,23 @@ def _hash_stream(ref: ArtifactRef) -> str:
     return digest.hexdigest()
 
 
-def _copy_hashing(ref: ArtifactRef, dest: str) -> tuple:
+#: artifacts held in a bundle: copying one out of it may write far more than the bundle's size
+BUNDLED = ("zip-member", "tar-member", "staged", "too-large")
+
+
+def _too_large(ref: ArtifactRef, size: int, limit: int) -> ArtifactError:
+    return ArtifactError(ref.component, f"{ref.name} in the release bundle is {size} bytes or more, above the "
+                         f"{limit >> 20} MiB artifact size limit; it was not copied (zip bomb guard)",
+                         hint="setting artifact_max_unpacked_mb")
+
+
+def _check_bundled_size(ref: ArtifactRef, limits: Limits) -> None:
+    """A bundle's member is refused before a byte of it is copied when its declared size is over the limit."""
+    if ref.kind in BUNDLED and (ref.kind == "too-large" or ref.size > limits.max_unpacked):
+        raise _too_large(ref, ref.size, limits.max_unpacked)
+
+
+def _copy_hashing(ref: ArtifactRef, dest: str, limit: int = 0) -> tuple:
     if ref.kind == "staged":
         os.rename(ref.origin, dest)  # staged beside the repository: a rename, then one read to hash
         with open(dest, "rb") as fh:
@@ -165,6 +181,8 @@ def _copy_hashing(ref: ArtifactRef, dest: str) -> tuple:
             buf = src.read(BLOCK)
             if not buf:
                 break
+            if limit and size + len(buf) > limit:  # bounded while copying, whatever the bundle declared
+                raise _too_large(ref, size + len(buf), limit)
             digest.update(buf)
             out.write(buf)
             size += len(buf)
@@ -208,6 +226,7 @@ def prepare(job: Job, ref: ArtifactRef, entry: Optional[dict], expected: Optiona
 
 
 def _prepare(job, ref, entry, expected, sums_given, dest, env, limits, dry_run, chunk_bytes) -> Prepared:
+    _check_bundled_size(ref, limits)
     intact = _intact(dest, env, job, entry)
     if intact or dry_run:
         sha = _hash_stream(ref)
@@ -225,7 +244,7 @@ def _prepare(job, ref, entry, expected, sums_given, dest, env, limits, dry_run, 
     os.mkdir(tmp, 0o755)
     try:
         artifact_path = os.path.join(tmp, job.artifact)
-        sha, size = _copy_hashing(ref, artifact_path)
+        sha, size = _copy_hashing(ref, artifact_path, limits.max_unpacked if ref.kind in BUNDLED else 0)
         _check_expected(job, sha, expected, sums_given)
         kind = archive_mod.archive_kind(artifact_path)
         tree = os.path.join(tmp, "tree")
@@ -338,7 +357,7 @@ def extract_release(jobs: Iterable[Job], source: str, dest: str, environment: st
         states: Dict[str, _State] = {}
         try:
             if todo and release.needs_prepare:
-                release.prepare([j.artifact for j in todo], staging)
+                release.prepare([j.artifact for j in todo], staging, limits.max_unpacked)
             sums = release.sums()
             refs = []
             for job in todo:

@@ -212,8 +212,12 @@ class Release:
                                         f"different sha256 for {', '.join(clash[:5])}; keep one SHA256SUMS")
                     return
 
-    def prepare(self, names: Iterable[str], staging: str) -> None:
-        """tar.gz only: stream the bundle once, staging the wanted artifacts (and SHA256SUMS) as files."""
+    def prepare(self, names: Iterable[str], staging: str, limit: int = 0) -> None:
+        """tar.gz only: stream the bundle once, staging the wanted artifacts (and SHA256SUMS) as files.
+
+        An artifact larger than ``limit`` bytes (the unpacked size limit) is not staged: its
+        component fails with that reason (see ``extract._check_bundled_size``).
+        """
         if self.kind != "tar.gz" or self._staged:
             return
         wanted = set(names)
@@ -230,14 +234,22 @@ class Release:
                         continue
                     if base not in wanted:
                         continue
+                    if limit and info.size > limit:  # never written: the component fails on its size
+                        self._add(base, dict(origin=self.path, member=info.name, size=info.size, kind="too-large",
+                                             source=self.path))
+                        continue
                     count[base] = count.get(base, 0) + 1
                     target = os.path.join(staging, f"{count[base]}-{base}")
                     src = tf.extractfile(info)
+                    written = 0
                     with open(target, "wb") as out:
                         while True:
                             buf = src.read(BLOCK)
                             if not buf:
                                 break
+                            written += len(buf)
+                            if written > info.size:  # tarfile never gives more; a guard all the same
+                                raise OSError(f"{info.name}: more data than the {info.size} bytes declared")
                             out.write(buf)
                     self._add(base, dict(origin=target, member=info.name, size=info.size, kind="staged",
                                          source=self.path))
