@@ -134,6 +134,17 @@ def _encrypted(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
+def _method9(path: Path) -> None:
+    """A member compressed with deflate64 (method 9), which zipfile cannot read."""
+    write_zip(path, [("ok.txt", b"fine"), ("m.txt", b"some text " * 100)])
+    data = bytearray(path.read_bytes())
+    local = data.rfind(b"PK\x03\x04", 0, data.find(b"m.txt"))
+    struct.pack_into("<H", data, local + 8, 9)
+    cd = data.rfind(b"PK\x01\x02", 0, data.rfind(b"m.txt"))
+    struct.pack_into("<H", data, cd + 10, 9)
+    path.write_bytes(bytes(data))
+
+
 def _truncated_tgz(path: Path) -> None:
     write_tar(path, [(tinfo("a.bin"), os.urandom(300000)), (tinfo("b.bin"), os.urandom(300000))])
     path.write_bytes(path.read_bytes()[:350000])
@@ -145,6 +156,9 @@ HOSTILE = {
     "dotdot traversal": (lambda p: write_zip(p, [("ok.txt", b"x"), ("lib/../../evil.txt", b"x")]), "lib/../../evil.txt", "traversal"),
     "backslash traversal": (lambda p: write_zip(p, [("..\\..\\evil.txt", b"x")]), "..\\..\\evil.txt", "traversal"),
     "zip symlink outside": (lambda p: write_zip(p, [("ok.txt", b"x"), link("etc", "../../../etc")]), "etc", "outside"),
+    "zip symlink target with NUL": (lambda p: write_zip(p, [("ok.txt", b"x"), link("lib/bad", "a\x00b")]),
+                                    "lib/bad", "control character"),
+    "zip symlink target with newline": (lambda p: write_zip(p, [link("nl", "a\nb")]), "nl", "control character"),
     "zip absolute symlink": (lambda p: write_zip(p, [link("passwd", "/etc/passwd")]), "passwd", "outside"),
     "zip symlink chain escapes": (lambda p: write_zip(p, [("p/q/keep.txt", b"x"), link("p/q/c", "../.."),
                                                           link("y", "p/q/c/..")]), "y", "outside"),
@@ -172,12 +186,23 @@ HOSTILE = {
                             "s", "outside"),
     "tar hardlink outside": (lambda p: write_tar(p, [(tinfo("h", tarfile.LNKTYPE, "/etc/passwd"), None)]), "h", "hard link"),
     "tar hardlink traversal": (lambda p: write_tar(p, [(tinfo("h", tarfile.LNKTYPE, "../../x"), None)]), "h", "traversal"),
+    "tar dot as a file": (lambda p: write_tar(p, [(tinfo("./", tarfile.DIRTYPE), None), (tinfo("."), b"x")]), ".", "empty member name"),
+    "tar dot as a link": (lambda p: write_tar(p, [(tinfo(".", tarfile.SYMTYPE, "x"), None)]), ".", "empty member name"),
     "tar device": (lambda p: write_tar(p, [(tinfo("null", tarfile.CHRTYPE), None)]), "null", "device"),
     "tar fifo": (lambda p: write_tar(p, [(tinfo("fifo", tarfile.FIFOTYPE), None)]), "fifo", "FIFO"),
     "tar duplicate": (lambda p: write_tar(p, [(tinfo("a"), b"1"), (tinfo("a"), b"2")]), "a", "duplicate"),
     "tar link then write through it": (lambda p: write_tar(p, [(tinfo("d", tarfile.SYMTYPE, "."), None),
                                                                 (tinfo("d/x"), b"x")]), "d/x", "not a directory"),
     "truncated tar.gz": (_truncated_tgz, None, "truncated"),
+    "unsupported compression method": (_method9, "m.txt", "compression method 9"),
+    "zip name too long": (lambda p: write_zip(p, [("ok.txt", b"x"), ("d" * 300 + "/f.txt", b"x")]),
+                          "d" * 300 + "/f.txt", "cannot create"),
+    "zip directory name too long": (lambda p: write_zip(p, [(zinfo("e" * 300 + "/", stat.S_IFDIR | 0o755), b"")]),
+                                    "e" * 300 + "/", "cannot create"),
+    "tar name too long": (lambda p: write_tar(p, [(tinfo("ok"), b"x"), (tinfo("t" * 300 + "/f.txt"), b"x")]),
+                          "t" * 300 + "/f.txt", "cannot create"),
+    "tar file name too long": (lambda p: write_tar(p, [(tinfo("ok"), b"x"), (tinfo("f" * 300), b"x")]),
+                               "f" * 300, "cannot write"),
 }
 
 
@@ -251,6 +276,168 @@ def test_zip_with_safe_links_extracts_them_inside(tmp_path, release):
     assert not result.failures
     tree = tmp_path / "repo" / ENV / "links" / "1" / "tree"
     assert os.readlink(tree / "lib" / "alias.txt") == "real.txt" and (tree / "current" / "real.txt").read_bytes() == b"real"
+
+
+def test_unexpected_error_while_finishing_fails_only_that_component(tmp_path, release, monkeypatch):
+    """Anything _finish (links, rename) raises is the component's ArtifactError; the others and the manifest stand."""
+    write_zip(release / "links-1.zip", [("lib/real.txt", b"real"), link("lib/alias.txt", "real.txt")])
+    real = archive_mod.make_links
+
+    def boom(component, tree, members, done):
+        if component == "links":
+            raise ValueError("embedded null byte")
+        return real(component, tree, members, done)
+
+    monkeypatch.setattr(archive_mod, "make_links", boom)
+    dest = tmp_path / "repo"
+    result = extract_release([GOOD, Job("links", "1", "links-1.zip")], str(release), str(dest), ENV, workers=2)
+    statuses = {o.component: o.status for o in result.outcomes}
+    assert statuses == {"good": "extracted", "links": "failed"}
+    error = result.failures[0].error
+    assert error.component == "links" and "embedded null byte" in str(error)
+    assert set(json.loads((dest / "manifest.json").read_text())["components"]) == {"good"}
+    assert not (dest / ENV / "links").exists() or list((dest / ENV / "links").iterdir()) == []
+
+
+def test_link_creation_error_names_the_member(tmp_path, monkeypatch):
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    members = [archive_mod.Member("lib/alias", archive_mod.SYMLINK, target="x", raw_name="lib/alias")]
+    with pytest.raises(ArtifactError) as exc:  # lib/ does not exist: the OSError names the member
+        archive_mod.make_links("c", str(tree), members, archive_mod.Extracted())
+    assert exc.value.member == "lib/alias" and exc.value.component == "c"
+
+
+@pytest.mark.parametrize("mode", ["w", "w:gz"])
+def test_tar_made_from_a_directory_with_dot_root_extracts(mode, tmp_path, release):
+    """`tar -C dir -cf x.tar .` starts with a './' directory member: it is the tree itself."""
+    src = tmp_path / "src"
+    (src / "bin").mkdir(parents=True)
+    (src / "bin" / "app.exe").write_bytes(b"binary")
+    (src / "readme.txt").write_bytes(b"hello")
+    artifact = "dot-1.tar.gz" if mode == "w:gz" else "dot-1.tar"
+    subprocess.run(["tar", "-C", str(src), "-c" + ("z" if mode == "w:gz" else "") + "f", str(release / artifact), "."],
+                   check=True)
+    with tarfile.open(release / artifact) as tf:
+        assert tf.getnames()[0] in (".", "./")
+    dest = tmp_path / "repo"
+    result = extract_release([Job("dot", "1", artifact)], str(release), str(dest), ENV)
+    assert not result.failures, [str(o.error) for o in result.failures]
+    tree = dest / ENV / "dot" / "1" / "tree"
+    assert (tree / "bin" / "app.exe").read_bytes() == b"binary" and (tree / "readme.txt").read_bytes() == b"hello"
+    assert set(json.loads((dest / "manifest.json").read_text())["components"]["dot"]["files"]) == {
+        "bin/app.exe", "readme.txt"}
+
+
+def test_zip_with_dot_directory_member_extracts(tmp_path, release):
+    write_zip(release / "zdot-1.zip", [(zinfo("./", stat.S_IFDIR | 0o755), b""), ("./a.txt", b"a")])
+    result = extract_release([Job("zdot", "1", "zdot-1.zip")], str(release), str(tmp_path / "repo"), ENV)
+    assert not result.failures, [str(o.error) for o in result.failures]
+    assert (tmp_path / "repo" / ENV / "zdot" / "1" / "tree" / "a.txt").read_bytes() == b"a"
+
+
+def test_sha256sums_exact_line_wins_over_a_later_subdirectory_line(tmp_path, release):
+    from deploy_tasks.artifacts import manifest as manifest_mod
+
+    good = sha(release / GOOD.artifact)
+    text = f"{good}  {GOOD.artifact}\n{'0' * 64}  old/{GOOD.artifact}\n"
+    assert manifest_mod.parse_sums(text, "SUMS")[GOOD.artifact] == good
+    (release / "SHA256SUMS").write_text(text)
+    result = extract_release([GOOD], str(release), str(tmp_path / "repo"), ENV)
+    assert not result.failures, [str(o.error) for o in result.failures]
+    # the exact line wins in either order
+    (release / "SHA256SUMS").write_text(f"{'0' * 64}  old/{GOOD.artifact}\n{good}  ./{GOOD.artifact}\n")
+    assert manifest_mod.parse_sums((release / "SHA256SUMS").read_text(), "S")[GOOD.artifact] == good
+
+
+def test_sha256sums_conflicting_subdirectory_lines_fail_the_component_naming_both(tmp_path, release):
+    write_zip(release / "other-1.zip", [("o.txt", b"o")])
+    good = sha(release / GOOD.artifact)
+    (release / "SHA256SUMS").write_text(f"{sha(release / 'other-1.zip')}  other-1.zip\n"
+                                        f"{good}  new/{GOOD.artifact}\n{'0' * 64}  old/{GOOD.artifact}\n")
+    dest = tmp_path / "repo"
+    result = extract_release([GOOD, Job("other", "1", "other-1.zip")], str(release), str(dest), ENV)
+    by = {o.component: o for o in result.outcomes}
+    assert by["other"].status == "extracted" and by["good"].status == "failed"
+    text = str(by["good"].error)
+    assert "component good" in text and "line 2" in text and "line 3" in text
+    assert f"new/{GOOD.artifact}" in text and f"old/{GOOD.artifact}" in text
+    assert set(json.loads((dest / "manifest.json").read_text())["components"]) == {"other"}
+
+
+def _bundle_with_sums(path: Path, form: str, members) -> Path:
+    """members: (name, bytes) written into a zip, tar or tar.gz bundle in that order."""
+    if form == "zip":
+        return write_zip(path, [(n, d, zipfile.ZIP_STORED) for n, d in members])
+    return write_tar(path, [(tinfo(n), d) for n, d in members], "w:gz" if form == "tar.gz" else "w")
+
+
+@pytest.mark.parametrize("form", ["zip", "tar", "tar.gz"])
+def test_bundle_uses_the_sha256sums_nearest_the_root(form, tmp_path, release):
+    data = (release / GOOD.artifact).read_bytes()
+    good = hashlib.sha256(data).hexdigest()
+    bundle = _bundle_with_sums(tmp_path / f"b.{form}", form, [
+        ("rel/old/SHA256SUMS", f"{'0' * 64}  {GOOD.artifact}\n".encode()),  # deeper, comes first: ignored
+        (f"rel/{GOOD.artifact}", data),
+        ("rel/SHA256SUMS", f"{good}  {GOOD.artifact}\n".encode()),
+    ])
+    result = extract_release([GOOD], str(bundle), str(tmp_path / "repo"), ENV)
+    assert [o.status for o in result.outcomes] == ["extracted"], [str(o.error) for o in result.failures]
+
+
+@pytest.mark.parametrize("form", ["zip", "tar", "tar.gz"])
+def test_bundle_with_disagreeing_sha256sums_at_the_same_depth_is_refused(form, tmp_path, release):
+    data = (release / GOOD.artifact).read_bytes()
+    good = hashlib.sha256(data).hexdigest()
+    bundle = _bundle_with_sums(tmp_path / f"b.{form}", form, [
+        ("a/SHA256SUMS", f"{'0' * 64}  {GOOD.artifact}\n".encode()),
+        (f"a/{GOOD.artifact}", data),
+        ("b/SHA256SUMS", f"{good}  {GOOD.artifact}\n".encode()),
+    ])
+    with pytest.raises(ConfigError) as exc:
+        extract_release([GOOD], str(bundle), str(tmp_path / "repo"), ENV)
+    assert "a/SHA256SUMS" in str(exc.value) and "b/SHA256SUMS" in str(exc.value)
+    assert not (tmp_path / "repo" / ENV).exists()
+
+
+@pytest.mark.parametrize("form", ["zip", "tar", "tar.gz"])
+def test_bundled_artifact_over_the_size_limit_is_not_copied(form, tmp_path, release, monkeypatch):
+    """A small bundle holding a huge (compressible) artifact: refused on its size before it is copied or staged."""
+    from deploy_tasks.artifacts import extract as extract_mod
+
+    big = Job("big", "1", "big-1.zip")
+    bundle = tmp_path / f"b.{form}"
+    if form == "zip":
+        write_zip(bundle, [(f"rel/{GOOD.artifact}", (release / GOOD.artifact).read_bytes(), zipfile.ZIP_STORED),
+                           (f"rel/{big.artifact}", bytes(3 << 20), zipfile.ZIP_DEFLATED)])
+    else:
+        write_tar(bundle, [(tinfo(f"rel/{GOOD.artifact}"), (release / GOOD.artifact).read_bytes()),
+                           (tinfo(f"rel/{big.artifact}"), bytes(3 << 20))], "w:gz" if form == "tar.gz" else "w")
+    copied = []
+    real_copy = extract_mod._copy_hashing
+    monkeypatch.setattr(extract_mod, "_copy_hashing", lambda ref, dest, limit=0: copied.append(ref.name)
+                        or real_copy(ref, dest, limit))
+    dest = tmp_path / "repo"
+    result = extract_release([GOOD, big], str(bundle), str(dest), ENV, limits=Limits(max_unpacked=1 << 20), workers=2)
+    by = {o.component: o for o in result.outcomes}
+    assert by["good"].status == "extracted" and by["big"].status == "failed"
+    assert "component big" in str(by["big"].error) and "size limit" in str(by["big"].error)
+    assert big.artifact not in copied
+    assert set(json.loads((dest / "manifest.json").read_text())["components"]) == {"good"}
+    assert not (dest / ENV / "big").exists() or list((dest / ENV / "big").iterdir()) == []
+
+
+def test_bundled_artifact_copy_is_bounded_while_copying(tmp_path):
+    """Even when the declared size lies, the copy stops at the limit."""
+    from deploy_tasks.artifacts import extract as extract_mod
+
+    bundle = write_zip(tmp_path / "b.zip", [("big-1.zip", bytes(3 << 20))])
+    ref = source_mod.ArtifactRef("big", "big-1.zip", str(bundle), "big-1.zip", size=10, kind="zip-member")
+    out = tmp_path / "copy"
+    with pytest.raises(ArtifactError, match="size limit") as exc:
+        extract_mod._copy_hashing(ref, str(out), 1 << 20)
+    assert exc.value.component == "big"
+    assert out.stat().st_size <= 1 << 20
 
 
 def test_tar_artifact_with_inside_hardlink(tmp_path, release):

@@ -107,6 +107,8 @@ def zip_members(component: str, path: str, limits: Limits) -> List[Member]:
         for index, info in enumerate(zf.infolist()):
             raw = info.filename
             kind = safety.check_kind(component, raw, _zip_kind(info), "member")
+            if kind == DIR and safety.is_root(raw):
+                continue  # "./": the tree itself
             name = safety.clean_name(component, raw)
             if info.flag_bits & 0x1:
                 raise ArtifactError(component, "member is encrypted", raw, "artifacts must not be password-protected")
@@ -124,6 +126,14 @@ def _read_small(component: str, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> b
         return zf.read(info)
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
         raise _broken(component, info.filename, exc) from None
+    except NotImplementedError as exc:
+        raise _unsupported(component, info, exc) from None
+
+
+def _unsupported(component: str, info: zipfile.ZipInfo, exc: BaseException) -> ArtifactError:
+    return ArtifactError(component, f"unsupported zip feature (compression method {info.compress_type}): "
+                         f"{exc or type(exc).__name__}", info.filename,
+                         "rebuild the artifact with stored or deflated members")
 
 
 def _broken(component: str, member: str, exc: BaseException) -> ArtifactError:
@@ -137,17 +147,22 @@ def _broken(component: str, member: str, exc: BaseException) -> ArtifactError:
     return ArtifactError(component, what, member, "rebuild or re-download the artifact")
 
 
-def make_dirs(tree: str, members: List[Member]) -> None:
+def make_dirs(tree: str, members: List[Member], component: str = "") -> None:
     """Every directory the members need, created up front (real directories; no link exists yet)."""
-    needed = set()
+    needed: Dict[str, Member] = {}
     for m in members:
         if m.kind == DIR:
-            needed.add(m.name)
+            needed.setdefault(m.name, m)
         parent = m.name.rpartition("/")[0]
         if parent:
-            needed.add(parent)
+            needed.setdefault(parent, m)
     for d in sorted(needed):
-        os.makedirs(os.path.join(tree, d), exist_ok=True)
+        try:
+            os.makedirs(os.path.join(tree, d), exist_ok=True)
+        except OSError as exc:  # ENAMETOOLONG, ENOSPC...: name the member that needs the directory
+            m = needed[d]
+            raise ArtifactError(component, f"cannot create the directory {d}: {exc.strerror or exc}",
+                                m.raw_name or m.name) from None
 
 
 def plan_chunks(members: List[Member], chunk_bytes: int) -> List[List[int]]:
@@ -309,6 +324,10 @@ def _extract_member(component, zf, fd, archive_size, info, tree, out: Extracted)
                             "rebuild or re-download the artifact") from None
     except OSError as exc:
         raise ArtifactError(component, f"cannot write {name}: {exc}", info.filename) from None
+    except NotImplementedError as exc:  # zipfile: compression method or feature it cannot read
+        raise _unsupported(component, info, exc) from None
+    except Exception as exc:  # anything else is still this member's failure
+        raise ArtifactError(component, f"{type(exc).__name__}: {exc}", info.filename) from None
     out.files[name] = sha
     out.size += size
 
@@ -340,13 +359,19 @@ def make_links(component: str, tree: str, members: List[Member], done: Extracted
     """Create the (already checked) links once every file exists; a hard link becomes a real link in the tree."""
     for m in members:
         path = os.path.join(tree, m.name)
-        if m.kind == SYMLINK:
-            os.symlink(m.target.replace("\\", "/"), path)
-            done.links[m.name] = m.target
-        elif m.kind == HARDLINK:
-            target = safety.clean_name(component, m.target)
-            os.link(os.path.join(tree, target), path, follow_symlinks=False)
-            done.files[m.name] = done.files[target]
+        try:
+            if m.kind == SYMLINK:
+                os.symlink(m.target.replace("\\", "/"), path)
+                done.links[m.name] = m.target
+            elif m.kind == HARDLINK:
+                target = safety.clean_name(component, m.target)
+                os.link(os.path.join(tree, target), path, follow_symlinks=False)
+                done.files[m.name] = done.files[target]
+        except ArtifactError:
+            raise
+        except Exception as exc:  # OSError, ValueError (embedded null byte), a missing file...
+            raise ArtifactError(component, f"cannot create the {m.kind} to {m.target!r}: "
+                                f"{type(exc).__name__}: {exc}", m.raw_name or m.name) from None
 
 
 # -- tar, tar.gz (streamed) ----------------------------------------------------
@@ -376,6 +401,8 @@ def extract_tar(component: str, archive: str, tree: str, limits: Limits) -> Extr
             for info in tf:
                 raw = info.name
                 kind = safety.check_kind(component, raw, _tar_kind(info), "member")
+                if kind == DIR and safety.is_root(raw):
+                    continue  # "." or "./" (tar -C dir -cf x.tar .): the tree itself; a "." file stays refused
                 name = safety.clean_name(component, raw)
                 m = Member(name, kind, size=info.size if kind == FILE else 0, target=info.linkname, raw_name=raw)
                 members.append(m)
@@ -386,7 +413,11 @@ def extract_tar(component: str, archive: str, tree: str, limits: Limits) -> Extr
                     safety.check_members(component, members, limits)  # raises the duplicate error
                 seen[key] = kind
                 if kind == DIR:
-                    os.makedirs(os.path.join(tree, name), exist_ok=True)
+                    try:
+                        os.makedirs(os.path.join(tree, name), exist_ok=True)
+                    except OSError as exc:
+                        raise ArtifactError(component, f"cannot create the directory {name}: "
+                                            f"{exc.strerror or exc}", raw) from None
                     continue
                 if kind != FILE:
                     continue
@@ -398,7 +429,11 @@ def extract_tar(component: str, archive: str, tree: str, limits: Limits) -> Extr
                                         raw, "setting artifact_max_ratio")
                 parent = name.rpartition("/")[0]
                 if parent:
-                    _make_parent(component, tree, parent, seen, raw)
+                    try:
+                        _make_parent(component, tree, parent, seen, raw)
+                    except OSError as exc:
+                        raise ArtifactError(component, f"cannot create the directory {parent}: "
+                                            f"{exc.strerror or exc}", raw) from None
                 src = tf.extractfile(info)
                 try:
                     sha, size = _write_file(os.path.join(tree, name), src, info.size)
@@ -406,6 +441,12 @@ def extract_tar(component: str, archive: str, tree: str, limits: Limits) -> Extr
                     raise ArtifactError(component, f"size mismatch: {exc}", raw) from None
                 except FileExistsError:
                     raise ArtifactError(component, "duplicate member: the same name appears twice", raw) from None
+                except (tarfile.TarError, EOFError, zlib.error):
+                    raise
+                except OSError as exc:  # ENAMETOOLONG, ENOSPC...: a write error, not a corrupt archive
+                    if exc.filename is None:
+                        raise
+                    raise ArtifactError(component, f"cannot write {name}: {exc.strerror or exc}", raw) from None
                 out.files[name] = sha
                 out.size += size
     except ArtifactError:

@@ -141,7 +141,23 @@ def _hash_stream(ref: ArtifactRef) -> str:
     return digest.hexdigest()
 
 
-def _copy_hashing(ref: ArtifactRef, dest: str) -> tuple:
+#: artifacts held in a bundle: copying one out of it may write far more than the bundle's size
+BUNDLED = ("zip-member", "tar-member", "staged", "too-large")
+
+
+def _too_large(ref: ArtifactRef, size: int, limit: int) -> ArtifactError:
+    return ArtifactError(ref.component, f"{ref.name} in the release bundle is {size} bytes or more, above the "
+                         f"{limit >> 20} MiB artifact size limit; it was not copied (zip bomb guard)",
+                         hint="setting artifact_max_unpacked_mb")
+
+
+def _check_bundled_size(ref: ArtifactRef, limits: Limits) -> None:
+    """A bundle's member is refused before a byte of it is copied when its declared size is over the limit."""
+    if ref.kind in BUNDLED and (ref.kind == "too-large" or ref.size > limits.max_unpacked):
+        raise _too_large(ref, ref.size, limits.max_unpacked)
+
+
+def _copy_hashing(ref: ArtifactRef, dest: str, limit: int = 0) -> tuple:
     if ref.kind == "staged":
         os.rename(ref.origin, dest)  # staged beside the repository: a rename, then one read to hash
         with open(dest, "rb") as fh:
@@ -165,6 +181,8 @@ def _copy_hashing(ref: ArtifactRef, dest: str) -> tuple:
             buf = src.read(BLOCK)
             if not buf:
                 break
+            if limit and size + len(buf) > limit:  # bounded while copying, whatever the bundle declared
+                raise _too_large(ref, size + len(buf), limit)
             digest.update(buf)
             out.write(buf)
             size += len(buf)
@@ -208,6 +226,7 @@ def prepare(job: Job, ref: ArtifactRef, entry: Optional[dict], expected: Optiona
 
 
 def _prepare(job, ref, entry, expected, sums_given, dest, env, limits, dry_run, chunk_bytes) -> Prepared:
+    _check_bundled_size(ref, limits)
     intact = _intact(dest, env, job, entry)
     if intact or dry_run:
         sha = _hash_stream(ref)
@@ -225,7 +244,7 @@ def _prepare(job, ref, entry, expected, sums_given, dest, env, limits, dry_run, 
     os.mkdir(tmp, 0o755)
     try:
         artifact_path = os.path.join(tmp, job.artifact)
-        sha, size = _copy_hashing(ref, artifact_path)
+        sha, size = _copy_hashing(ref, artifact_path, limits.max_unpacked if ref.kind in BUNDLED else 0)
         _check_expected(job, sha, expected, sums_given)
         kind = archive_mod.archive_kind(artifact_path)
         tree = os.path.join(tmp, "tree")
@@ -234,7 +253,7 @@ def _prepare(job, ref, entry, expected, sums_given, dest, env, limits, dry_run, 
                             reason="artifact changed" if intact else ("new version" if entry else "new"))
         if kind == "zip":
             prepared.members = archive_mod.zip_members(job.component, artifact_path, limits)
-            archive_mod.make_dirs(tree, prepared.members)
+            archive_mod.make_dirs(tree, prepared.members, job.component)
             prepared.chunks = archive_mod.plan_chunks(prepared.members, chunk_bytes)
         elif kind not in ("tar", "tar.gz"):
             raise ArtifactError(job.component, f"{job.artifact} is not a zip, tar or tar.gz archive "
@@ -338,7 +357,7 @@ def extract_release(jobs: Iterable[Job], source: str, dest: str, environment: st
         states: Dict[str, _State] = {}
         try:
             if todo and release.needs_prepare:
-                release.prepare([j.artifact for j in todo], staging)
+                release.prepare([j.artifact for j in todo], staging, limits.max_unpacked)
             sums = release.sums()
             refs = []
             for job in todo:
@@ -401,6 +420,14 @@ def _run(refs, states, outcomes, entries, previous, sums, dest, env, limits, wor
     futures: Dict[cf.Future, tuple] = {}
     try:
         for job, ref in refs:
+            conflict = getattr(sums, "conflicts", {}).get(job.artifact) if sums is not None else None
+            if conflict:
+                error = ArtifactError(job.component, conflict,
+                                      hint="fix the release's SHA256SUMS: one sha256 per artifact")
+                outcome = Outcome(job.component, job.version, "failed", reason=error.reason, error=error)
+                outcomes[job.component] = outcome
+                progress.finished(outcome)
+                continue
             state = states[job.component] = _State(job, ref, time.monotonic())
             state.pending = 1
             expected = None if sums is None else sums.get(job.artifact)
@@ -420,11 +447,16 @@ def _run(refs, states, outcomes, entries, previous, sums, dest, env, limits, wor
                     _fail(state, ArtifactError(state.job.component, f"{type(exc).__name__}: {exc}"))
                 else:
                     if state.error is None:
-                        if what == "prepare":
-                            _after_prepare(pool, futures, state, value, limits, outcomes, entries, progress)
-                        else:
-                            state.done.merge(value)
-                            progress.advance(nbytes)
+                        try:
+                            if what == "prepare":
+                                _after_prepare(pool, futures, state, value, limits, outcomes, entries, progress)
+                            else:
+                                state.done.merge(value)
+                                progress.advance(nbytes)
+                        except ArtifactError as exc:
+                            _fail(state, exc)
+                        except Exception as exc:  # still this component's failure only
+                            _fail(state, ArtifactError(state.job.component, f"{type(exc).__name__}: {exc}"))
                 if state.error is None and state.prepared is not None and state.prepared.status == "work" \
                         and state.pending == 0:
                     try:
@@ -434,6 +466,8 @@ def _run(refs, states, outcomes, entries, previous, sums, dest, env, limits, wor
                                           time.monotonic() - state.started, state.prepared.reason)
                     except ArtifactError as exc:
                         _fail(state, exc)
+                    except Exception as exc:  # _finish wraps its own; anything else is still one component's
+                        _fail(state, ArtifactError(state.job.component, f"{type(exc).__name__}: {exc}"))
                     else:
                         outcomes[state.job.component] = outcome
                         progress.finished(outcome)
@@ -519,6 +553,8 @@ def _finish(state: _State, dest: str, env: str) -> dict:
         raise
     except OSError as exc:
         raise ArtifactError(job.component, f"cannot move the extracted tree into place: {exc}") from None
+    except Exception as exc:  # a bug or an unforeseen input: still this component's failure only
+        raise ArtifactError(job.component, f"{type(exc).__name__}: {exc}") from None
     entry = {
         "version": job.version,
         "artifact": job.artifact,

@@ -62,9 +62,24 @@ def write(dest: str, manifest: dict) -> bool:
     return changed
 
 
-def parse_sums(text: str, where: str) -> Dict[str, str]:
-    """A release's SHA256SUMS as {file name: sha256}; names are matched by their last path part."""
-    sums: Dict[str, str] = {}
+class Sums(dict):
+    """{artifact file name: sha256}; ``conflicts`` holds the names whose lines disagree (name -> the error)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.conflicts: Dict[str, str] = {}
+
+
+def parse_sums(text: str, where: str) -> Sums:
+    """A release's SHA256SUMS as {file name: sha256}.
+
+    A line naming exactly the file (``c.zip``, ``./c.zip``) wins over lines for the
+    same name in a subdirectory (``old/c.zip``); without such a line, the
+    subdirectory lines must agree, or the name is a conflict (``Sums.conflicts``,
+    naming both lines) and its component fails.
+    """
+    exact: Dict[str, list] = {}
+    nested: Dict[str, list] = {}
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.startswith("#"):
             continue
@@ -72,8 +87,22 @@ def parse_sums(text: str, where: str) -> Dict[str, str]:
         if not match:
             raise ArtifactError("(release)", f"{where} line {number} is not '<sha256>  <file>': {line[:80]!r}",
                                 hint="write it with sha256sum")
-        name = match.group(2).replace("\\", "/").rsplit("/", 1)[-1]
-        sums[name] = match.group(1).lower()
+        path = match.group(2).replace("\\", "/")
+        while path.startswith("./"):
+            path = path[2:]
+        name = path.rsplit("/", 1)[-1]
+        (exact if path == name else nested).setdefault(name, []).append((number, path, match.group(1).lower()))
+    sums = Sums()
+    for name in set(exact) | set(nested):
+        lines = exact.get(name) or nested[name]
+        first = lines[0]
+        other = next((ln for ln in lines[1:] if ln[2] != first[2]), None)
+        if other is None:
+            sums[name] = first[2]
+            continue
+        sums.conflicts[name] = (f"{where} gives {name} two different sha256: line {first[0]} ({first[1]}: "
+                                f"{first[2]}) and line {other[0]} ({other[1]}: {other[2]})"
+                                + ("" if name in exact else f", and no line names {name} itself"))
     return sums
 
 

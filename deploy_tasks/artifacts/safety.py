@@ -60,6 +60,12 @@ class Member:
     raw_name: str = ""
 
 
+def is_root(raw: str) -> bool:
+    """``.`` or ``./`` (``tar -C dir -cf x.tar .`` starts with it): the tree itself, not a member."""
+    name = raw.replace("\\", "/")
+    return bool(name) and not name.startswith("/") and all(p in ("", ".") for p in name.split("/"))
+
+
 def clean_name(component: str, raw: str) -> str:
     """The member's path relative to the tree, or ArtifactError when it could leave it."""
     name = raw.replace("\\", "/")
@@ -71,7 +77,7 @@ def clean_name(component: str, raw: str) -> str:
     if ".." in parts:
         raise ArtifactError(component, "path traversal ('..')", raw, "the member would land outside the target directory")
     for part in parts:
-        if _FORBIDDEN_CHARS.intersection(part) or any(ord(ch) < 32 for ch in part):
+        if _FORBIDDEN_CHARS.intersection(part) or _has_control(part):
             raise ArtifactError(component, "name holds a character Windows forbids (control, <>:\"|?*)", raw)
         if part.split(".")[0].upper().rstrip(" ") in _WINDOWS_DEVICES:
             raise ArtifactError(component, f"{part!r} is a Windows device name (CON, NUL, COM1...)", raw,
@@ -88,8 +94,15 @@ def check_kind(component: str, raw: str, kind: Optional[str], what: str) -> str:
     return kind
 
 
+def _has_control(text: str) -> bool:
+    return any(ord(ch) < 32 or ord(ch) == 127 for ch in text)
+
+
 def resolve_link(component: str, link: Member, links: Dict[str, Member]) -> str:
     """Where a symlink ends up, following the archive's other links; ArtifactError when outside."""
+    if _has_control(link.target):
+        raise ArtifactError(component, f"link target {link.target!r} holds a control character (NUL, newline...)",
+                            link.raw_name or link.name, "link targets must be plain relative paths")
     return _resolve(component, link, posixpath.dirname(link.name), link.target, links, 0)
 
 

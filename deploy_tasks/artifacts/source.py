@@ -141,6 +141,8 @@ class Release:
                 raise ConfigError(f"release {path!r} is neither a directory nor a zip, tar or tar.gz bundle")
         self._refs: Dict[str, list] = {}
         self._sums_text: Optional[str] = None
+        self._sums_found: list = []  # (depth, member, text) of every SHA256SUMS in a bundle
+        self._sums_error = ""
         self._staged = False
         self._prepared_names: set = set()
         if self.kind == "zip":
@@ -159,13 +161,14 @@ class Release:
                     if info.is_dir():
                         continue
                     base = info.filename.replace("\\", "/").rsplit("/", 1)[-1]
-                    if base == manifest_mod.SUMS and self._sums_text is None:
-                        self._sums_text = zf.read(info).decode("utf-8", "replace")
+                    if base == manifest_mod.SUMS:
+                        self._found_sums(info.filename, zf.read(info).decode("utf-8", "replace"))
                         continue
                     self._add(base, dict(origin=self.path, member=info.filename, size=info.file_size,
                                          kind="zip-member"))
         except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
             raise ConfigError(f"release bundle {self.path}: not a readable zip ({exc})") from None
+        self._choose_sums()
 
     def _index_tar(self) -> None:
         try:
@@ -174,16 +177,47 @@ class Release:
                     if not info.isreg():
                         continue
                     base = info.name.rsplit("/", 1)[-1]
-                    if base == manifest_mod.SUMS and self._sums_text is None:
-                        self._sums_text = tf.extractfile(info).read().decode("utf-8", "replace")
+                    if base == manifest_mod.SUMS:
+                        self._found_sums(info.name, tf.extractfile(info).read().decode("utf-8", "replace"))
                         continue
                     self._add(base, dict(origin=self.path, member=info.name, size=info.size, kind="tar-member",
                                          offset=info.offset_data))
         except (tarfile.TarError, EOFError, OSError) as exc:
             raise ConfigError(f"release bundle {self.path}: not a readable tar ({exc})") from None
+        self._choose_sums()
 
-    def prepare(self, names: Iterable[str], staging: str) -> None:
-        """tar.gz only: stream the bundle once, staging the wanted artifacts (and SHA256SUMS) as files."""
+    def _found_sums(self, member: str, text: str) -> None:
+        path = member.replace("\\", "/")
+        while path.startswith("./"):
+            path = path[2:]
+        self._sums_found.append((path.strip("/").count("/"), member, text))
+
+    def _choose_sums(self) -> None:
+        """The SHA256SUMS nearest the bundle's root; several at that depth must not disagree."""
+        if not self._sums_found:
+            return
+        depth = min(d for d, _, _ in self._sums_found)
+        top = [(m, t) for d, m, t in self._sums_found if d == depth]
+        self._sums_text = "\n".join(t for _, t in top)
+        for i, (m1, t1) in enumerate(top):
+            for m2, t2 in top[i + 1:]:
+                try:
+                    s1 = manifest_mod.parse_sums(t1, m1)
+                    s2 = manifest_mod.parse_sums(t2, m2)
+                except ArtifactError:
+                    continue  # reported by sums()
+                clash = sorted(n for n in set(s1) & set(s2) if s1[n] != s2[n])
+                if clash:
+                    self._sums_error = (f"release bundle {self.path}: {m1} and {m2} (both at the same depth) give "
+                                        f"different sha256 for {', '.join(clash[:5])}; keep one SHA256SUMS")
+                    return
+
+    def prepare(self, names: Iterable[str], staging: str, limit: int = 0) -> None:
+        """tar.gz only: stream the bundle once, staging the wanted artifacts (and SHA256SUMS) as files.
+
+        An artifact larger than ``limit`` bytes (the unpacked size limit) is not staged: its
+        component fails with that reason (see ``extract._check_bundled_size``).
+        """
         if self.kind != "tar.gz" or self._staged:
             return
         wanted = set(names)
@@ -195,25 +229,34 @@ class Release:
                     if not info.isreg():
                         continue
                     base = info.name.rsplit("/", 1)[-1]
-                    if base == manifest_mod.SUMS and self._sums_text is None:
-                        self._sums_text = tf.extractfile(info).read().decode("utf-8", "replace")
+                    if base == manifest_mod.SUMS:
+                        self._found_sums(info.name, tf.extractfile(info).read().decode("utf-8", "replace"))
                         continue
                     if base not in wanted:
+                        continue
+                    if limit and info.size > limit:  # never written: the component fails on its size
+                        self._add(base, dict(origin=self.path, member=info.name, size=info.size, kind="too-large",
+                                             source=self.path))
                         continue
                     count[base] = count.get(base, 0) + 1
                     target = os.path.join(staging, f"{count[base]}-{base}")
                     src = tf.extractfile(info)
+                    written = 0
                     with open(target, "wb") as out:
                         while True:
                             buf = src.read(BLOCK)
                             if not buf:
                                 break
+                            written += len(buf)
+                            if written > info.size:  # tarfile never gives more; a guard all the same
+                                raise OSError(f"{info.name}: more data than the {info.size} bytes declared")
                             out.write(buf)
                     self._add(base, dict(origin=target, member=info.name, size=info.size, kind="staged",
                                          source=self.path))
         except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
             raise ConfigError(f"release bundle {self.path}: truncated or corrupt tar.gz ({exc}); "
                               "rebuild or re-download it") from None
+        self._choose_sums()
         self._staged = True
 
     # -- lookups ---------------------------------------------------------------
@@ -231,6 +274,8 @@ class Release:
             except FileNotFoundError:
                 return None
             return manifest_mod.parse_sums(text, path)
+        if self._sums_error:
+            raise ConfigError(self._sums_error)
         if self._sums_text is None:
             return None
         return manifest_mod.parse_sums(self._sums_text, f"{self.path}!{manifest_mod.SUMS}")
