@@ -165,6 +165,10 @@ HOSTILE = {
     "write through a link": (lambda p: write_zip(p, [link("lnk", "sub"), ("sub/a.txt", b"x"), ("lnk/b.txt", b"x")]),
                              "lnk/b.txt", "through the link"),
     "windows device name": (lambda p: write_zip(p, [("logs/nul.txt", b"x")]), "logs/nul.txt", "device name"),
+    "windows console device": (lambda p: write_zip(p, [("CONOUT$", b"x")]), "CONOUT$", "device name"),
+    "trailing dot Windows strips": (lambda p: write_zip(p, [("a.txt", b"1"), ("a.txt.", b"2")]), "a.txt.",
+                                    "dot or a space"),
+    "trailing space Windows strips": (lambda p: write_zip(p, [("dir /b.txt", b"1")]), "dir /b.txt", "dot or a space"),
     "zip device file": (lambda p: write_zip(p, [(zinfo("dev/sda", stat.S_IFBLK | 0o644), b"")]), "dev/sda", "device"),
     "zip fifo": (lambda p: write_zip(p, [(zinfo("pipe", stat.S_IFIFO | 0o644), b"")]), "pipe", "FIFO"),
     "duplicate member": (lambda p: write_zip(p, [("a.txt", b"first"), ("a.txt", b"second")]), "a.txt", "duplicate"),
@@ -739,3 +743,22 @@ def test_without_isal_zipfile_inflates_and_the_checks_hold(case, tmp_path, relea
     error = result.failures[0].error
     assert error.member == member and word.lower() in str(error).lower()
     _check_repository(tmp_path / "repo", release, [("good", "1.0", "good-1.0.zip")])
+
+
+def test_artifact_linked_from_outside_the_release_is_refused(tmp_path, release):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    synthetic.write_component_zip(elsewhere / "secret.zip", "secret", 64 << 10)
+    os.symlink(elsewhere / "secret.zip", release / "bad-2.0.zip")
+    result = extract_release([GOOD, Job("bad", "2.0", "bad-2.0.zip")], str(release), str(tmp_path / "repo"), ENV)
+    assert {o.component: o.status for o in result.outcomes} == {"good": "extracted", "bad": "failed"}
+    assert "outside the release" in str(result.failures[0].error)
+
+
+def test_sha256sums_with_a_byte_order_mark(tmp_path, release):
+    import hashlib
+
+    digest = hashlib.sha256((release / GOOD.artifact).read_bytes()).hexdigest()
+    (release / "SHA256SUMS").write_text("\ufeff" + f"{digest}  {GOOD.artifact}\n", encoding="utf-8")
+    result = extract_release([GOOD], str(release), str(tmp_path / "repo"), ENV)
+    assert [o.status for o in result.outcomes] == ["extracted"]

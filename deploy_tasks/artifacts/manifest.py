@@ -80,6 +80,7 @@ def parse_sums(text: str, where: str) -> Sums:
     """
     exact: Dict[str, list] = {}
     nested: Dict[str, list] = {}
+    text = text.lstrip("\ufeff")  # a byte-order mark, as editors on Windows write one
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.startswith("#"):
             continue

@@ -29,7 +29,8 @@ from ..errors import ArtifactError
 RATIO_MIN_SIZE = 1 << 20  # members smaller than this cannot be bombs on their own
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _FORBIDDEN_CHARS = set('\0<>:"|?*')
-_WINDOWS_DEVICES = {"CON", "PRN", "AUX", "NUL"} | {f"{p}{n}" for p in ("COM", "LPT") for n in range(1, 10)}
+_WINDOWS_DEVICES = ({"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"}
+                    | {f"{p}{n}" for p in ("COM", "LPT") for n in (*range(1, 10), "\u00b9", "\u00b2", "\u00b3")})
 
 FILE, DIR, SYMLINK, HARDLINK = "file", "dir", "symlink", "hardlink"
 
@@ -79,6 +80,10 @@ def clean_name(component: str, raw: str) -> str:
     for part in parts:
         if _FORBIDDEN_CHARS.intersection(part) or _has_control(part):
             raise ArtifactError(component, "name holds a character Windows forbids (control, <>:\"|?*)", raw)
+        if part.endswith((".", " ")) and part not in (".", ".."):
+            # Win32 strips a trailing dot or space: "a.txt." and "a.txt" would be one file on the nodes
+            raise ArtifactError(component, "name ends with a dot or a space, which Windows strips", raw,
+                                "the nodes would write another file than the archive names")
         if part.split(".")[0].upper().rstrip(" ") in _WINDOWS_DEVICES:
             raise ArtifactError(component, f"{part!r} is a Windows device name (CON, NUL, COM1...)", raw,
                                 "the nodes could not write this file")

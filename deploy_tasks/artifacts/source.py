@@ -291,6 +291,10 @@ class Release:
                                     hint="put the file there or fix the Artifact cell of the Components sheet") from None
             if not stat_mod.S_ISREG(st.st_mode):
                 raise ArtifactError(component, f"artifact {path} is not a regular file")
+            real, root = os.path.realpath(path), os.path.realpath(self.path)
+            if os.path.commonpath([real, root]) != root:
+                raise ArtifactError(component, f"artifact {path} is a link to {real}, outside the release {self.path}",
+                                    hint="copy the file into the release instead of linking to it")
             return ArtifactRef(component, name, path, None, st.st_size, "file", key=stat_key(st))
         found = self._refs.get(name, [])
         if not found:
