@@ -241,10 +241,7 @@ def _extract_stored(fd: int, archive_size: int, info: zipfile.ZipInfo, dest: str
         sha, crc, size = hash_fd(out, with_crc=True)
     finally:
         os.close(out)
-    if size != info.file_size:
-        raise _SizeMismatch(f"{size} bytes of data, {info.file_size} declared")
-    if crc != info.CRC:
-        raise zipfile.BadZipFile(f"Bad CRC-32 for file {info.filename!r}")
+    _check_size_and_crc(info, size, crc)
     return sha, size
 
 
@@ -297,10 +294,7 @@ def _extract_deflated(fd: int, archive_size: int, info: zipfile.ZipInfo, dest: s
                 view = view[os.write(out, view):]
     finally:
         os.close(out)
-    if size != info.file_size:
-        raise _SizeMismatch(f"{size} bytes of data, {info.file_size} declared")
-    if crc != info.CRC:
-        raise zipfile.BadZipFile(f"Bad CRC-32 for file {info.filename!r}")
+    _check_size_and_crc(info, size, crc)
     return digest.hexdigest(), size
 
 
@@ -334,6 +328,14 @@ def _extract_member(component, zf, fd, archive_size, info, tree, out: Extracted)
 
 class _SizeMismatch(Exception):
     pass
+
+
+def _check_size_and_crc(info, size: int, crc: int) -> None:
+    """What zipfile checks when it reads a member, for the members written by our own copy paths."""
+    if size != info.file_size:
+        raise _SizeMismatch(f"{size} bytes of data, {info.file_size} declared")
+    if crc != info.CRC:
+        raise zipfile.BadZipFile(f"Bad CRC-32 for file {info.filename!r}")
 
 
 def _write_file(dest: str, src, declared: int, limit: int = -1) -> Tuple[str, int]:

@@ -264,22 +264,22 @@ def _prepare(job, ref, entry, expected, sums_given, dest, env, limits, dry_run, 
         raise
 
 
-def extract_chunk(component: str, archive: str, tree: str, indices: List[int]) -> Extracted:
+def _component_errors(component: str, work, *args) -> Extracted:
+    """Run a worker's extraction; anything unexpected becomes that component's ArtifactError."""
     try:
-        return archive_mod.extract_zip_chunk(component, archive, tree, indices)
+        return work(component, *args)
     except ArtifactError:
         raise
     except Exception as exc:
         raise ArtifactError(component, f"{type(exc).__name__}: {exc}") from None
+
+
+def extract_chunk(component: str, archive: str, tree: str, indices: List[int]) -> Extracted:
+    return _component_errors(component, archive_mod.extract_zip_chunk, archive, tree, indices)
 
 
 def extract_stream(component: str, archive: str, tree: str, limits: Limits) -> Extracted:
-    try:
-        return archive_mod.extract_tar(component, archive, tree, limits)
-    except ArtifactError:
-        raise
-    except Exception as exc:
-        raise ArtifactError(component, f"{type(exc).__name__}: {exc}") from None
+    return _component_errors(component, archive_mod.extract_tar, archive, tree, limits)
 
 
 # -- the run ------------------------------------------------------------------------
