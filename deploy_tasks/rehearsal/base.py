@@ -7,7 +7,35 @@ returned ``CommandHandle``. The persona (``persona.py``) knows nothing of HTTP.
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Protocol, Tuple
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Optional, Protocol, Tuple
+
+
+@dataclass(frozen=True)
+class ShellOptions:
+    """What a WS-Man Create asked of the shell; the endpoint parses it, the persona honours it.
+
+    ``codepage``: WINRS_CODEPAGE (437 unless the client asks; 65001 = UTF-8);
+    the persona encodes every byte of output in it. ``environment``: the
+    Create's ``rsp:Environment`` variables, over the host's own.
+    ``working_directory``: ``rsp:WorkingDirectory`` (None = the user's profile
+    directory). ``noprofile``: WINRS_NOPROFILE. ``consolemode_stdin``:
+    WINRS_CONSOLEMODE_STDIN.
+    """
+
+    codepage: int = 437
+    environment: Mapping[str, str] = field(default_factory=dict)
+    working_directory: Optional[str] = None
+    noprofile: bool = False
+    consolemode_stdin: bool = True
+
+
+class ProgramNotFound(Exception):
+    """WINRS_SKIP_CMD_SHELL=True named a program that does not exist; the endpoint answers with the real fault."""
+
+    def __init__(self, program: str):
+        self.program = program
+        super().__init__(program)
 
 
 class CommandHandle(Protocol):
@@ -33,8 +61,15 @@ class Persona(Protocol):
 
     hostname: str
 
-    def start(self, command_line: str) -> CommandHandle:
-        """Start ``command_line`` (the Command text and its Arguments joined by spaces, as Windows does)."""
+    def start(self, command_line: str, options: ShellOptions = ShellOptions(),
+              skip_cmd_shell: bool = False) -> CommandHandle:
+        """Start ``command_line`` (the Command text and its Arguments joined by spaces, as Windows does).
+
+        ``options``: the shell's Create options. ``skip_cmd_shell``
+        (WINRS_SKIP_CMD_SHELL=True): run the program directly, without cmd.exe
+        (no ``&&``, no built-ins); raises ``ProgramNotFound`` when there is no
+        such program. Exit codes are reported as Windows does: 32-bit unsigned.
+        """
 
 
 #: The persona calls this to make its host go away: (seconds down) -> None.

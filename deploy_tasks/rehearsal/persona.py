@@ -32,7 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
-from .base import RebootHook
+from .base import RebootHook, ShellOptions
 from .cmdline import ENCODING, cmd_strip_c, crlf, split_argv, split_cmd, split_redirections
 from .faults import FleetSpec, HostFaults
 from .msiexec import MsiExec
@@ -309,8 +309,12 @@ class WindowsPersona:
         return "C:\\" + "\\".join(rel.parts)
 
     # -- command dispatch ------------------------------------------------------
-    def start(self, command_line: str) -> Command:
-        """Run ``command_line`` in a thread, as cmd.exe would; poll the returned handle."""
+    def start(self, command_line: str, options: ShellOptions = ShellOptions(),
+              skip_cmd_shell: bool = False) -> Command:
+        """Run ``command_line`` in a thread, as cmd.exe would; poll the returned handle.
+
+        (``options`` and ``skip_cmd_shell``: see ``base.Persona.start``; not honoured yet.)
+        """
         return Command(self, command_line)
 
     def run(self, command_line: str, timeout: float = 120.0) -> Tuple[str, str, int]:

@@ -19,31 +19,14 @@ import os
 import shlex
 import socket
 import sys
-from dataclasses import dataclass
+import time
 from typing import Callable, Optional
 
 from ..errors import RemoteCommandError, TransportError
+from .base import Result
 from .. import redact as console  # add_secret, say: the registry sits below the transports
 
 SUDO_PASSWORD_ENV = "DEPLOY_SUDO_PASSWORD"
-
-
-@dataclass
-class Result:
-    """What a command returned (both transports)."""
-
-    command: str
-    exited: int
-    stdout: str
-    stderr: str
-
-    @property
-    def ok(self) -> bool:
-        return self.exited == 0
-
-    @property
-    def output(self) -> str:
-        return (self.stdout + ("\n" if self.stdout and self.stderr else "") + self.stderr).strip()
 
 
 class Shell:
@@ -200,6 +183,7 @@ class Shell:
         timeout = timeout or self.command_timeout
         self.open()
         conn = self.connection()
+        started = time.monotonic()
         try:
             if sudo:
                 password = self._password()
@@ -215,7 +199,7 @@ class Shell:
             if self.local:
                 raise
             raise _transport_error(self.name, conn, exc) from None
-        return Result(command, r.exited, r.stdout, r.stderr)
+        return Result(command, r.exited, r.stdout, r.stderr, time.monotonic() - started)
 
     def _password(self) -> str:
         if self._sudo_password is None:
