@@ -143,3 +143,64 @@ class ExtractionFailed(DeployError):
         lines = [f"{n} component{'s' if n != 1 else ''} failed ({done} done; their results are kept):"]
         lines += [f"  - {f}" for f in self.failures]
         super().__init__("\n".join(lines))
+
+
+# -- WinRM (deploy_tasks/transports/winrm.py) ------------------------------------
+# ``retryable`` tells the runner whether trying the same step again later can
+# help; an error class without it is not retryable.
+
+
+class HostUnreachable(TransportError):
+    """The host did not answer, refused the connection, dropped it or timed out: try again later."""
+
+    retryable = True
+
+
+class CertificateRejected(TransportError):
+    """The host's TLS certificate did not validate against the configured CA: never retried."""
+
+    retryable = False
+
+
+class AuthenticationRejected(TransportError):
+    """The host refused the credential; it is not used again in this process (accounts lock out)."""
+
+    retryable = False
+
+    def __init__(self, host: str, message: str, user: str = "", transport: str = ""):
+        self.user = user
+        self.transport = transport
+        super().__init__(host, message)
+
+
+class WSManFault(TransportError):
+    """The WinRM service answered with a WS-Management fault: its code and Windows' own message."""
+
+    retryable = False
+
+    def __init__(self, host: str, message: str, code: Optional[int] = None, subcode: str = "",
+                 windows_message: str = "", retryable: Optional[bool] = None):
+        self.code = code
+        self.subcode = subcode
+        self.windows_message = windows_message
+        if retryable is not None:
+            self.retryable = retryable
+        super().__init__(host, message)
+
+
+class QuotaExceeded(WSManFault):
+    """A WinRM quota (shells per user, w:QuotaLimit 2150859173) was hit: retry after shells close."""
+
+    retryable = True
+
+
+class CommandTimedOut(RemoteCommandError):
+    """A command ran past its timeout and was terminated (WS-Man Signal terminate)."""
+
+    retryable = False
+
+    def __init__(self, host: str, command: str, timeout: float, output: str = ""):
+        self.timeout = timeout
+        super().__init__(host, command, -1, output,
+                         f"did not finish within {timeout:g} s and was terminated; raise command_timeout_s "
+                         f"or the step's timeout if it needs longer")
