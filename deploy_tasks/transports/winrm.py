@@ -363,6 +363,7 @@ class WinRMTransport:
         from winrm.protocol import Protocol
 
         o = self.options
+        o.check()  # a transport made without a pool is held to the same safe defaults
         kwargs = dict(transport=o.transport, server_cert_validation=o.cert_validation, ca_trust_path=o.ca_trust(),
                       read_timeout_sec=o.read_timeout_s, operation_timeout_sec=o.operation_timeout_s,
                       message_encryption=o.message_encryption(), proxy=None)
