@@ -628,3 +628,42 @@ def test_put_commands_stay_under_the_command_line_limit():
     joined = "".join(l.split(" echo ", 1)[1] for l in lines)
     assert base64.b64decode(joined) == data
     assert w.put_commands(b"", "C:\\e.txt") == ['type nul> "C:\\e.txt"']
+
+
+@pytest.mark.parametrize("winrm_fleet", [fake(spec={"hosts": {"ZDB01": {"http_500": 1, "drop_receive": 1},
+                                                               "ZAPP01": {"down": True}}})], indirect=True)
+def test_the_password_appears_in_no_message(winrm_fleet, monkeypatch, capsys, tmp_path):
+    # the credential comes the production way: environment -> pool -> transports
+    monkeypatch.setenv("DEPLOY_WINRM_USER", winrm_fleet.username)
+    monkeypatch.setenv("DEPLOY_WINRM_PASSWORD", winrm_fleet.password)
+    printed = []
+    db, app = winrm_fleet.host("ZDB01"), winrm_fleet.host("ZAPP01")
+    messages = []
+
+    def failure(fn):
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001
+            messages.append(str(exc))
+            return exc
+        raise AssertionError("expected a failure")
+
+    with w.WinRMPool(options(winrm_fleet, operation_timeout_s=1, read_timeout_s=3), dry_run=True,
+                     echo=printed.append) as pool:
+        t = pool.get("ZDB01", db.address, db.https_port)
+        assert isinstance(failure(lambda: t.run("hostname")), WSManFault)
+        assert isinstance(failure(lambda: t.run("hostname")), HostUnreachable)
+        assert isinstance(failure(lambda: t.run("sleep 30", timeout=1)), CommandTimedOut)
+        assert isinstance(failure(lambda: t.run("cmd /c exit 5")), RemoteCommandError)
+        t.change(f"net user deploy {winrm_fleet.password}")  # a command carrying it: printed redacted
+        assert isinstance(failure(lambda: pool.get("ZAPP01", app.address, app.https_port).run("hostname")),
+                          HostUnreachable)
+    other = make_ca(tmp_path / "other-ca")
+    messages.append(str(failure(lambda: connect(winrm_fleet, ca_path=str(other.cert)).run("hostname"))))
+    wrong = w.Credential(winrm_fleet.username, winrm_fleet.password + "-old")
+    messages.append(str(failure(lambda: connect(winrm_fleet, credential=wrong).run("hostname"))))
+    out = capsys.readouterr()
+    assert printed == ["  [ZDB01] would run: net user deploy ********"]
+    for text in messages + printed + [out.out, out.err]:
+        assert winrm_fleet.password not in text
+    assert redact.redact(winrm_fleet.password) == "********"

@@ -278,7 +278,9 @@ class WinRMTransport:
         self.options = options
         self.port = options.effective_port(port)
         self.dry_run = dry_run
-        self.echo = echo or (lambda line: console.say(line))
+        # every line is redacted here, whatever echo does with it (a report, a log file)
+        sink = echo or (lambda line: console.say(line))
+        self.echo = lambda line: sink(console.redact(line))
         self._credential_source = credential if credential is not None else credential_from_env
         self._credential: Optional[Credential] = None
         self._protocol = None
