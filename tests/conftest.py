@@ -3,19 +3,33 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from deploy_tasks import processes
+from tests.support import services
 
-from tests.support import services  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+# what the tests start, and what `inv fleet.up` run by a test starts, goes into one ledger
+os.environ.setdefault(processes.LEDGER_ENV, str(services.DEFAULT_LEDGER))
 
 EXAMPLE_XLSX = ROOT / "inventory" / "example.xlsx"
 EXAMPLE_XLS = ROOT / "inventory" / "example.xls"
+
+
+#: fixtures that start or reach a real component: a test using one must carry the integration marker
+INTEGRATION_FIXTURES = {"sshd", "puppet_master", "winrm_fleet"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Keep `pytest -m "not integration"` honest: it runs as any user, with nothing installed."""
+    unmarked = [item.nodeid for item in items
+                if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ()))
+                and item.get_closest_marker("integration") is None]
+    if unmarked:
+        raise pytest.UsageError("these tests use a real component (" + ", ".join(sorted(INTEGRATION_FIXTURES))
+                                + ") but lack @pytest.mark.integration:\n  " + "\n  ".join(unmarked))
 
 
 @pytest.fixture(autouse=True)
@@ -40,14 +54,28 @@ def example_xls() -> Path:
 
 @pytest.fixture(scope="session")
 def sshd():
-    """A real OpenSSH server on 127.0.0.1:2222 (root, generated key); see tests/support/services.py."""
+    """A real OpenSSH server on 127.0.0.1 (2222 when free; root, generated key); see tests/support/services.py."""
     try:
         server = services.ensure_sshd()
     except services.Missing as exc:
         pytest.skip(str(exc))
     yield server
     if server.started:
-        services.stop_sshd()
+        services.stop_sshd(server)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _record_services_the_tests_start():
+    """puppetserver and nginx that a test brought up (`inv bootstrap` starts them when down) go in the ledger.
+
+    Only when this run is root: others cannot start them, and need not look.
+    """
+    if os.geteuid() != 0:
+        yield
+        return
+    before = services.services_now()
+    yield
+    services.record_started_since(before)
 
 
 @pytest.fixture(scope="session")
@@ -55,7 +83,8 @@ def puppet_master():
     """A real puppetserver on 127.0.0.1:8140, certname deploy01.example.test (reused when up).
 
     Yields a dict: url, certname, codedir, environmentpath, ssldir, cacert. It is left
-    running for the rest of the session (start-up takes ~25 s); .ci/run stops it.
+    running for the rest of the session (start-up takes ~25 s); when this session started it,
+    it is in the process ledger and .ci/run stops it in CI.
     """
     try:
         info = services.ensure_puppetserver()
