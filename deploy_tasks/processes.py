@@ -92,8 +92,8 @@ class ProcessRecord:
             return False
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            _reap(self.pid)
-            if not self.alive():
+            if not self.alive():  # exited (a zombie has no command line): collect it if it is our child
+                _reap(self.pid)
                 return True
             time.sleep(0.05)
         if self.alive():

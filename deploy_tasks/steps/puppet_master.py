@@ -156,18 +156,23 @@ def webserver_conf(current: Optional[str], layout: Layout, template_dir: str = "
     return text[:-1].rstrip() + "\n" + line + "\n}\n"
 
 
-def jvm_pid_command(layout: Layout) -> str:
+def jvm_pid_command(layout: Layout, launcher: bool = False) -> str:
     """A shell command printing the pid of the running puppetserver JVM; exit 1 when there is none.
 
     The JVM is the process named in PIDFILE, or one of its children (runuser
     forks it), whose program is java and whose arguments hold the server's jar.
     A pid file naming an exited process, or a pid since reused, finds nothing.
+    With ``launcher``, the pid file's own process also counts when the jar is
+    on its command line: runuser in the moment before it has forked the JVM.
     """
+    program = '[ "${a##*/}" = java ]'
+    if launcher:
+        program = f'{{ [ "$c" = "$p" ] || {program}; }}'
     return (
         f"( p=$(cat {PIDFILE} 2>/dev/null); case \"$p\" in ''|*[!0-9]*) exit 1;; esac; "
         f"for c in $p $(pgrep -P \"$p\" 2>/dev/null); do "
         f"a=$(tr '\\0' '\\n' < /proc/$c/cmdline 2>/dev/null | head -n 1); "
-        f"if [ \"${{a##*/}}\" = java ] && tr '\\0' '\\n' < /proc/$c/cmdline 2>/dev/null | grep -qxF {q(layout.jar)}; "
+        f"if {program} && tr '\\0' '\\n' < /proc/$c/cmdline 2>/dev/null | grep -qxF {q(layout.jar)}; "
         f"then echo \"$c\"; exit 0; fi; done; exit 1 )"
     )
 
@@ -181,11 +186,9 @@ def start_command(layout: Layout, heap: tuple[str, str]) -> str:
     """The project's own start of puppetserver (no systemd, no init script): detached, pid in PIDFILE.
 
     Serialized with flock: two callers at once (bootstrap and a test fixture)
-    start one server; the second finds its JVM alive and starts nothing. The
-    lock is held until the JVM exists, so the second caller cannot look in the
-    moment between runuser's start and its fork.
+    start one server; the second finds it alive (its JVM, or runuser about to
+    fork it) and starts nothing.
     """
-    jvm = jvm_pid_command(layout)
     java = ["runuser", "-u", "puppet", "--", "java", f"-Xms{heap[0]}", f"-Xmx{heap[1]}",
             "-Djruby.logger.class=com.puppetlabs.jruby_utils.jruby.Slf4jLogger"]
     if layout.ruby_lib:
@@ -196,11 +199,10 @@ def start_command(layout: Layout, heap: tuple[str, str]) -> str:
     return (
         f"mkdir -p {RUN_DIR} {q(logdir)} && chown puppet:puppet {RUN_DIR} {q(logdir)} && "
         f"exec 9>{RUN_DIR}/start.lock && flock -w 120 9 && "
-        f"if {jvm} >/dev/null; then echo 'already running'; else "
+        f"if {jvm_pid_command(layout, launcher=True)} >/dev/null; then echo 'already running'; else "
         f"echo 0 > {RESTART_FILE} && chown puppet:puppet {RESTART_FILE} && cd / && "
         f"{{ setsid {' '.join(q(a) for a in java)} >> {q(layout.log)} 2>&1 < /dev/null 9>&- & }} && "
-        f"echo $! > {PIDFILE} && i=0 && until {jvm} >/dev/null; do i=$((i+1)); "
-        f"if [ $i -gt 100 ] || ! kill -0 \"$(cat {PIDFILE})\" 2>/dev/null; then break; fi; sleep 0.05; done; fi"
+        f"echo $! > {PIDFILE}; fi"
     )
 
 
