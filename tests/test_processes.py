@@ -117,3 +117,60 @@ def test_the_master_s_liveness_asks_the_jvm(tmp_path, monkeypatch, sleeper):
     assert jvm() == (1, "")
     pidfile.unlink()
     assert jvm() == (1, "")
+
+
+# -- .ci/run's wrapper: in CI, the run leaves running exactly what ran before it ------------------
+def ci_run(tmp_path, script: str, ledger):
+    import os
+
+    env = dict(os.environ, DEPLOY_TASKS_PROCESS_LEDGER=str(ledger))
+    return subprocess.run([sys.executable, "-m", "tests.support.ci_processes", "--ci", "--grace", "1", "--", sys.executable, "-c",
+                           script], capture_output=True, text=True, env=env, timeout=60,
+                          cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+
+
+DAEMON = """
+import subprocess, sys
+from deploy_tasks import processes
+p = subprocess.Popen(["sleep", "300"], start_new_session=True, stdin=subprocess.DEVNULL,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # detached, as a service is
+{register}
+print("daemon", p.pid)
+"""
+
+
+def test_ci_run_stops_what_the_ledger_lists(tmp_path):
+    before = processes.snapshot()
+    proc = ci_run(tmp_path, DAEMON.format(register="processes.register(processes.ProcessRecord.of(p.pid))"),
+                  tmp_path / "ledger")
+    pid = int(proc.stdout.split("daemon ")[1].split()[0])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"stopped process pid {pid}" in proc.stdout
+    assert "no process started by this run is left running" in proc.stdout
+    assert processes.start_time(pid) is None
+    # what ran before still runs, the same processes
+    after = processes.snapshot()
+    assert all(after.get(p) == t for p, t in before.items() if processes.start_time(p) == t)
+
+
+def test_ci_run_names_what_was_left_unrecorded_and_fails(tmp_path):
+    proc = ci_run(tmp_path, DAEMON.format(register=""), tmp_path / "ledger")
+    pid = int(proc.stdout.split("daemon ")[1].split()[0])
+    try:
+        assert proc.returncode == 1
+        assert f"pid {pid}: sleep 300" in proc.stdout and "still running" in proc.stdout
+    finally:
+        ProcessRecord.of(pid, marker="sleep").stop()
+
+
+def test_ci_run_spares_a_recorded_process_that_ran_before_it(tmp_path, sleeper):
+    older = sleeper()
+    ledger = tmp_path / "ledger"
+    processes.register(ProcessRecord.of(older.pid), ledger)
+    proc = ci_run(tmp_path, "pass", ledger)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert older.poll() is None and "stopped" not in proc.stdout
+
+
+def test_ci_run_passes_the_command_s_exit_code(tmp_path):
+    assert ci_run(tmp_path, "raise SystemExit(3)", tmp_path / "ledger").returncode == 3
