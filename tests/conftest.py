@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -91,6 +92,36 @@ def puppet_master():
     except services.Missing as exc:
         pytest.skip(str(exc))
     yield info
+
+
+@pytest.fixture(scope="session")
+def master_environment(puppet_master):
+    """Claim a Puppet environment on the real master for this test run: ``claim(prefix)`` -> ``<prefix>_<run id>``.
+
+    The name is unique to this run, so concurrent runs on the machine never share
+    (or delete) each other's environments; what was claimed, and only that, is
+    removed from environments/ at the end of the session.
+    """
+    environments = Path(puppet_master["environmentpath"])
+    claimed = {}
+
+    def claim(prefix: str) -> str:
+        name = f"{prefix}_{services.RUN_ID}"
+        if name not in claimed:
+            path = environments / name
+            if os.path.lexists(path):
+                raise RuntimeError(f"{path} exists already: not this run's, so not used")
+            claimed[name] = path
+        return name
+
+    yield claim
+    for name, path in claimed.items():
+        # the environment, and any staging or set-aside copy next to it (named after it, so ours too)
+        for entry in [path, *environments.glob(f".{name}.*")]:
+            if entry.is_symlink() or entry.is_file():
+                entry.unlink()
+            elif entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ import stat
 import subprocess
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
@@ -28,6 +29,8 @@ ROOT = Path(__file__).resolve().parents[2]
 SSHD_PORT = 2222  # taken when free; when something else holds it, ours goes on a free port
 PUPPETSERVER_PORT = puppet_master.PORT
 NGINX_PIDFILE = "/run/nginx.pid"
+#: names what this test run creates on shared services (Puppet environments), so that it removes only those
+RUN_ID = uuid.uuid4().hex[:8]
 #: where the tests record what they start (.ci/run points it elsewhere and stops what it lists)
 DEFAULT_LEDGER = ROOT / "build" / "test-processes"
 
