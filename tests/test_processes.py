@@ -85,7 +85,7 @@ def test_snapshot_sees_this_process_with_its_start_time():
 
 # -- puppetserver: the JVM, not the pid of the runuser that launched it ---------------------------
 @pytest.mark.skipif(not shutil.which("pgrep"), reason="pgrep (procps) is not installed")
-def test_the_master_s_liveness_asks_the_jvm(tmp_path, monkeypatch, sleeper):
+def test_the_master_s_liveness_asks_the_jvm(tmp_path, monkeypatch, sleeper, request):
     jar = str(tmp_path / "puppetserver.jar")
     layout = dataclasses.replace(puppet_master.DEBIAN, jar=jar)
     other = dataclasses.replace(puppet_master.DEBIAN, jar=str(tmp_path / "other.jar"))
@@ -98,7 +98,12 @@ def test_the_master_s_liveness_asks_the_jvm(tmp_path, monkeypatch, sleeper):
     child = ""
     while not child and time.monotonic() < deadline:
         child = subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True, text=True).stdout.strip()
-    assert child and processes.cmdline(int(child))[0] == "java"
+    assert child
+    deadline = time.monotonic() + 5
+    while processes.cmdline(int(child))[:1] != ["java"] and time.monotonic() < deadline:  # it execs into "java"
+        time.sleep(0.05)
+    # the launcher's child outlives the launcher: stop it too, by its record
+    request.addfinalizer(ProcessRecord.of(int(child), marker="java").stop)
 
     def jvm(lay=layout, launcher_counts=False):
         proc = subprocess.run(["sh", "-c", puppet_master.jvm_pid_command(lay, launcher_counts)],
@@ -106,9 +111,6 @@ def test_the_master_s_liveness_asks_the_jvm(tmp_path, monkeypatch, sleeper):
         return proc.returncode, proc.stdout.strip()
 
     pidfile.write_text(f"{launcher.pid}\n")
-    deadline = time.monotonic() + 5
-    while jvm()[0] != 0 and time.monotonic() < deadline:  # the child execs into "java"
-        time.sleep(0.05)
     assert jvm() == (0, child)
     assert jvm(other) == (1, "")  # a java running another jar is not the master
     pidfile.write_text(f"{sleeper().pid}\n")  # the pid now names an unrelated process
