@@ -33,11 +33,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from deploy_tasks.artifacts import extract_release, jobs_from_inventory, synthetic
+from deploy_tasks.inventory import load_inventory
 
-from deploy_tasks.artifacts import extract_release, jobs_from_inventory, synthetic  # noqa: E402
-from deploy_tasks.inventory import load_inventory  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 INV = str(Path(sys.executable).parent / "inv")
 TEXT_FRACTION = 0.5

@@ -24,16 +24,14 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from deploy_tasks.configgen import load_manifest, render
+from deploy_tasks.configgen.check import find_puppet, run_puppet_validate
+from deploy_tasks.configgen.output import read_modules, write
+from deploy_tasks.inventory import load_inventory
+from inventory_load import write_big  # the foundation benchmark's workbook (bench/ is the script's directory)
+from deploy_tasks.settings import resolve
 
-from deploy_tasks.configgen import load_manifest, render  # noqa: E402
-from deploy_tasks.configgen.check import find_puppet, run_puppet_validate  # noqa: E402
-from deploy_tasks.configgen.output import read_modules, write  # noqa: E402
-from deploy_tasks.inventory import load_inventory  # noqa: E402
-sys.path.insert(0, str(ROOT / "bench"))
-from inventory_load import write_big  # noqa: E402  (the foundation benchmark's workbook)
-from deploy_tasks.settings import resolve  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def big_workbook(path: Path, servers: int, mapping: int) -> Path:

@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from deploy_tasks.inventory import load_inventory
+from deploy_tasks.inventory.example import COMPONENTS
+from deploy_tasks.inventory.validate import SCHEMA
 
-from deploy_tasks.inventory import load_inventory  # noqa: E402
-from deploy_tasks.inventory.example import COMPONENTS  # noqa: E402
-from deploy_tasks.inventory.validate import SCHEMA  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def big_sheets(servers: int = 5000, mapping: int = 30000) -> dict:

@@ -21,6 +21,12 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 from .errors import ConfigError
 
 _ENV_NAME = re.compile(r"^[a-z0-9_]+$")
+#: a Java heap: one size (2g) or min-max (512m-1g); the Puppet master step reads it with this pattern too
+HEAP_SIZE = re.compile(r"^(\d+[kmgKMG])(?:-(\d+[kmgKMG]))?$")
+
+
+def heap_size_error(value: Any) -> Optional[str]:
+    return None if HEAP_SIZE.match(str(value).strip()) else "must be a heap size such as 512m-1g (min-max) or 2g"
 
 
 @dataclass(frozen=True)
@@ -147,7 +153,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ssh_user", "str", "", "SSH user for the Linux servers (blank: ssh_config's User, else the local user); not root means sudo, password from DEPLOY_SUDO_PASSWORD or a prompt.", workbook=False),
     Setting("package_root", "str", "/srv/deploy_tasks/repository", "Directory the package server's nginx serves the repository from (where --publish sends it).", workbook=False),
     Setting("template_dir", "str", "", "A directory whose templates override the shipped ones in templates/ (same file names).", workbook=False),
-    Setting("puppetserver_heap", "str", "512m-1g", "Java heap of puppetserver: min-max (512m-1g) or one size (2g).", workbook=False, check=lambda v: None if re.match(r"^\d+[kmgKMG](-\d+[kmgKMG])?$", v) else "must be a heap size such as 512m-1g (min-max) or 2g"),
+    Setting("puppetserver_heap", "str", "512m-1g", "Java heap of puppetserver: min-max (512m-1g) or one size (2g).", workbook=False, check=heap_size_error),
     Setting("puppetserver_start_timeout_s", "int", 300, "Longest wait for puppetserver to answer running after a (re)start, in seconds.", workbook=False, minimum=10),
     Setting("puppet_autosign", "str", "false", "Master's autosign: false, or the absolute path of a policy executable on the master (challenge passwords); never true.", workbook=False, check=lambda v: None if v == "false" or v.startswith("/") else "must be false or the absolute path of an autosign policy executable (true is never allowed)"),
     # -- issue 3: inv generate-config ------------------------------------------

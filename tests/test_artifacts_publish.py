@@ -1,4 +1,4 @@
-"""extract-artifacts --publish: the repository sent over real SSH (sshd on 127.0.0.1:2222), only what differs."""
+"""extract-artifacts --publish: the repository sent over real SSH (the test sshd on loopback), only what differs."""
 
 from __future__ import annotations
 
@@ -43,6 +43,7 @@ def repo(tmp_path):
     return rel, dest
 
 
+@pytest.mark.integration
 def test_publish_sends_everything_then_only_what_differs(sshd, repo, tmp_path):
     rel, dest = repo
     root = tmp_path / "server" / "srv repo"  # a space: quoting is real
@@ -73,6 +74,7 @@ def test_publish_sends_everything_then_only_what_differs(sshd, repo, tmp_path):
     assert damaged.read_text() != "tampered"
 
 
+@pytest.mark.integration
 def test_publish_dry_run_sends_nothing(sshd, repo, tmp_path):
     _, dest = repo
     root = tmp_path / "server"
@@ -81,6 +83,7 @@ def test_publish_dry_run_sends_nothing(sshd, repo, tmp_path):
     assert not root.exists()  # a dry run does not even create the directory
 
 
+@pytest.mark.integration
 def test_publish_into_an_unwritable_root_is_a_clear_error(sshd, repo, tmp_path):
     _, dest = repo
     blocker = tmp_path / "file"
@@ -90,6 +93,7 @@ def test_publish_into_an_unwritable_root_is_a_clear_error(sshd, repo, tmp_path):
     assert str(exc.value).startswith("pkg01: ") and "mkdir" in str(exc.value)
 
 
+@pytest.mark.integration
 def test_task_publishes_to_a_remote_package_server(sshd, tmp_path):
     """The whole task: a workbook whose package server is reached over SSH (~/.ssh/config, as Fabric does)."""
     from deploy_tasks.inventory.template import example_sheets, write_workbook

@@ -1,6 +1,6 @@
 """inv bootstrap (package server + Puppet master over SSH) and inv publish-config, against real components.
 
-sshd (127.0.0.1:2222, root), nginx and puppetserver are the real Debian
+sshd (the test sshd on 127.0.0.1, root), nginx and puppetserver are the real Debian
 ones on this machine: `inv bootstrap` goes over SSH to 127.0.0.1 — this
 machine, as root. The test inventory is the example's, with the Linux
 server's Address changed from `local` to 127.0.0.1 so the SSH path is used.

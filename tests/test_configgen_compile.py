@@ -1,8 +1,8 @@
 """The generated environment compiles on the real Puppet server for every example node.
 
 The environment is written by the generator's own writer straight into the
-server's code dir as ``environments/gentest`` (never ``production``, which other
-tests publish to), with the example product module in its ``modules/``. Each
+server's code dir as ``environments/gentest_<run id>`` (never ``production``,
+which other tests publish to; removed at the end of the session), with the example product module in its ``modules/``. Each
 node's catalog is compiled by the real puppetserver exactly as an agent asks for
 it: its own client certificate (test-only certnames under the domain
 ``gentest.test``, so no other test's CA state is touched) and Windows facts
@@ -22,10 +22,11 @@ from deploy_tasks.configgen.output import read_modules, write
 from deploy_tasks.inventory import load_inventory
 from deploy_tasks.settings import resolve
 from tests.support.catalogs import compile_catalog
+from tests.support.services import RUN_ID
 from tests.support.workbooks import HOSTILE, write_example_variant
 
 ROOT = Path(__file__).resolve().parent.parent
-ENVIRONMENT = "gentest"
+ENVIRONMENT = f"gentest_{RUN_ID}"
 DOMAIN = "gentest.test"
 ZEO_SHA = "5e" * 32
 pytestmark = pytest.mark.integration
@@ -34,7 +35,8 @@ HOSTS = ("ZDB01", "ZAPP01", "ZAPP02", "ZSRCH01", "ZSVC01", "ZWEB01")
 
 
 @pytest.fixture(scope="module")
-def published(puppet_master, tmp_path_factory):
+def published(puppet_master, master_environment, tmp_path_factory):
+    assert master_environment("gentest") == ENVIRONMENT
     base = tmp_path_factory.mktemp("gentest")
     workbook = write_example_variant(base / "hostile.xlsx", parameters=[("host:ZSVC01", "banner", HOSTILE)],
                                      mapping_column=("motd", {("ZWEB01", "web_frontend"): HOSTILE}))
@@ -121,7 +123,8 @@ def test_hostile_values_survive_byte_for_byte(catalogs):
     assert "motd" not in json.loads(zweb01["File[C:\\Product\\api_gateway\\etc\\parameters.json]"]["parameters"]["content"])
 
 
-def test_a_user_class_gets_its_data_by_parameter_lookup_and_the_component_tag(puppet_master, tmp_path):
+def test_a_user_class_gets_its_data_by_parameter_lookup_and_the_component_tag(puppet_master, master_environment,
+                                                                               tmp_path):
     """Components.Puppet Class names the user's own class: declared with the component's tag, fed by Hiera."""
     def use_class(rows):
         for row in rows:
@@ -129,18 +132,19 @@ def test_a_user_class_gets_its_data_by_parameter_lookup_and_the_component_tag(pu
                 row[4] = "acme::zeo"
         return rows
     inventory = load_inventory(write_example_variant(tmp_path / "class.xlsx", components=use_class))
-    settings = resolve({**inventory.settings, "environment": "gentestclass", "domain": DOMAIN,
+    environment = master_environment("gentestclass")
+    settings = resolve({**inventory.settings, "environment": environment, "domain": DOMAIN,
                         "repository": str(tmp_path / "none")})
     modules = read_modules(ROOT / "puppet" / "modules")
     modules.update({f"acme/{k}": v for k, v in read_modules(ROOT / "tests" / "fixtures" / "puppet" / "acme").items()})
     write(render(inventory, settings, None, modules), Path(puppet_master["codedir"]), find_puppet())
-    catalog = compile_catalog(f"zdb01.{DOMAIN}", "gentestclass")
+    catalog = compile_catalog(f"zdb01.{DOMAIN}", environment)
     resources = _resources(catalog)
     config = resources["File[C:\\Acme\\zeo_server-5.4.0.json]"]
     assert "zeo_server" in config["tags"] and "acme::zeo" in config["tags"]
     assert json.loads(config["parameters"]["content"]) == {
         **inventory.parameters_for("ZDB01", "zeo_server"),
-        "artifact_url": "http://127.0.0.1:8080/gentestclass/zeo_server/5.4.0/zeo_server-5.4.0.zip"}
+        "artifact_url": f"http://127.0.0.1:8080/{environment}/zeo_server/5.4.0/zeo_server-5.4.0.zip"}
     # ordering across the two kinds: zodb_storage (the product type) before the class
     before = resources["Product::Component[zodb_storage]"]["parameters"]["before"]
     assert "Class[Acme::Zeo]" in ([before] if isinstance(before, str) else before)

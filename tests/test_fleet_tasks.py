@@ -111,3 +111,22 @@ def test_fleet_up_reports_a_persona_that_cannot_load(tmp_path, workbook):
     assert up.returncode == 1
     assert "did not start" in up.stderr and "no_such_module" in up.stderr
     assert "no rehearsal fleet running" in inv(tmp_path, "fleet.status").stdout
+
+
+def test_fleet_state_follows_the_build_dir_setting(tmp_path, workbook):
+    env = {"INVOKE_DEPLOY_BUILD_DIR": str(tmp_path / "elsewhere")}
+    ledger = tmp_path / "ledger"
+    up = inv(tmp_path, "fleet.up", "--inventory", str(workbook), "--persona", FAKE,
+             env={**env, "DEPLOY_TASKS_PROCESS_LEDGER": str(ledger)})
+    try:
+        assert up.returncode == 0, up.stderr
+        assert (tmp_path / "elsewhere" / "fleet" / "fleet.json").exists()
+        assert not (tmp_path / "build").exists()
+        record = json.loads((tmp_path / "elsewhere" / "fleet" / "fleet.pid").read_text())
+        # the fleet is in the ledger CI stops from, under its pid and start time
+        assert [p.name for p in ledger.iterdir()] == [f"{record['pid']}-{record['start_time']}.json"]
+        assert "fleet running" in inv(tmp_path, "fleet.status", env=env).stdout
+    finally:
+        down = inv(tmp_path, "fleet.down", env={**env, "DEPLOY_TASKS_PROCESS_LEDGER": str(ledger)})
+    assert down.returncode == 0 and "fleet down" in down.stdout
+    assert not list(ledger.iterdir())

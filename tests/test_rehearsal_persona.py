@@ -533,12 +533,13 @@ node default {
 
 
 @pytest.fixture(scope="module")
-def persona_env(puppet_master, tmp_path_factory):
+def persona_env(puppet_master, master_environment, tmp_path_factory):
     import shutil
 
     if not shutil.which("puppet"):
         pytest.skip("the Linux puppet agent is not installed (apt-get install puppet-agent)")
-    manifests = Path(puppet_master["environmentpath"]) / "personatest" / "manifests"
+    environment = master_environment("personatest")
+    manifests = Path(puppet_master["environmentpath"]) / environment / "manifests"
     manifests.mkdir(parents=True, exist_ok=True)
     if not (manifests / "site.pp").exists() or (manifests / "site.pp").read_text() != SITE_PP:
         (manifests / "site.pp").write_text(SITE_PP)
@@ -546,7 +547,7 @@ def persona_env(puppet_master, tmp_path_factory):
     conf = tmp_path_factory.mktemp("ca") / "puppet.conf"
     conf.write_text(f"[main]\ncertname = {puppet_master['certname']}\nserver = 127.0.0.1\nca_server = 127.0.0.1\n"
                     f"ssldir = {puppet_master['ssldir']}\n")
-    return {"ca_conf": str(conf), "master": puppet_master["certname"]}
+    return {"ca_conf": str(conf), "master": puppet_master["certname"], "environment": environment}
 
 
 def ca(env, *args):
@@ -559,7 +560,7 @@ def test_real_puppet_handshake_catalog_and_emulated_apply(tmp_path, packages, pe
     certname = f"zpersona{int(time.time() * 1000) % 10**9}.example.test"
     host = make_host(tmp_path, name="ZPERSONA")
     assert host.run(install_cmd(packages.url + "/puppet-agent-7.23.0-x64.msi", PUPPET_SERVER="127.0.0.1",
-                                PUPPET_AGENT_CERTNAME=certname, PUPPET_AGENT_ENVIRONMENT="personatest"))[2] == 0
+                                PUPPET_AGENT_CERTNAME=certname, PUPPET_AGENT_ENVIRONMENT=persona_env["environment"]))[2] == 0
     try:
         # 1. CSR: the real agent makes the key and submits it; not signed yet
         out, err, code = host.run("puppet agent -t --waitforcert 0")
@@ -682,7 +683,7 @@ def test_real_puppet_handshake_through_pywinrm(winrm_fleet, packages, persona_en
     # the master by its inventory name, which the emulated host finds in its hosts file
     winrm_fleet.host("ZREAL01").persona.add_hosts_entry(persona_env["master"], "127.0.0.1")
     install = split_argv(install_cmd(packages.url + "/puppet-agent-7.23.0-x64.msi", PUPPET_SERVER=persona_env["master"],
-                                     PUPPET_AGENT_CERTNAME=certname, PUPPET_AGENT_ENVIRONMENT="personatest"))
+                                     PUPPET_AGENT_CERTNAME=certname, PUPPET_AGENT_ENVIRONMENT=persona_env["environment"]))
     assert s.run_cmd(install[0], install[1:]).status_code == 0
     try:
         r = s.run_cmd("puppet", ["agent", "--test", "--waitforcert", "0"])
@@ -740,14 +741,15 @@ UNZIP_VBS_HEAD = "' unzip.vbs ZIP DEST: unpack ZIP into DEST with the Windows sh
 
 
 @pytest.mark.integration
-def test_real_puppet_product_component_pattern(tmp_path, packages, persona_env, puppet_master):
+def test_real_puppet_product_component_pattern(tmp_path, packages, persona_env, puppet_master, master_environment):
     import hashlib
     import zipfile
 
     with zipfile.ZipFile(tmp_path / "packages" / "zeo.zip", "w") as z:
         z.writestr("bin/zeo.txt", "zeo release 1.0\n")
     digest = hashlib.sha256((tmp_path / "packages" / "zeo.zip").read_bytes()).hexdigest()
-    env = Path(puppet_master["environmentpath"]) / "personaproduct"
+    product_env = master_environment("personaproduct")
+    env = Path(puppet_master["environmentpath"]) / product_env
     (env / "manifests").mkdir(parents=True, exist_ok=True)
     (env / "modules" / "persona_fixture" / "files").mkdir(parents=True, exist_ok=True)
     (env / "modules" / "persona_fixture" / "files" / "unzip.vbs").write_text(UNZIP_VBS_HEAD)
@@ -756,7 +758,7 @@ def test_real_puppet_product_component_pattern(tmp_path, packages, persona_env, 
     certname = f"zproduct{int(time.time() * 1000) % 10**9}.example.test"
     host = make_host(tmp_path, name="ZPRODUCT")
     assert host.run(install_cmd(packages.url + "/puppet-agent-7.23.0-x64.msi", PUPPET_SERVER="127.0.0.1",
-                                PUPPET_AGENT_CERTNAME=certname, PUPPET_AGENT_ENVIRONMENT="personaproduct"))[2] == 0
+                                PUPPET_AGENT_CERTNAME=certname, PUPPET_AGENT_ENVIRONMENT=product_env))[2] == 0
     try:
         assert host.run("puppet agent -t --waitforcert 0")[2] == 1
         assert ca(persona_env, "sign", "--certname", certname).returncode == 0
@@ -777,10 +779,11 @@ def test_real_puppet_product_component_pattern(tmp_path, packages, persona_env, 
         runs = host.puppet.journal()
         assert runs[1]["component_order"] == ["zeo_server"] and runs[3]["components"]["bad_sum"]["outcome"] == "failed"
         # a manifest that does not compile: the server's error, exit 1 even with --detailed-exitcodes
-        broken = Path(puppet_master["environmentpath"]) / "personabroken" / "manifests"
+        broken_env = master_environment("personabroken")
+        broken = Path(puppet_master["environmentpath"]) / broken_env / "manifests"
         broken.mkdir(parents=True, exist_ok=True)
         (broken / "site.pp").write_text("node default { fail('persona test: broken manifest') }\n")
-        out, err, code = host.run("puppet agent -t --environment personabroken")
+        out, err, code = host.run(f"puppet agent -t --environment {broken_env}")
         assert code == 1
         assert "Error: Could not retrieve catalog from remote server: Error 500 on SERVER:" in err
         assert "persona test: broken manifest" in err and "Could not retrieve catalog; skipping run" in err

@@ -21,9 +21,9 @@ import os
 import shlex
 import shutil
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
-from ..errors import ConfigError, RemoteCommandError, TransportError
+from ..errors import ConfigError, TransportError
 from . import manifest as manifest_mod
 
 TMP_SUFFIX = ".publish-tmp"

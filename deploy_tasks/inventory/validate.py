@@ -175,7 +175,6 @@ class _Sheet:
         self.extras.append((text, col))
 
     def rows(self):
-        get = self.col_index.get
         start = self.header_row
         for index in range(start, len(self.raw.rows)):
             row = self.raw.rows[index]

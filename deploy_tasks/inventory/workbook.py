@@ -13,7 +13,7 @@ import datetime as _dt
 import os
 import zipfile
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any
 
 from ..errors import WorkbookFormatError
 

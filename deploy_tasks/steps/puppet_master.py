@@ -12,7 +12,9 @@ Hosts with systemd or SysV init use them. Hosts with neither (containers,
 this project's CI) get the project's own start, the way Debian's systemd
 unit starts it: ``runuser -u puppet -- java ... -jar puppetserver.jar``, pid
 in /run/puppetserver/puppetserver.pid. ``start_command`` is the one place
-that command line is written.
+that command line is written. That pid is runuser's, which waits for its
+child; whether the server runs is asked of the JVM itself (``jvm_pid_command``),
+never of the pid alone, which may have been reused by now.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..errors import ConfigError, RemoteCommandError
+from ..settings import HEAP_SIZE
 from . import StepResult, remote, templates
 
 q = shlex.quote
@@ -36,7 +39,6 @@ PIDFILE = f"{RUN_DIR}/puppetserver.pid"
 RESTART_FILE = f"{RUN_DIR}/restart"
 PORT = 8140
 PREVIOUS = ".deploy_tasks-previous"
-HEAP = re.compile(r"^(\d+[kmgKMG])(?:-(\d+[kmgKMG]))?$")
 # Puppet's own defaults: a setting absent from puppet.conf has this value
 PUPPET_DEFAULTS = {"environmentpath": "$codedir/environments"}
 
@@ -79,14 +81,10 @@ def layout_for(plat: remote.Platform) -> Layout:
 
 def parse_heap(value: str) -> tuple[str, str]:
     """``512m-1g`` -> ("512m", "1g"); ``2g`` -> ("2g", "2g")."""
-    m = HEAP.match((value or "").strip())
+    m = HEAP_SIZE.match((value or "").strip())
     if not m:
         raise ConfigError(f"setting puppetserver_heap = {value!r} is not a heap size such as 512m-1g or 2g")
     return m.group(1).lower(), (m.group(2) or m.group(1)).lower()
-
-
-def heap_error(value: str) -> Optional[str]:
-    return None if HEAP.match(str(value).strip()) else "must be a heap size such as 512m-1g (min-max) or 2g"
 
 
 def dns_alt_names(server, domain: str) -> list:
@@ -158,11 +156,38 @@ def webserver_conf(current: Optional[str], layout: Layout, template_dir: str = "
     return text[:-1].rstrip() + "\n" + line + "\n}\n"
 
 
+def jvm_pid_command(layout: Layout, launcher: bool = False) -> str:
+    """A shell command printing the pid of the running puppetserver JVM; exit 1 when there is none.
+
+    The JVM is the process named in PIDFILE, or one of its children (runuser
+    forks it), whose program is java and whose arguments hold the server's jar.
+    A pid file naming an exited process, or a pid since reused, finds nothing.
+    With ``launcher``, the pid file's own process also counts when the jar is
+    on its command line: runuser in the moment before it has forked the JVM.
+    """
+    program = '[ "${a##*/}" = java ]'
+    if launcher:
+        program = f'{{ [ "$c" = "$p" ] || {program}; }}'
+    return (
+        f"( p=$(cat {PIDFILE} 2>/dev/null); case \"$p\" in ''|*[!0-9]*) exit 1;; esac; "
+        f"for c in $p $(pgrep -P \"$p\" 2>/dev/null); do "
+        f"a=$(tr '\\0' '\\n' < /proc/$c/cmdline 2>/dev/null | head -n 1); "
+        f"if {program} && tr '\\0' '\\n' < /proc/$c/cmdline 2>/dev/null | grep -qxF {q(layout.jar)}; "
+        f"then echo \"$c\"; exit 0; fi; done; exit 1 )"
+    )
+
+
+def server_alive(shell, layout: Layout) -> bool:
+    """Whether the directly started puppetserver's JVM runs (not merely its pid file's process)."""
+    return shell.test(jvm_pid_command(layout))
+
+
 def start_command(layout: Layout, heap: tuple[str, str]) -> str:
     """The project's own start of puppetserver (no systemd, no init script): detached, pid in PIDFILE.
 
     Serialized with flock: two callers at once (bootstrap and a test fixture)
-    start one server; the second finds it alive and starts nothing.
+    start one server; the second finds it alive (its JVM, or runuser about to
+    fork it) and starts nothing.
     """
     java = ["runuser", "-u", "puppet", "--", "java", f"-Xms{heap[0]}", f"-Xmx{heap[1]}",
             "-Djruby.logger.class=com.puppetlabs.jruby_utils.jruby.Slf4jLogger"]
@@ -174,28 +199,29 @@ def start_command(layout: Layout, heap: tuple[str, str]) -> str:
     return (
         f"mkdir -p {RUN_DIR} {q(logdir)} && chown puppet:puppet {RUN_DIR} {q(logdir)} && "
         f"exec 9>{RUN_DIR}/start.lock && flock -w 120 9 && "
-        f"if [ -s {PIDFILE} ] && kill -0 \"$(cat {PIDFILE})\" 2>/dev/null; then echo 'already running'; else "
+        f"if {jvm_pid_command(layout, launcher=True)} >/dev/null; then echo 'already running'; else "
         f"echo 0 > {RESTART_FILE} && chown puppet:puppet {RESTART_FILE} && cd / && "
         f"{{ setsid {' '.join(q(a) for a in java)} >> {q(layout.log)} 2>&1 < /dev/null 9>&- & }} && "
         f"echo $! > {PIDFILE}; fi"
     )
 
 
-def stop_command(timeout_s: int = 90) -> str:
-    """Stop the directly started server and wait until it is gone."""
+def stop_command(layout: Layout, timeout_s: int = 90) -> str:
+    """Stop the directly started server (its JVM: runuser would SIGKILL it 2 s after a TERM) and wait until it is gone."""
+    jvm = jvm_pid_command(layout)
     return (
-        f"pid=$(cat {PIDFILE}) && kill \"$pid\" && i=0 && "
-        f"while kill -0 \"$pid\" 2>/dev/null; do i=$((i+1)); "
+        f"pid=$(cat {PIDFILE}) && kill \"$( {jvm} || echo \"$pid\")\" && i=0 && "
+        f"while {jvm} >/dev/null; do i=$((i+1)); "
         f"if [ $i -gt {timeout_s * 5} ]; then echo 'still running after {timeout_s}s' >&2; exit 1; fi; "
         f"sleep 0.2; done"
     )
 
 
-def running_heap(shell) -> Optional[tuple[str, str]]:
+def running_heap(shell, layout: Layout) -> Optional[tuple[str, str]]:
     """The -Xms/-Xmx of the directly started server, or None when it is not running."""
-    if not remote.pid_alive(shell, PIDFILE):
+    if not server_alive(shell, layout):
         return None
-    cmdline = shell.run(f"tr '\\0' ' ' < /proc/$(cat {PIDFILE})/cmdline").stdout
+    cmdline = shell.run(f"c=$( {jvm_pid_command(layout)}) && tr '\\0' ' ' < /proc/$c/cmdline").stdout
     xms = re.search(r"-Xms(\S+)", cmdline)
     xmx = re.search(r"-Xmx(\S+)", cmdline)
     return (xms.group(1).lower() if xms else "", xmx.group(1).lower() if xmx else "")
@@ -221,7 +247,7 @@ def wait_running(shell, address: str, layout: Layout, timeout_s: int, pid_check:
         answer = status(address)
         if answer == "running":
             return
-        if pid_check and not remote.pid_alive(shell, PIDFILE):
+        if pid_check and not server_alive(shell, layout):
             raise RemoteCommandError(shell.name, "puppetserver start", 1, log_tail(shell, layout),
                                      f"puppetserver exited during start-up (log {layout.log})")
         time.sleep(1)
@@ -240,13 +266,13 @@ def log_tail(shell, layout: Layout, lines: int = 25) -> str:
 def ensure_started(shell, address: str, layout: Layout, heap: tuple[str, str], timeout_s: int,
                    restart: bool = False) -> str:
     """Own start (no init system): start when not running, restart when asked. Returns what it did."""
-    alive = remote.pid_alive(shell, PIDFILE)
+    alive = server_alive(shell, layout)
     if alive and not restart:
         if not shell.dry_run and status(address) not in ("running",):
             wait_running(shell, address, layout, timeout_s, pid_check=True)
         return ""
     if alive:
-        shell.change(stop_command())
+        shell.change(stop_command(layout))
     shell.change(start_command(layout, heap))
     if not shell.dry_run:
         wait_running(shell, address, layout, timeout_s, pid_check=True)
@@ -283,13 +309,13 @@ def run(shell, server, settings, result: StepResult) -> StepResult:
     result.note(environment_dirs(shell, layout), f"created {layout.environments}/production")
 
     if plat.init == "none":
-        heap_now = running_heap(shell)
+        heap_now = running_heap(shell, layout)
         restart = bool(changed_files) or (heap_now is not None and heap_now != heap)
         try:
             did = ensure_started(shell, address, layout, heap, timeout_s, restart=restart)
         except RemoteCommandError:
             # never leave it stopped: start again with what it ran with before
-            if (changed_files or heap_now) and not shell.dry_run and not remote.pid_alive(shell, PIDFILE):
+            if (changed_files or heap_now) and not shell.dry_run and not server_alive(shell, layout):
                 _restore(shell, changed_files)
                 ensure_started(shell, address, layout, heap_now or heap, timeout_s, restart=False)
                 result.details.append("the previous configuration (and heap) were put back and the server "

@@ -15,6 +15,8 @@ from ..errors import DeployError, InventoryError
 from ..inventory import Inventory, load_inventory
 from ..report import console
 
+INVENTORY_HELP = "Inventory workbook (.xlsx or .xls); default: deploy.inventory (inventory/example.xlsx)."
+
 
 def deploy_task(func: Callable) -> Callable:
     """Run a task body; a DeployError becomes ``Exit(message, code)``, never a traceback."""
@@ -76,4 +78,4 @@ def check_format(fmt: str) -> str:
     return fmt
 
 
-__all__ = ["deploy_task", "load", "resolve_settings", "emit_json", "check_format", "InventoryError"]
+__all__ = ["INVENTORY_HELP", "deploy_task", "load", "resolve_settings", "emit_json", "check_format", "InventoryError"]

@@ -8,11 +8,9 @@ from invoke import task
 
 from ..errors import ConfigError, DeployError
 from ..report import console
-from ._common import deploy_task, load, resolve_settings
+from ._common import INVENTORY_HELP, deploy_task, load, resolve_settings
 
 # deploy_tasks.artifacts is imported inside the tasks: every `inv` loads this module, and most never need it
-
-INVENTORY_HELP = "Inventory workbook (.xlsx or .xls); default: deploy.inventory (inventory/example.xlsx)."
 
 
 @task(help={

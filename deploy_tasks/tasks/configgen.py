@@ -13,9 +13,7 @@ from ..configgen.check import find_puppet
 from ..configgen.render import EMITTER_NOTE
 from ..configgen.output import compare, read_modules, unified_diff, write
 from ..report import console
-from ._common import deploy_task, load
-
-INVENTORY_HELP = "Inventory workbook (.xlsx or .xls); default: deploy.inventory (inventory/example.xlsx)."
+from ._common import INVENTORY_HELP, deploy_task, load
 
 
 def output_dir(settings, output=None) -> Path:

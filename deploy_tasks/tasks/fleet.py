@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -14,53 +13,38 @@ from typing import Optional
 
 from invoke import Collection, task
 
+from .. import processes
 from ..errors import DeployError
 from ..rehearsal.faults import FleetSpec
-from ..rehearsal import DEFAULT_ROOT  # the fleet itself is imported by the process fleet.up starts
 from ..report import console
-from ._common import deploy_task, inventory_path, load
+from ._common import INVENTORY_HELP, deploy_task, inventory_path, load, resolve_settings
 
-INVENTORY_HELP = "Inventory workbook (.xlsx or .xls); default: deploy.inventory (inventory/example.xlsx)."
-MODULE = "deploy_tasks.rehearsal.fleet"
+MODULE = "deploy_tasks.rehearsal.fleet"  # the fleet itself is imported only by the process fleet.up starts
 START_TIMEOUT_S = 60.0
 
 
-def _paths(root: Path = DEFAULT_ROOT):
+def _root(settings) -> Path:
+    """The fleet's state directory: <build_dir>/fleet."""
+    return Path(settings.build_dir) / "fleet"
+
+
+def _paths(root: Path):
     return root / "fleet.json", root / "fleet.pid", root / "fleet.log"
 
 
-def _proc_start_time(pid: int) -> Optional[str]:
-    """The kernel's start time of ``pid`` (field 22 of /proc/<pid>/stat): tells a reused pid from ours."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
-def _is_our_fleet(pid: int, start_time: Optional[str]) -> bool:
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    if MODULE.encode() not in cmdline:
-        return False
-    return start_time is None or _proc_start_time(pid) == start_time
-
-
-def _running(root: Path = DEFAULT_ROOT) -> Optional[dict]:
-    """The pid record of the fleet this project started, if that process still runs."""
+def _running(root: Path) -> Optional[processes.ProcessRecord]:
+    """The record of the fleet this project started, if that very process still runs."""
     _, pid_file, _ = _paths(root)
-    try:
-        record = json.loads(pid_file.read_text())
-    except (OSError, ValueError):
+    record = processes.ProcessRecord.load(pid_file)
+    if record is None:
         return None
-    if _is_our_fleet(int(record.get("pid", 0)), record.get("start_time")):
-        return record
-    return None
+    # records written before the marker existed: the fleet's module is on its command line
+    record = processes.ProcessRecord(record.pid, record.start_time, record.argv, record.marker or MODULE,
+                                     record.name or "rehearsal fleet")
+    return record if record.alive() else None
 
 
-def _read_fleet(root: Path = DEFAULT_ROOT) -> dict:
+def _read_fleet(root: Path) -> dict:
     fleet_json, _, _ = _paths(root)
     data = json.loads(fleet_json.read_text())
     console.add_secret(data.get("password", ""))
@@ -97,17 +81,17 @@ def up(c, inventory=None, spec=None, allow_unencrypted=False, persona=None):
     """Start the rehearsal fleet (emulated Windows hosts) in the background.
 
     One emulated host per Windows server of the inventory, each on its own
-    127.0.0.x address, ports 5985/5986; writes build/fleet/fleet.json (0600).
+    127.0.0.x address, ports 5985/5986; writes <build_dir>/fleet/fleet.json (0600).
     """
-    root = DEFAULT_ROOT
+    path = inventory_path(c, inventory)
+    inv, settings = load(c, path)  # a bad workbook is reported here, with its cells, not in a background log
+    root = _root(settings)
     fleet_json, pid_file, log_file = _paths(root)
     running = _running(root)
     if running:
-        console.say(f"fleet already running (pid {running['pid']}); `inv fleet.down` first to restart it")
+        console.say(f"fleet already running (pid {running.pid}); `inv fleet.down` first to restart it")
         _show(_read_fleet(root))
         return
-    path = inventory_path(c, inventory)
-    inv, _ = load(c, path)  # a bad workbook is reported here, with its cells, not in a background log
     FleetSpec.load(spec)  # same for the spec
     if not inv.windows_servers:
         raise DeployError(f"{path}: the Servers sheet has no windows server: nothing to emulate")
@@ -126,17 +110,20 @@ def up(c, inventory=None, spec=None, allow_unencrypted=False, persona=None):
     with open(log_file, "wb") as log:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True, close_fds=True)
-    record = {"pid": proc.pid, "start_time": _proc_start_time(proc.pid), "argv": argv}
-    pid_file.write_text(json.dumps(record) + "\n")
+    record = processes.ProcessRecord.of(proc.pid, name="rehearsal fleet", marker=MODULE)
+    record.save(pid_file)
+    processes.register(record)  # so that CI can stop it should fleet.down never run
     deadline = time.monotonic() + START_TIMEOUT_S
     while not fleet_json.exists():
         if proc.poll() is not None:
+            processes.unregister(record)
             pid_file.unlink(missing_ok=True)
             tail = log_file.read_text(errors="replace").strip().splitlines()[-10:]
             raise DeployError("the rehearsal fleet did not start:\n  " + "\n  ".join(tail or ["(no output)"])
                               + f"\n  (full log: {log_file})")
         if time.monotonic() > deadline:
-            _stop(record)
+            record.stop()
+            processes.unregister(record)
             pid_file.unlink(missing_ok=True)
             raise DeployError(f"the rehearsal fleet did not come up within {START_TIMEOUT_S:.0f} s; see {log_file}")
         time.sleep(0.1)
@@ -150,47 +137,33 @@ def up(c, inventory=None, spec=None, allow_unencrypted=False, persona=None):
 @deploy_task
 def status(c):
     """Show the rehearsal fleet's hosts and whether they answer."""
-    fleet_json, _, _ = _paths()
-    running = _running()
+    root = _root(resolve_settings(c))
+    fleet_json, _, _ = _paths(root)
+    running = _running(root)
     if not running or not fleet_json.exists():
         console.say("no rehearsal fleet running (`inv fleet.up` starts one)")
         return
-    console.say(f"fleet running (pid {running['pid']})")
-    _show(_read_fleet())
-
-
-def _stop(record: dict, timeout: float = 15.0) -> None:
-    pid = int(record["pid"])
-    if not _is_our_fleet(pid, record.get("start_time")):
-        return
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not _is_our_fleet(pid, record.get("start_time")):
-            return
-        try:
-            os.waitpid(pid, os.WNOHANG)  # reap it when it is our child (started in this process)
-        except ChildProcessError:
-            pass
-        time.sleep(0.05)
-    os.kill(pid, signal.SIGKILL)
+    console.say(f"fleet running (pid {running.pid})")
+    _show(_read_fleet(root))
 
 
 @task
 @deploy_task
 def down(c):
     """Stop the rehearsal fleet that fleet.up started."""
-    fleet_json, pid_file, _ = _paths()
-    running = _running()
+    root = _root(resolve_settings(c))
+    fleet_json, pid_file, _ = _paths(root)
+    running = _running(root)
     if not running:
         pid_file.unlink(missing_ok=True)
         fleet_json.unlink(missing_ok=True)
         console.say("no rehearsal fleet running: nothing to stop")
         return
-    _stop(running)
+    running.stop()
+    processes.unregister(running)
     pid_file.unlink(missing_ok=True)
     fleet_json.unlink(missing_ok=True)
-    console.say(f"fleet down (pid {running['pid']} stopped)")
+    console.say(f"fleet down (pid {running.pid} stopped)")
 
 
 COLLECTION = Collection("fleet", up, status, down)

@@ -9,10 +9,9 @@ from ..errors import InventoryError
 from ..inventory.template import write_example, write_starter
 from ..plan import make_plan
 from ..report import console
-from ._common import check_format, deploy_task, emit_json, inventory_path, load
+from ._common import INVENTORY_HELP, check_format, deploy_task, emit_json, inventory_path, load
 
 FORMAT_HELP = "Output format: text (default) or json."
-INVENTORY_HELP = "Inventory workbook (.xlsx or .xls); default: deploy.inventory (inventory/example.xlsx)."
 
 
 @task(help={"inventory": INVENTORY_HELP, "format": FORMAT_HELP})

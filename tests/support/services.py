@@ -1,30 +1,46 @@
 """Start the real components the integration tests talk to, on loopback.
 
-Each ``ensure_*`` reuses a component that is already up (started by .ci/run,
-an earlier test session or a developer) and otherwise starts it. A component
-that is not installed raises ``Missing`` with a reason, which fixtures turn
-into a skip; .ci/run installs everything, so in CI nothing is skipped.
+Each ``ensure_*`` reuses a component that is already up and otherwise starts
+it. A component that is not installed raises ``Missing`` with a reason, which
+fixtures turn into a skip; .ci/run installs everything, so in CI nothing is
+skipped. What the tests start is recorded in the process ledger (pid, start
+time, command line; deploy_tasks/processes.py) and stopped by that record only.
 """
 
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import socket
-import ssl
+import stat
 import subprocess
+import tempfile
 import time
-import urllib.request
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Optional
 
-SSHD_PORT = 2222
-SSHD_DIR = Path(os.environ.get("DEPLOY_TEST_SSHD_DIR", "/tmp/deploy_tasks-sshd"))
-PUPPETSERVER_PORT = 8140
+from deploy_tasks import processes
+from deploy_tasks.steps import puppet_master
+
+ROOT = Path(__file__).resolve().parents[2]
+SSHD_PORT = 2222  # taken when free; when something else holds it, ours goes on a free port
+PUPPETSERVER_PORT = puppet_master.PORT
+NGINX_PIDFILE = "/run/nginx.pid"
+#: names what this test run creates on shared services (Puppet environments), so that it removes only those
+RUN_ID = uuid.uuid4().hex[:8]
+#: where the tests record what they start (.ci/run points it elsewhere and stops what it lists)
+DEFAULT_LEDGER = ROOT / "build" / "test-processes"
 
 
 class Missing(RuntimeError):
     """A component the test needs is not installed here."""
+
+
+def ledger() -> Path:
+    return processes.ledger_dir(DEFAULT_LEDGER)
 
 
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
@@ -33,6 +49,12 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
             return True
     except OSError:
         return False
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.2, what: str = "condition") -> None:
@@ -53,66 +75,141 @@ class Sshd:
     known_hosts: str
     ssh_config: str  # an ssh_config file with a Host entry per test alias
     started: bool
+    record: Optional[processes.ProcessRecord] = None
+    directory: str = ""
+
+
+def _private_base() -> Path:
+    """A directory only we can write, under the user's real home, whose every parent sshd's StrictModes accepts.
+
+    Not /tmp: sshd refuses an authorized_keys file below a world-writable directory.
+    """
+    me = os.geteuid()
+    home = Path(pwd.getpwuid(me).pw_dir)
+    base = home / ".cache" / "deploy_tasks-test"
+    base.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for d in [base, *base.parents]:
+        st = d.lstat()
+        if stat.S_ISLNK(st.st_mode) or (st.st_uid not in (0, me)) or st.st_mode & 0o022:
+            raise RuntimeError(f"{d} is writable by others or not owned by root/us: the test sshd will not keep "
+                               "root's authorized_keys below it")
+        if d == home:
+            break
+    return base
+
+
+def _check_private(d: Path) -> None:
+    st = d.lstat()
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) != 0o700:
+        raise RuntimeError(f"{d} is not a private directory of ours (mode 0700, owner uid {os.geteuid()})")
+
+
+def _sshd_files(d: Path, port: int) -> Sshd:
+    client_key = d / "id_ed25519"
+    return Sshd("127.0.0.1", port, "root", str(client_key), str(d / "known_hosts"), str(d / "ssh_config"),
+                started=False, directory=str(d))
+
+
+def _recorded_sshd() -> Optional[processes.ProcessRecord]:
+    """Our sshd from an earlier session, when that very process still runs with its private directory."""
+    for path, record in processes.recorded(ledger()):
+        if record.name != "sshd":
+            continue
+        if not record.alive():
+            path.unlink(missing_ok=True)
+            continue
+        try:
+            _check_private(Path(record.extra["dir"]))
+        except (RuntimeError, OSError, KeyError):
+            continue
+        return record
+    return None
 
 
 def ensure_sshd() -> Sshd:
-    """A real OpenSSH server on 127.0.0.1:2222 accepting a generated key for root."""
+    """A real OpenSSH server on 127.0.0.1 (2222 when free) accepting a generated key for root.
+
+    Its keys, config and root's authorized_keys live in a fresh private directory
+    (mkdtemp, 0700, owner checked) and it runs with StrictModes yes. It is
+    recorded in the ledger (pid, start time, command line) and stopped by that
+    record only.
+    """
     sshd = shutil.which("sshd") or ("/usr/sbin/sshd" if os.path.exists("/usr/sbin/sshd") else None)
     if not sshd or not shutil.which("ssh-keygen"):
         raise Missing("openssh-server is not installed (apt-get install openssh-server)")
-    SSHD_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
-    host_key = SSHD_DIR / "ssh_host_ed25519_key"
-    client_key = SSHD_DIR / "id_ed25519"
+    if os.geteuid() != 0:
+        raise Missing("the test sshd lets root log in: run the integration tests as root")
+    record = _recorded_sshd()
+    if record is not None:
+        return replace(_sshd_files(Path(record.extra["dir"]), int(record.extra["port"])), record=record)
+    d = Path(tempfile.mkdtemp(prefix="sshd-", dir=_private_base()))
+    _check_private(d)
+    host_key = d / "ssh_host_ed25519_key"
+    client_key = d / "id_ed25519"
     for key in (host_key, client_key):
-        if not key.exists():
-            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    authorized = SSHD_DIR / "authorized_keys"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    authorized = d / "authorized_keys"
     authorized.write_text(client_key.with_suffix(".pub").read_text())
     authorized.chmod(0o600)
-    known_hosts = SSHD_DIR / "known_hosts"
+    last_error = ""
+    for port in ([SSHD_PORT] if not port_open("127.0.0.1", SSHD_PORT) else []) + [free_port(), free_port()]:
+        record, last_error = _start_sshd(sshd, d, port)
+        if record is not None:
+            processes.register(record, ledger())
+            return replace(_sshd_files(d, port), started=True, record=record)
+    shutil.rmtree(d, ignore_errors=True)
+    raise RuntimeError(f"the test sshd did not start: {last_error}")
+
+
+def _start_sshd(sshd: str, d: Path, port: int):
+    """Start sshd on ``port``; (record, "") when it runs and listens, else (None, why)."""
+    host_key = d / "ssh_host_ed25519_key"
+    known_hosts = d / "known_hosts"
     pub = host_key.with_suffix(".pub").read_text().split()
-    known_hosts.write_text(f"[127.0.0.1]:{SSHD_PORT} {pub[0]} {pub[1]}\n")
-    config = SSHD_DIR / "sshd_config"
+    known_hosts.write_text(f"[127.0.0.1]:{port} {pub[0]} {pub[1]}\n")
+    config = d / "sshd_config"
+    pidfile = d / "sshd.pid"
+    pidfile.unlink(missing_ok=True)
     config.write_text(
-        f"Port {SSHD_PORT}\nListenAddress 127.0.0.1\nHostKey {host_key}\n"
-        f"AuthorizedKeysFile {authorized}\nPermitRootLogin prohibit-password\n"
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {host_key}\n"
+        f"AuthorizedKeysFile {d / 'authorized_keys'}\nPermitRootLogin prohibit-password\n"
         "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
-        f"PidFile {SSHD_DIR / 'sshd.pid'}\nStrictModes no\nMaxStartups 100:30:200\nMaxSessions 100\n"
+        f"PidFile {pidfile}\nStrictModes yes\nMaxStartups 100:30:200\nMaxSessions 100\n"
         "Subsystem sftp internal-sftp\nLogLevel INFO\n"
     )
-    ssh_config = SSHD_DIR / "ssh_config"
-    ssh_config.write_text(
-        f"Host 127.0.0.1 deploy01 deploy01.example.test\n  HostName 127.0.0.1\n  Port {SSHD_PORT}\n  User root\n"
-        f"  IdentityFile {client_key}\n  UserKnownHostsFile {known_hosts}\n  StrictHostKeyChecking yes\n"
+    (d / "ssh_config").write_text(
+        f"Host 127.0.0.1 deploy01 deploy01.example.test\n  HostName 127.0.0.1\n  Port {port}\n  User root\n"
+        f"  IdentityFile {d / 'id_ed25519'}\n  UserKnownHostsFile {known_hosts}\n  StrictHostKeyChecking yes\n"
     )
-    started = False
-    if not port_open("127.0.0.1", SSHD_PORT):
-        Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory
-        subprocess.run([sshd, "-f", str(config), "-E", str(SSHD_DIR / "sshd.log")], check=True)
-        wait_for(lambda: port_open("127.0.0.1", SSHD_PORT), 10, what=f"sshd on 127.0.0.1:{SSHD_PORT}")
-        started = True
-    return Sshd("127.0.0.1", SSHD_PORT, "root", str(client_key), str(known_hosts), str(ssh_config), started)
-
-
-def stop_sshd() -> None:
-    pidfile = SSHD_DIR / "sshd.pid"
-    if pidfile.exists():
-        try:
-            os.kill(int(pidfile.read_text().strip()), 15)
-        except (ValueError, ProcessLookupError):
-            pass
-
-
-def puppetserver_status(port: int = PUPPETSERVER_PORT) -> str:
-    """What /status/v1/simple answers ('running', 'starting', ...) or '' when nothing answers."""
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
+    Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory
+    log = d / "sshd.log"
+    proc = subprocess.run([sshd, "-f", str(config), "-E", str(log)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        return None, (proc.stderr or proc.stdout).strip()
     try:
-        with urllib.request.urlopen(f"https://127.0.0.1:{port}/status/v1/simple", context=ctx, timeout=3) as resp:
-            return resp.read().decode().strip()
-    except Exception:
-        return ""
+        wait_for(lambda: pidfile.exists() and pidfile.read_text().strip().isdigit(), 10, 0.05, "sshd's pid file")
+    except TimeoutError:
+        return None, _tail(log, 5)
+    record = processes.ProcessRecord.of(int(pidfile.read_text()), name="sshd", marker=str(config),
+                                        dir=str(d), port=port)
+    try:
+        # listening on the port, and the process we started is still the one running
+        wait_for(lambda: port_open("127.0.0.1", port) or not record.alive(), 10, 0.05, f"sshd on 127.0.0.1:{port}")
+    except TimeoutError:
+        pass
+    if record.alive() and port_open("127.0.0.1", port):
+        return record, ""
+    record.stop()
+    return None, _tail(log, 5)
+
+
+def stop_sshd(server: Sshd) -> None:
+    """Stop the sshd this session started (by its record) and remove its private directory."""
+    if server.record is not None:
+        server.record.stop()
+        processes.unregister(server.record, ledger())
+    if server.directory:
+        shutil.rmtree(server.directory, ignore_errors=True)
 
 
 # -- puppetserver -------------------------------------------------------------
@@ -122,6 +219,41 @@ def puppetserver_status(port: int = PUPPETSERVER_PORT) -> str:
 MASTER_CERTNAME = "deploy01.example.test"
 PUPPET_CONFDIR = Path("/etc/puppet")
 PUPPETSERVER_LOG = Path("/var/log/puppetserver/puppetserver-daemon.log")
+
+
+def puppetserver_record() -> Optional[processes.ProcessRecord]:
+    """The running puppetserver JVM this machine's own start put in /run/puppetserver, if any."""
+    proc = subprocess.run(["sh", "-c", puppet_master.jvm_pid_command(puppet_master.DEBIAN)], capture_output=True,
+                          text=True)
+    pid = proc.stdout.strip()
+    if proc.returncode != 0 or not pid.isdigit():
+        return None
+    return processes.ProcessRecord.of(int(pid), name="puppetserver", marker=puppet_master.DEBIAN.jar)
+
+
+def nginx_record() -> Optional[processes.ProcessRecord]:
+    """The nginx master named by /run/nginx.pid, if it runs."""
+    try:
+        pid = int(Path(NGINX_PIDFILE).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    record = processes.ProcessRecord.of(pid, name="nginx", marker="nginx: master")
+    return record if record.alive() else None
+
+
+def services_now() -> dict:
+    """The long-running services a test (through `inv bootstrap`) may start on this machine: name -> record."""
+    return {"puppetserver": puppetserver_record(), "nginx": nginx_record()}
+
+
+def record_started_since(before: dict) -> list:
+    """Put in the ledger each service that runs now and did not run (as the same process) in ``before``."""
+    started = []
+    for name, record in services_now().items():
+        if record is not None and record != before.get(name):
+            processes.register(record, ledger())
+            started.append(record)
+    return started
 
 
 def ensure_puppetserver(timeout: float = 240.0) -> dict:
@@ -144,11 +276,12 @@ def ensure_puppetserver(timeout: float = 240.0) -> dict:
         "cacert": "/var/lib/puppet/ssl/certs/ca.pem",
         "started": False,
     }
-    if puppetserver_status() == "running":
+    if puppet_master.status("127.0.0.1", PUPPETSERVER_PORT) == "running":
         return info
+    before = puppetserver_record()
     from deploy_tasks.inventory.model import Server
     from deploy_tasks.settings import resolve
-    from deploy_tasks.steps import StepResult, puppet_master
+    from deploy_tasks.steps import StepResult
     from deploy_tasks.transports.ssh import Shell
 
     master = Server(MASTER_CERTNAME.split(".")[0], "local", "linux", ("puppet-master", "package-server"))
@@ -156,6 +289,9 @@ def ensure_puppetserver(timeout: float = 240.0) -> dict:
     result = puppet_master.run(Shell(master.hostname, "local"), master, settings,
                                StepResult(master.hostname, "puppet-master"))
     info["started"] = result.changed
+    now = puppetserver_record()
+    if now is not None and now != before:  # ours: recorded, so that CI stops it and nothing else
+        processes.register(now, ledger())
     return info
 
 
