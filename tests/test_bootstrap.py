@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import ssl
@@ -81,6 +82,8 @@ def step_lines(output: str) -> dict:
     found = {}
     for line in output.splitlines():
         parts = line.split()
+        if parts and re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$", parts[0]):
+            parts = parts[1:]  # the timestamp of a plain (not a terminal) event line
         if len(parts) >= 4 and parts[-1].startswith("(") and parts[-1].endswith("s)"):
             found[(parts[0], parts[1])] = " ".join(parts[2:-1])
     return found

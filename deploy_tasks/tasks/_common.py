@@ -15,6 +15,8 @@ from ..errors import DeployError, InventoryError
 from ..inventory import Inventory, load_inventory
 from ..report import console
 
+INVENTORY_HELP = "Inventory workbook (.xlsx or .xls); default: deploy.inventory (inventory/example.xlsx)."
+
 
 def deploy_task(func: Callable) -> Callable:
     """Run a task body; a DeployError becomes ``Exit(message, code)``, never a traceback."""
