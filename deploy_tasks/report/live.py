@@ -9,12 +9,23 @@ above it. Every line is redacted.
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Dict, Optional
 
 from .. import outcome
 from ..runner import Event
 from . import console
+
+
+# a remote tool's colours and cursor moves (CSI/OSC sequences), and any other control character but tab
+_ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def plain(text: str) -> str:
+    """``text`` without escape sequences or control characters: what a log file or Jenkins can show."""
+    return _CONTROL.sub("?", _ANSI.sub("", text))
 
 
 def stamp(event: Event) -> str:
@@ -70,7 +81,7 @@ class ConsoleReporter:
         self._write(text)
 
     def _write(self, text: str) -> None:
-        text = console.redact(text)
+        text = "\n".join(plain(line) for line in console.redact(text).split("\n"))
         with console._lock:
             print(text, file=self.stream, flush=True)
 
