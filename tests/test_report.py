@@ -131,3 +131,42 @@ def test_an_unwritable_reports_dir_is_one_clear_error(tmp_path):
     blocker.write_text("x")
     with pytest.raises(ConfigError, match=r"cannot write the report .*reports_dir"):
         files.write(result, str(blocker / "reports"))
+
+
+def test_extraction_outcomes_map_into_the_one_vocabulary_and_its_reports(tmp_path):
+    from deploy_tasks.artifacts import Outcome, Result
+    from deploy_tasks.errors import ArtifactError
+    from deploy_tasks.report import extraction
+
+    extraction_result = Result("repo", [
+        Outcome("zeo_server", "5.4.0", "extracted", files=3, size=1 << 20, artifact_size=1 << 19, seconds=0.2,
+                reason="new"),
+        Outcome("catalog", "4.8.11", "unchanged", reason="sha256 unchanged"),
+        Outcome("reporting", "10.3.0", "would-extract", reason="version changed"),
+        Outcome("extras", "1.0", "not-mapped", reason="no host needs it"),
+        Outcome("broken", "1.0", "failed", reason="bad CRC", error=ArtifactError("broken", "bad CRC", "a/b.txt")),
+    ], seconds=1.5)
+    run = extraction.run_result(extraction_result)
+    assert [(u.name, u.status) for u in run.units] == [("zeo_server", "changed"), ("catalog", "unchanged"),
+                                                       ("reporting", "would-change"), ("extras", "skipped"),
+                                                       ("broken", "failed")]
+    assert run.get("controller/broken").error == "component broken, member 'a/b.txt': bad CRC"
+    _, junit = files.write(run, str(tmp_path))
+    suite = ET.parse(junit).getroot().find("testsuite")
+    assert (suite.get("tests"), suite.get("failures"), suite.get("skipped")) == ("5", "1", "1")
+
+
+def test_component_progress_knows_only_the_vocabulary():
+    from deploy_tasks.report.progress import ComponentProgress
+
+    class Item:
+        def __init__(self, status, text):
+            self.status, self.text = status, text
+
+    tty = io.StringIO()
+    progress = ComponentProgress(stream=tty, interactive=True, describe=lambda i: (i.status, i.text))
+    progress.begin(3, 10)
+    for status, text in [("changed", "alpha done"), ("unchanged", "beta same"), ("failed", "gamma broke")]:
+        progress.finished(Item(status, text))
+    progress.close()
+    assert "alpha done" in tty.getvalue() and "gamma broke" in tty.getvalue() and "beta" not in tty.getvalue()
