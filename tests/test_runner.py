@@ -282,3 +282,35 @@ def test_a_unit_still_running_after_the_grace_period_fails_and_the_process_can_e
     assert report["statuses"] == ["failed", "skipped", "skipped"], err
     assert "still running 0 s after the run was cancelled (SIGTERM)" in report["errors"][0]
     assert proc.returncode == 130 and waited < 15  # not the unit's 60 s
+
+
+def test_a_state_file_lets_a_second_run_resume_where_the_first_stopped(tmp_path):
+    from deploy_tasks.runner import StateFile
+    from deploy_tasks.runner.state import load
+
+    path = str(tmp_path / "state" / "deploy.json")
+    ran = []
+    broken = {"app": True}
+
+    def step(name):
+        def fn(ctx):
+            ran.append(name)
+            if broken.get(name):
+                raise Transient(f"{ctx.host}: {name} failed")
+            return "changed"
+        return fn
+
+    units = [Unit("h1", "db", step("db")), Unit("h2", "app", step("app"), depends_on=["h1/db"]),
+             Unit("h2", "web", step("web"), depends_on=["h2/app"])]
+    assert load(path) is None
+    first = runner(listeners=[StateFile(path, "deploy")]).run(units)
+    assert [u.status for u in first.units] == ["changed", "failed", "skipped"] and ran == ["db", "app"]
+    broken.clear()
+    ran.clear()
+    second = runner(listeners=[StateFile(path, "deploy")]).run(units, previous=load(path))
+    assert ran == ["app", "web"]  # db succeeded before: carried over, not run again
+    assert [u.status for u in second.units] == ["changed", "changed", "changed"] and second.ok
+    assert second.units[0].details[-1] == "done in the previous run; not run again"
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(DeployError, match="cannot be read"):
+        load(str(tmp_path / "bad.json"))

@@ -6,6 +6,7 @@ see ``engine`` for the scheduling rules and docs/execution.md for how tasks use 
 
 from .engine import POLICIES, Runner, UnitContext, is_retryable
 from .model import Event, RunResult, Unit, UnitResult, now_iso
+from .state import StateFile
 
 __all__ = ["Runner", "Unit", "UnitContext", "Event", "RunResult", "UnitResult", "POLICIES", "is_retryable",
-           "now_iso"]
+           "now_iso", "StateFile"]

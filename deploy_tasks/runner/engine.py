@@ -124,8 +124,13 @@ class Runner:
         spread = 1.0 + self.jitter * (2.0 * self._random() - 1.0)
         return max(0.0, base * spread)
 
-    def run(self, units: Sequence[Unit]) -> RunResult:
-        """Run ``units`` and return every unit's result; never raises for a unit's failure."""
+    def run(self, units: Sequence[Unit], previous: Optional[RunResult] = None) -> RunResult:
+        """Run ``units`` and return every unit's result; never raises for a unit's failure.
+
+        ``previous``: an earlier run of the same units (``RunResult.from_dict`` of its state file).
+        A unit that succeeded there is not run again: its result is carried over (and units that
+        depend on it may start at once); a unit that failed, was skipped or never finished runs.
+        """
         units = list(units)
         _check(units)
         result = RunResult(self.task, dry_run=self.dry_run, started=now_iso())
@@ -133,15 +138,27 @@ class Runner:
         result.units = [results[u.id] for u in units]
         self._host_locks = {u.host: threading.Lock() for u in units}
         clock = time.monotonic()
-        previous = self._install_signals()
+        todo = [u for u in units if not self._carry_over(u, results[u.id], previous)]
+        signals = self._install_signals()
         try:
-            self._schedule(units, results)
+            self._schedule(todo, results)
         finally:
-            self._restore_signals(previous)
+            self._restore_signals(signals)
         result.ended = now_iso()
         result.seconds = time.monotonic() - clock
         result.cancelled = self._signal
         return result
+
+    def _carry_over(self, unit: Unit, res: UnitResult, previous: Optional[RunResult]) -> bool:
+        before = previous.get(unit.id) if previous is not None else None
+        if before is None or before.status not in outcome.SUCCEEDED or before.status == outcome.WOULD_CHANGE:
+            return False
+        res.status = before.status
+        res.started, res.ended, res.seconds = before.started, before.ended, before.seconds
+        res.attempts, res.details, res.output = before.attempts, list(before.details), list(before.output)
+        res.details.append("done in the previous run; not run again")
+        self._emit(Event("finished", unit.id, unit.host, unit.name, attempt=res.attempts, result=res))
+        return True
 
     # -- scheduling --------------------------------------------------------------------
     def _schedule(self, units: List[Unit], results: Dict[str, UnitResult]) -> None:
