@@ -314,3 +314,25 @@ def test_a_state_file_lets_a_second_run_resume_where_the_first_stopped(tmp_path)
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(DeployError, match="cannot be read"):
         load(str(tmp_path / "bad.json"))
+
+
+def test_a_unit_given_up_on_after_the_grace_period_cannot_change_the_reported_result():
+    events = []
+
+    def slow(ctx):
+        time.sleep(0.6)
+        ctx.output("late line")
+        return "changed"
+
+    r = runner(grace=0.1, listeners=[events.append])
+    timer = threading.Timer(0.1, r.cancel)
+    timer.start()
+    result = r.run([Unit("a", "slow", slow), Unit("b", "next", lambda c: "changed", depends_on=["a/slow"])])
+    assert [u.status for u in result.units] == ["failed", "skipped"] and result.cancelled == "cancel"
+    reported = len(events)
+    time.sleep(0.8)  # the abandoned unit finishes now
+    assert result.units[0].status == "failed" and "late line" not in result.units[0].output
+    assert len(events) == reported
+    with pytest.raises(RunFailed) as err:
+        result.raise_for_failures()
+    assert err.value.exit_code == 130 and "cancelled by cancel" in str(err.value)

@@ -108,7 +108,8 @@ class Runner:
         self._poll = poll
         self._cancel = threading.Event()
         self._signal: Optional[str] = None
-        self._emit_lock = threading.Lock()
+        self._emit_lock = threading.RLock()
+        self._abandoned: set = set()
         self._host_locks: Dict[str, threading.Lock] = {}
 
     # -- public ------------------------------------------------------------------------
@@ -133,6 +134,9 @@ class Runner:
         """
         units = list(units)
         _check(units)
+        self._cancel.clear()
+        self._signal = None
+        self._abandoned = set()
         result = RunResult(self.task, dry_run=self.dry_run, started=now_iso())
         results = {u.id: UnitResult(u.id, u.host, u.name, depends_on=list(u.depends_on)) for u in units}
         result.units = [results[u.id] for u in units]
@@ -207,9 +211,11 @@ class Runner:
                 finished = done.get(timeout=timeout)
             except queue.Empty:
                 if deadline is not None and time.monotonic() >= deadline:
+                    with self._emit_lock:
+                        self._abandoned.update(running)
                     for unit_id in list(running):
                         res = results[unit_id]
-                        res.status = outcome.FAILED
+                        res.status, res.attempts = outcome.FAILED, max(res.attempts, 1)
                         res.error = (f"{res.host}: {res.name} was still running {self.grace:.0f} s after the run "
                                      f"was cancelled ({self._signal}); what it did on the host is unknown: "
                                      f"check the host, then re-run")
@@ -251,16 +257,23 @@ class Runner:
             res.status, res.error = outcome.FAILED, f"{unit.host}: internal error: two units at once on one host"
             done.put(unit.id)
             return
+        # the unit works on its own copy: a unit abandoned after the grace period must not
+        # change a result that has already been reported
+        mine = UnitResult(res.id, res.host, res.name, depends_on=list(res.depends_on))
         try:
-            res.started = now_iso()
+            mine.started = res.started = now_iso()
             clock = time.monotonic()
             try:
-                self._attempts(unit, res)
+                self._attempts(unit, mine)
             finally:
-                res.seconds = time.monotonic() - clock
-                res.ended = now_iso()
+                mine.seconds = time.monotonic() - clock
+                mine.ended = now_iso()
         finally:
             lock.release()
+        with self._emit_lock:
+            if unit.id in self._abandoned:
+                return
+            res.__dict__.update(mine.__dict__)
         self._emit(Event("finished", unit.id, unit.host, unit.name, attempt=res.attempts, result=res))
         done.put(unit.id)
 
@@ -312,8 +325,8 @@ class Runner:
             status = getattr(value, "status", outcome.UNCHANGED)
             details = list(getattr(value, "details", []) or [])
         if status not in outcome.STATUSES:
-            status = outcome.FAILED
             res.error = f"{res.host}: {res.name} returned an unknown status {status!r} (a bug in the step)"
+            status = outcome.FAILED
         res.status = outcome.for_dry_run(status, self.dry_run)
         res.details = [redact(str(d)) for d in details]
         error = getattr(value, "error", None)  # a step that recorded its own failure
@@ -329,6 +342,8 @@ class Runner:
     # -- events and signals ---------------------------------------------------------------
     def _emit(self, event: Event) -> None:
         with self._emit_lock:  # listeners see one event at a time, in the order they happened
+            if event.unit in self._abandoned and event.kind != "finished":
+                return  # a unit given up on after the grace period: its result is already reported
             for listener in self.listeners:
                 try:
                     listener(event)
