@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import pytest
 
 from deploy_tasks import outcome
 from deploy_tasks.errors import DeployError, RunFailed
-from deploy_tasks.runner import Event, RunResult, Runner, Unit
+from deploy_tasks.runner import RunResult, Runner, Unit
 
 ROOT = Path(__file__).resolve().parent.parent
 

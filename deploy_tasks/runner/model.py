@@ -10,11 +10,14 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Union
 
 from .. import outcome
 from ..errors import RunFailed
 from ..redact import redact
+
+if TYPE_CHECKING:  # the engine imports this module; only the annotation needs the context type
+    from .engine import UnitContext
 
 #: a unit's retry rule: True/False, or a predicate over the exception it raised
 Retryable = Union[None, bool, Callable[[BaseException], bool]]
