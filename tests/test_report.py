@@ -101,7 +101,7 @@ def test_plain_output_is_one_timestamped_line_per_event_without_ansi_or_secrets(
     assert any(re.fullmatch(r"web01  package-server  changed  \(\d+\.\ds\)", b) for b in bodies)
     assert any(re.fullmatch(r"win01\.corp\.example  deploy  skipped  \(0\.0s\)", b) for b in bodies)
     assert "    ! not started: win01.corp.example/agent failed on this host" in lines
-    assert "    hint: read the MSI log on the host" in lines or any("hint: read the MSI log" in l for l in lines)
+    assert "    !   hint: read the MSI log on the host" in lines  # the error's every line, under its unit
 
 
 def test_interactive_output_prints_finished_units_and_output_redacted():

@@ -42,7 +42,7 @@ def test_one_unit_per_host_at_a_time_and_max_parallel_respected():
             active[0] += 1
             peaks["host"] = max(peaks["host"], per_host[ctx.host])
             peaks["all"] = max(peaks["all"], active[0])
-        time.sleep(0.01)
+        time.sleep(0.02)
         with lock:
             per_host[ctx.host] -= 1
             active[0] -= 1
