@@ -17,6 +17,9 @@ class DeployError(Exception):
 
     #: exit code the task layer uses for this error
     exit_code = 1
+    #: a transient failure (another MSI install running, a dropped connection): the runner may retry
+    #: the unit that raised it; an instance may set its own ``retryable`` to override the class's
+    retryable = False
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,18 @@ class ExtractionFailed(DeployError):
         lines = [f"{n} component{'s' if n != 1 else ''} failed ({done} done; their results are kept):"]
         lines += [f"  - {f}" for f in self.failures]
         super().__init__("\n".join(lines))
+
+
+class RunFailed(DeployError):
+    """Some units of a run failed or were skipped; every unit finished first (Fabric's GroupException shape).
+
+    ``result`` is the runner's ``RunResult``; the message is its per-host summary.
+    """
+
+    def __init__(self, message: str, result=None, exit_code: int = 1):
+        self.result = result
+        self.exit_code = exit_code
+        super().__init__(message)
 
 
 # -- WinRM (deploy_tasks/transports/winrm.py) ------------------------------------

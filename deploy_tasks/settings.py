@@ -147,6 +147,7 @@ SETTINGS: tuple[Setting, ...] = (
     # -- controller-only keys (invoke.yaml, env, flags; not in the workbook) --
     Setting("inventory", "str", "inventory/example.xlsx", "The inventory workbook (.xlsx or .xls).", workbook=False),
     Setting("build_dir", "str", "build", "Where generated files, state and reports go.", workbook=False),
+    Setting("reports_dir", "str", "reports", "Where tasks write their reports: <task>.json and junit-<task>.xml (Jenkins' junit step).", workbook=False),
     Setting("repository", "str", "build/repository", "The package repository directory on the controller: extract-artifacts writes it, nginx serves it.", workbook=False),
     # -- issue 5: inv bootstrap (package server, Puppet master over SSH) and inv publish-config --
     Setting("ssh_config", "str", "", "An extra ssh_config file for the Linux servers (read after ~/.ssh/config conventions; Fabric's runtime_ssh_path).", workbook=False),

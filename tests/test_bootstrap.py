@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import ssl
@@ -81,6 +82,8 @@ def step_lines(output: str) -> dict:
     found = {}
     for line in output.splitlines():
         parts = line.split()
+        if parts and re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$", parts[0]):
+            parts = parts[1:]  # the timestamp of a plain (not a terminal) event line
         if len(parts) >= 4 and parts[-1].startswith("(") and parts[-1].endswith("s)"):
             found[(parts[0], parts[1])] = " ".join(parts[2:-1])
     return found
@@ -451,3 +454,37 @@ def test_a_local_server_runs_the_same_steps_without_ssh(lab, example_xlsx):
         assert set(step_lines(second.stdout).values()) == {"unchanged"}, second.all
     finally:
         subprocess.run(["rm", "-rf", root])
+
+
+# -- reports ---------------------------------------------------------------------------------
+def test_bootstrap_and_publish_config_write_json_and_junit_reports(lab, pub_env, tmp_path):
+    import xml.etree.ElementTree as ET
+
+    reports = tmp_path / "reports"
+    proc = inv(lab, "bootstrap", "--inventory", lab["inventory"], "--only", "package-server", "--dry-run",
+               INVOKE_DEPLOY_REPORTS_DIR=str(reports), INVOKE_DEPLOY_PACKAGE_ROOT=f"/srv/deploy_tasks-test/dry-{RUN_ID}")
+    assert proc.returncode == 0, proc.all
+    assert f"reports: {reports}/bootstrap.json, {reports}/junit-bootstrap.xml" in proc.stdout
+    data = json.loads((reports / "bootstrap.json").read_text())
+    assert (data["task"], data["dry_run"], data["ok"]) == ("bootstrap", True, True)
+    assert [(u["host"], u["name"], u["status"]) for u in data["units"]] == [("deploy01", "package-server", "would-change")]
+    assert any("would run: mkdir -p" in line for line in data["units"][0]["output"])
+    cases = ET.parse(reports / "junit-bootstrap.xml").getroot().iter("testcase")
+    assert [(c.get("classname"), c.get("name")) for c in cases] == [("bootstrap.deploy01", "package-server")]
+
+    source = write_environment(tmp_path / "env", "reported")
+    proc = inv(lab, "publish-config", "--inventory", lab["inventory"], "--source", str(source), "--dry-run",
+               INVOKE_DEPLOY_ENVIRONMENT=pub_env, INVOKE_DEPLOY_REPORTS_DIR=str(reports))
+    assert proc.returncode == 0, proc.all
+    data = json.loads((reports / "publish-config.json").read_text())
+    assert [(u["name"], u["status"]) for u in data["units"]] == [("publish-config", "would-change")]
+
+    config = tmp_path / "ssh_config"
+    config.write_text(f"Host 127.0.0.1\n  Port {free_port()}\n  User root\n  IdentityFile {lab['sshd'].key_file}\n")
+    proc = inv(lab, "bootstrap", "--inventory", lab["inventory"], INVOKE_DEPLOY_SSH_CONFIG=str(config),
+               INVOKE_DEPLOY_REPORTS_DIR=str(reports))
+    assert proc.returncode == 1
+    suite = ET.parse(reports / "junit-bootstrap.xml").getroot().find("testsuite")
+    assert (suite.get("tests"), suite.get("failures"), suite.get("skipped")) == ("2", "1", "1")
+    failure = suite.find("testcase/failure")
+    assert failure.get("type") == "TransportError" and "connection refused" in failure.get("message")

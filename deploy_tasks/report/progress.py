@@ -1,34 +1,34 @@
-"""Progress of a run over components: a rich bar when interactive, one plain line per component otherwise."""
+"""Progress of a run over components: a rich bar when interactive, one plain line per component otherwise.
+
+It knows only the one vocabulary (``deploy_tasks.outcome``): ``describe(item)``
+gives an item's outcome and its line; on a terminal, the lines of changed,
+would-change and failed items are printed above the bar (unchanged and
+skipped ones only move it). The default ``describe`` is extract-artifacts'
+(``report.extraction``).
+"""
 
 from __future__ import annotations
 
 import sys
+from typing import Callable, Optional, Tuple
 
+from .. import outcome
 from . import console
 
-
-def _mib(n: int) -> str:
-    return f"{n / (1 << 20):.1f} MiB"
-
-
-def outcome_line(outcome) -> str:
-    """One line for one component (the text Jenkins logs show)."""
-    head = f"{outcome.status:<13} {outcome.component} {outcome.version}"
-    if outcome.status == "extracted":
-        return (f"{head}: {outcome.files} files, {_mib(outcome.size)} from {_mib(outcome.artifact_size)} "
-                f"in {outcome.seconds:.1f}s ({outcome.reason})")
-    if outcome.status == "failed":
-        return f"{head}: {outcome.error}" if outcome.error else f"{head}: {outcome.reason}"
-    return f"{head}: {outcome.reason}" if outcome.reason else head
+SHOWN_ON_A_TERMINAL = frozenset({outcome.CHANGED, outcome.WOULD_CHANGE, outcome.FAILED})
 
 
 class ComponentProgress:
     """Implements deploy_tasks.artifacts.Progress for the console."""
 
-    def __init__(self, title: str = "extracting", stream=None, interactive=None):
+    def __init__(self, title: str = "extracting", stream=None, interactive=None,
+                 describe: Optional[Callable[[object], Tuple[str, str]]] = None):
         self.stream = stream or sys.stdout
         self.title = title
         self.interactive = console.interactive(self.stream) if interactive is None else interactive
+        if describe is None:
+            from .extraction import describe
+        self.describe = describe
         self._progress = None
         self._bar = None
 
@@ -47,10 +47,10 @@ class ComponentProgress:
         if self._progress is not None:
             self._progress.advance(self._bar, nbytes)
 
-    def finished(self, outcome) -> None:
-        line = outcome_line(outcome)
+    def finished(self, item) -> None:
+        status, line = self.describe(item)
         if self._progress is not None:
-            if outcome.status in ("extracted", "failed", "would-extract"):
+            if status in SHOWN_ON_A_TERMINAL:
                 self._progress.console.print(console.redact(line), markup=False, highlight=False)
             return
         console.say(line, err=False) if self.stream is sys.stdout else print(console.redact(line), file=self.stream)

@@ -6,10 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
-CHANGED = "changed"
-UNCHANGED = "unchanged"
-FAILED = "failed"
-SKIPPED = "skipped"
+from ..outcome import CHANGED, FAILED, SKIPPED, UNCHANGED  # the one vocabulary (re-exported for steps)
 
 
 @dataclass

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import shlex
+import weakref
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -59,9 +60,14 @@ FAMILIES = {"debian": "debian", "ubuntu": "debian", "centos": "rhel", "rhel": "r
             "almalinux": "rhel", "ol": "rhel", "fedora": "rhel"}
 
 
+# what platform() found, per transport: a fact is read once per connection, and the transport
+# object itself stays free of attributes that steps set on it
+_platforms: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 def platform(shell) -> Platform:
     """Detect the distribution and init system (CentOS 6 has /etc/redhat-release but no os-release)."""
-    cached = getattr(shell, "_platform", None)
+    cached = _platforms.get(shell)
     if cached is not None:
         return cached
     if shell.test("test -r /etc/os-release"):
@@ -88,7 +94,7 @@ def platform(shell) -> Platform:
     else:
         init = "none"
     result = Platform(distro, version, family, init)
-    shell._platform = result
+    _platforms[shell] = result
     return result
 
 
@@ -135,6 +141,23 @@ def upload(shell, data: bytes, path: str, mode: str = "0644", owner: str = "", g
         return _attributes(shell, path, mode, owner, group)
     tmp = f"{path}.deploy_tasks-tmp"
     shell.put_bytes(data, tmp)
+    shell.change(f"chmod {q(mode)} {q(tmp)}")
+    if owner or group:
+        shell.change(f"chown {q(owner)}{':' + q(group) if group else ''} {q(tmp)}")
+    shell.change(f"mv -f {q(tmp)} {q(path)}")
+    return True
+
+
+def upload_file(shell, local_path: str, path: str, mode: str = "0644", owner: str = "", group: str = "") -> bool:
+    """``upload`` for a file on the controller, streamed instead of read into memory (large files: an MSI)."""
+    digest = hashlib.sha256()
+    with open(local_path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    if sha256(shell, path) == digest.hexdigest():
+        return _attributes(shell, path, mode, owner, group)
+    tmp = f"{path}.deploy_tasks-tmp"
+    shell.put_file(local_path, tmp)
     shell.change(f"chmod {q(mode)} {q(tmp)}")
     if owner or group:
         shell.change(f"chown {q(owner)}{':' + q(group) if group else ''} {q(tmp)}")

@@ -43,12 +43,21 @@ def extract_artifacts(c, inventory=None, source=None, dest=None, workers=None, p
     summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
     console.say(f"repository {settings.repository}: {len(result.outcomes)} components: {summary} "
                 f"({result.seconds:.1f}s){'; manifest updated' if result.manifest_written else ''}")
+    _write_reports(result, settings, dry_run)
     if result.failures:
         if publish:
             console.warn("not publishing: fix the failed components and re-run")
         result.raise_for_failures()
     if publish:
         _publish(inv, settings, dry_run)
+
+
+def _write_reports(result, settings, dry_run: bool) -> None:
+    """reports/extract-artifacts.json and junit-extract-artifacts.xml, in the vocabulary every task reports in."""
+    from ..report import extraction, files
+
+    paths = files.write(extraction.run_result(result, dry_run=dry_run), settings.reports_dir)
+    console.say(f"reports: {paths[0]}, {paths[1]}")
 
 
 def _publish(inv, settings, dry_run: bool) -> None:

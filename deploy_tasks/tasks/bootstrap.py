@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import os
-from typing import Callable, List
+from typing import List
 
 from invoke import task
 
-from ..errors import DeployError, TransportError
+from ..errors import DeployError
 from ..report import console
-from ..steps import CHANGED, FAILED, SKIPPED, StepResult, Timer
-from ._common import deploy_task, load
+from ._common import INVENTORY_HELP, deploy_task, load
 
-INVENTORY_HELP = "Inventory workbook (.xlsx or .xls); default: deploy.inventory (inventory/example.xlsx)."
 DRY_RUN_HELP = "Print the commands that would change the hosts; change nothing (checks still run)."
 LINUX_PARTS = ("package-server", "puppet-master")
 LATER_PARTS = {"agents": "the agents part (Puppet agents on the Windows nodes over WinRM) is not built yet"}
@@ -34,62 +32,38 @@ def parse_only(only: str | None) -> List[str]:
     return [p for p in LINUX_PARTS if p in wanted]
 
 
-def _shell_for(server, settings, dry_run: bool):
-    # Fabric and paramiko load only when a task needs SSH, so every other `inv` call starts faster
-    from ..transports.ssh import shell_for
+class _Shells:
+    """One lazy SSH shell per host, shared by that host's units (the runner never runs two at once on a host)."""
 
-    return shell_for(server, settings, dry_run=dry_run)
+    def __init__(self, settings, dry_run: bool):
+        self.settings = settings
+        self.dry_run = dry_run
+        self._shells: dict = {}
 
+    def for_unit(self, server, ctx):
+        if server.hostname not in self._shells:
+            # Fabric and paramiko load only when a task needs SSH, so every other `inv` call starts faster
+            from ..transports.ssh import shell_for
 
-def _run_step(results: list, shell, step: str, body: Callable[[StepResult], StepResult],
-              dead_hosts: set) -> StepResult:
-    result = StepResult(shell.name, step)
-    timer = Timer()
-    if shell.name in dead_hosts:
-        result.status = SKIPPED
-        result.error = "skipped: the host could not be reached for an earlier step"
-    else:
-        try:
-            body(result)
-        except DeployError as exc:
-            result.status = FAILED
-            result.error = str(exc)
-            if isinstance(exc, TransportError):
-                dead_hosts.add(shell.name)
-        except OSError as exc:  # a local file (the MSI, a template dir) that cannot be read
-            result.status = FAILED
-            result.error = f"{shell.name}: {exc}"
-    result.seconds = timer.elapsed()
-    results.append(result)
-    _say_result(result, shell.dry_run)
-    return result
+            self._shells[server.hostname] = shell_for(server, self.settings, dry_run=self.dry_run)
+        shell = self._shells[server.hostname]
+        shell.echo = ctx.output  # what the step prints (a dry run's commands) belongs to this unit
+        return shell
+
+    def close(self) -> None:
+        for shell in self._shells.values():
+            shell.close()
 
 
-def _say_result(result: StepResult, dry_run: bool) -> None:
-    status = result.status
-    if dry_run and status == CHANGED:
-        status = "would change"
-    console.say(f"{result.host}  {result.step}  {status}  ({result.seconds:.1f}s)")
-    for detail in result.details:
-        console.say(f"    - {detail}")
-    if result.error:
-        for line in result.error.splitlines():
-            console.say(f"    ! {line}")
+def _step_unit(shells: _Shells, server, step: str, body):
+    """A runner unit running ``body(shell, StepResult)`` on ``server``: the step's result is the unit's outcome."""
+    from ..runner import Unit
+    from ..steps import StepResult
 
+    def fn(ctx):
+        return body(shells.for_unit(server, ctx), StepResult(server.hostname, step))
 
-def _summary(title: str, results: list, dry_run: bool) -> None:
-    rows = []
-    for r in results:
-        status = "would change" if dry_run and r.status == CHANGED else r.status
-        what = r.error.splitlines()[0] if r.error else ("; ".join(d for d in r.details) or "-")
-        rows.append((r.host, r.step, status, f"{r.seconds:.1f}s", what))
-    console.say()
-    console.table(title, ["host", "step", "result", "time", "what"], rows)
-    failed = [r for r in results if r.status in (FAILED, SKIPPED)]
-    if failed:
-        lines = [f"{len([r for r in failed if r.status == FAILED])} step(s) failed:"]
-        lines += [f"  {r.host} {r.step}: {r.error}" for r in failed]
-        raise DeployError("\n".join(lines))
+    return Unit(server.hostname, step, fn)
 
 
 @task(help={
@@ -101,33 +75,27 @@ def _summary(title: str, results: list, dry_run: bool) -> None:
 def bootstrap(c, inventory=None, only=None, dry_run=False):
     """Set up the package server (nginx) and the Puppet master over SSH; safe to re-run."""
     from ..steps import package_server, puppet_master
+    from ._run import run_units
 
     parts = parse_only(only)
     inv, settings = load(c, inventory)
-    shells = {}
-
-    def shell(server):
-        if server.hostname not in shells:
-            shells[server.hostname] = _shell_for(server, settings, dry_run=dry_run)
-        return shells[server.hostname]
-
+    shells = _Shells(settings, dry_run)
+    units = []
+    if "package-server" in parts:
+        server = inv.package_server
+        units.append(_step_unit(shells, server, "package-server",
+                                lambda shell, r, s=server: package_server.run(shell, s, settings, r)))
+    if "puppet-master" in parts:
+        server = inv.puppet_master
+        units.append(_step_unit(shells, server, "puppet-master",
+                                lambda shell, r, s=server: puppet_master.run(shell, s, settings, r)))
     if dry_run:
         console.say("dry run: checks run, nothing is changed; commands that would run are printed")
-    results: list = []
-    dead: set = set()
     try:
-        if "package-server" in parts:
-            server = inv.package_server
-            _run_step(results, shell(server), "package-server",
-                      lambda r: package_server.run(shell(server), server, settings, r), dead)
-        if "puppet-master" in parts:
-            server = inv.puppet_master
-            _run_step(results, shell(server), "puppet-master",
-                      lambda r: puppet_master.run(shell(server), server, settings, r), dead)
+        run_units("bootstrap", units, settings, title="bootstrap" + (" (dry run)" if dry_run else ""),
+                  dry_run=dry_run)
     finally:
-        for s in shells.values():
-            s.close()
-    _summary("bootstrap" + (" (dry run)" if dry_run else ""), results, dry_run)
+        shells.close()
 
 
 @task(help={
@@ -141,11 +109,11 @@ def bootstrap(c, inventory=None, only=None, dry_run=False):
 def publish_config(c, inventory=None, source=None, modules=None, rollback=False, dry_run=False):
     """Publish the generated Puppet environment to the master (versioned, validated, atomic switch)."""
     from ..steps import publish, puppet_master, remote
+    from ._run import run_units
 
     inv, settings = load(c, inventory)
     env = settings.environment
     server = inv.puppet_master
-    shell = _shell_for(server, settings, dry_run=dry_run)
     modules_dir = None
     if not rollback:
         puppet_dir = settings.puppet_dir or os.path.join(settings.build_dir, "puppet")  # where generate-config writes
@@ -163,20 +131,20 @@ def publish_config(c, inventory=None, source=None, modules=None, rollback=False,
                          f"(only what {source} holds)")
     if dry_run:
         console.say("dry run: checks run, nothing is changed; commands that would run are printed")
-    results: list = []
     step = "rollback" if rollback else "publish-config"
 
-    def body(r):
+    def body(shell, r):
         layout = puppet_master.layout_for(remote.platform(shell))
         if rollback:
             return publish.rollback(shell, layout, env, r)
         return publish.publish(shell, layout, env, source, modules_dir, r)
 
+    shells = _Shells(settings, dry_run)
     try:
-        _run_step(results, shell, step, body, set())
+        run_units("publish-config", [_step_unit(shells, server, step, body)], settings,
+                  title=f"{step} (environment {env})" + (" (dry run)" if dry_run else ""), dry_run=dry_run)
     finally:
-        shell.close()
-    _summary(f"{step} (environment {env})" + (" (dry run)" if dry_run else ""), results, dry_run)
+        shells.close()
 
 
 TASKS = (bootstrap, publish_config)

@@ -14,7 +14,7 @@ that cannot be reached raises ``TransportError``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Protocol, runtime_checkable
+from typing import Callable, Optional, Protocol, runtime_checkable
 
 
 @dataclass
@@ -47,6 +47,8 @@ class Transport(Protocol):
 
     name: str
     dry_run: bool
+    #: where the transport prints what a dry run would do; a runner points it at the unit's output
+    echo: Callable[[str], None]
 
     def run(self, command: str, *, check: bool = True, hint: str = "",
             timeout: Optional[float] = None) -> Result:
@@ -61,6 +63,9 @@ class Transport(Protocol):
 
     def put_bytes(self, data: bytes, path: str) -> None:
         """Write ``data`` to the file ``path`` on the host (printed only in a dry run)."""
+
+    def put_file(self, local_path: str, path: str) -> None:
+        """Copy the controller's file ``local_path`` to ``path`` on the host (printed only in a dry run)."""
 
     def close(self) -> None:
         """Release the connection (and, on WinRM, the shell). Idempotent."""

@@ -17,6 +17,7 @@ import getpass
 import io
 import os
 import shlex
+import shutil
 import socket
 import sys
 import time
@@ -30,7 +31,12 @@ SUDO_PASSWORD_ENV = "DEPLOY_SUDO_PASSWORD"
 
 
 class Shell:
-    """Commands and files on one host; ``run`` reads, ``change`` acts (printed only in a dry run)."""
+    """Commands and files on one host; ``run`` reads, ``change`` acts (printed only in a dry run).
+
+    Implements ``transports.base.Transport``. The POSIX parts live here and
+    nowhere above: ``sudo -S ... sh -c`` when the user is not root, and
+    uploads through ``mktemp`` + ``sudo mv`` then.
+    """
 
     def __init__(self, name: str, address: str, *, ssh_config: str = "", user: str = "",
                  connect_timeout: int = 15, command_timeout: Optional[int] = None, dry_run: bool = False,
@@ -161,15 +167,32 @@ class Shell:
             with open(path, "wb") as fh:
                 fh.write(data)
             return
-        if self.is_root:
-            self._put(io.BytesIO(data), path)
+        self._upload(lambda: io.BytesIO(data), path)
+
+    def put_file(self, local_path: str, path: str) -> None:
+        """Copy the controller's file ``local_path`` to ``path`` on the host, streamed (not read into memory)."""
+        try:
+            size = os.path.getsize(local_path)
+        except OSError as exc:
+            raise TransportError(self.name, f"cannot read {local_path} to upload it: {exc.strerror or exc}") from None
+        if self.dry_run:
+            self.echo(f"  [{self.name}] would upload {local_path} ({size} bytes) to {path}")
             return
-        # not root: upload to a private temp file, then sudo mv it into place
+        if self.local:
+            shutil.copyfile(local_path, path)
+            return
+        self._upload(lambda: local_path, path)
+
+    def _upload(self, source, path: str) -> None:
+        """SFTP ``source()`` (a stream or a local path) to ``path``; not root: via a private temp file and sudo mv."""
+        if self.is_root:
+            self._put(source(), path)
+            return
         made = self._raw("mktemp", sudo=False)  # the SSH user's own file, so SFTP can write it
         if not made.ok:
             raise RemoteCommandError(self.name, "mktemp", made.exited, made.output)
         tmp = made.stdout.strip()
-        self._put(io.BytesIO(data), tmp)
+        self._put(source(), tmp)
         self.run(f"mv -f {shlex.quote(tmp)} {shlex.quote(path)} && chown root:root {shlex.quote(path)}")
 
     def _put(self, stream, path: str) -> None:

@@ -1,0 +1,415 @@
+"""Run units of work concurrently: ``max_parallel``, one unit per host at a time, failure policy, retries, cancellation.
+
+The scheduler is one loop in the calling thread; each unit runs in a daemon
+thread of its own (at most ``max_parallel`` at once). Daemon threads, not a
+``ThreadPoolExecutor``: after a cancellation's grace period the run returns
+even if a unit is stuck in a remote command, and the process can exit
+(an executor's threads are joined at interpreter exit).
+
+Failure policy (``on_failure``):
+
+* ``"host"`` (default): a unit that fails skips the remaining units of its
+  host; other hosts go on.
+* ``"run"``: a failure anywhere starts nothing new anywhere (running units finish).
+* ``"dependents"``: only the units that depend on the failed one are skipped.
+
+In every policy a unit whose ``depends_on`` did not succeed is skipped, and
+the run fails when any unit failed or was skipped for a failure.
+
+Retries: a unit whose exception is retryable (``Unit.retryable``, else the
+runner's ``retryable`` predicate, by default the exception's ``retryable``
+attribute) runs again after ``backoff * 2**(attempt-1)`` seconds (at most
+``backoff_max``), spread by ``jitter`` (0.25 = +-25 %), up to ``retries``
+more times. The host stays reserved while the unit waits.
+
+Cancellation: SIGINT or SIGTERM (handlers installed only when ``run`` is
+called in the main thread, and restored afterwards) starts nothing new; the
+running units get ``grace`` seconds to finish; units that never started are
+``skipped``; a unit still running after the grace period is ``failed``
+(its outcome on the host is unknown). A second signal is left to the
+previous handler (Ctrl-C twice stops at once).
+"""
+
+from __future__ import annotations
+
+import queue
+import random as _random
+import signal
+import threading
+import time
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+
+from .. import outcome
+from ..errors import DeployError
+from ..redact import redact
+from .model import Event, RunResult, Unit, UnitResult, now_iso
+
+Listener = Callable[[Event], None]
+POLICIES = ("host", "run", "dependents")
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """The default rule: the exception says so itself (``DeployError.retryable``)."""
+    return bool(getattr(exc, "retryable", False))
+
+
+class UnitContext:
+    """What a unit's function gets: its unit, attempt, a way to print, and whether the run is being cancelled."""
+
+    def __init__(self, runner: "Runner", unit: Unit, result: UnitResult, attempt: int):
+        self._runner = runner
+        self.unit = unit
+        self.host = unit.host
+        self.attempt = attempt
+        self.dry_run = runner.dry_run
+        self._result = result
+
+    def output(self, line: str) -> None:
+        """Record a line the unit prints (kept in the unit's result and sent to listeners as an ``output`` event)."""
+        for part in str(line).splitlines() or [""]:
+            part = redact(part)
+            self._result.output.append(part)
+            self._runner._emit(Event("output", self.unit.id, self.unit.host, self.unit.name,
+                                     attempt=self.attempt, line=part))
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the run is being cancelled: a long unit may stop early at a safe point."""
+        return self._runner._cancel.is_set()
+
+
+class Runner:
+    """Runs units; see the module docstring. ``sleep`` and ``random`` are injectable for tests."""
+
+    def __init__(self, task: str = "run", *, max_parallel: int = 10, retries: int = 0, backoff: float = 2.0,
+                 backoff_max: float = 60.0, jitter: float = 0.25, on_failure: str = "host",
+                 retryable: Callable[[BaseException], bool] = is_retryable,
+                 listeners: Iterable[Listener] = (), dry_run: bool = False, grace: float = 30.0,
+                 handle_signals: bool = True, sleep: Optional[Callable[[float], Any]] = None,
+                 random: Callable[[], float] = _random.random, poll: float = 0.05):
+        if max_parallel < 1:
+            raise ValueError("max_parallel must be at least 1")
+        if on_failure not in POLICIES:
+            raise ValueError(f"on_failure must be one of {', '.join(POLICIES)}")
+        self.task = task
+        self.max_parallel = max_parallel
+        self.retries = retries
+        self.backoff = backoff
+        self.backoff_max = backoff_max
+        self.jitter = jitter
+        self.on_failure = on_failure
+        self.retryable = retryable
+        self.listeners: List[Listener] = list(listeners)
+        self.dry_run = dry_run
+        self.grace = grace
+        self.handle_signals = handle_signals
+        self._sleep = sleep
+        self._random = random
+        self._poll = poll
+        self._cancel = threading.Event()
+        self._signal: Optional[str] = None
+        self._emit_lock = threading.RLock()
+        self._abandoned: set = set()
+        self._host_locks: Dict[str, threading.Lock] = {}
+
+    # -- public ------------------------------------------------------------------------
+    def cancel(self, reason: str = "cancel") -> None:
+        """Start nothing new; let running units finish (what SIGINT/SIGTERM do)."""
+        if self._signal is None:
+            self._signal = reason
+        self._cancel.set()
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait before attempt ``attempt + 1``: exponential, capped, with jitter."""
+        base = min(self.backoff_max, self.backoff * (2 ** (attempt - 1)))
+        spread = 1.0 + self.jitter * (2.0 * self._random() - 1.0)
+        return max(0.0, base * spread)
+
+    def run(self, units: Sequence[Unit], previous: Optional[RunResult] = None) -> RunResult:
+        """Run ``units`` and return every unit's result; never raises for a unit's failure.
+
+        ``previous``: an earlier run of the same units (``RunResult.from_dict`` of its state file).
+        A unit that succeeded there is not run again: its result is carried over (and units that
+        depend on it may start at once); a unit that failed, was skipped or never finished runs.
+        """
+        units = list(units)
+        _check(units)
+        self._cancel.clear()
+        self._signal = None
+        self._abandoned = set()
+        result = RunResult(self.task, dry_run=self.dry_run, started=now_iso())
+        results = {u.id: UnitResult(u.id, u.host, u.name, depends_on=list(u.depends_on)) for u in units}
+        result.units = [results[u.id] for u in units]
+        self._host_locks = {u.host: threading.Lock() for u in units}
+        clock = time.monotonic()
+        todo = [u for u in units if not self._carry_over(u, results[u.id], previous)]
+        signals = self._install_signals()
+        try:
+            self._schedule(todo, results)
+        finally:
+            self._restore_signals(signals)
+        result.ended = now_iso()
+        result.seconds = time.monotonic() - clock
+        result.cancelled = self._signal
+        return result
+
+    def _carry_over(self, unit: Unit, res: UnitResult, previous: Optional[RunResult]) -> bool:
+        before = previous.get(unit.id) if previous is not None else None
+        if before is None or before.status not in outcome.SUCCEEDED or before.status == outcome.WOULD_CHANGE:
+            return False
+        res.status = before.status
+        res.started, res.ended, res.seconds = before.started, before.ended, before.seconds
+        res.attempts, res.details, res.output = before.attempts, list(before.details), list(before.output)
+        res.details.append("done in the previous run; not run again")
+        self._emit(Event("finished", unit.id, unit.host, unit.name, attempt=res.attempts, result=res))
+        return True
+
+    # -- scheduling --------------------------------------------------------------------
+    def _schedule(self, units: List[Unit], results: Dict[str, UnitResult]) -> None:
+        pending = list(units)
+        running: Dict[str, threading.Thread] = {}  # unit id -> thread
+        busy_hosts: Dict[str, str] = {}  # host -> unit id running there
+        failed_hosts: Dict[str, str] = {}  # host -> id of the unit that failed there
+        done: "queue.Queue[str]" = queue.Queue()
+        run_failed: Optional[str] = None
+        deadline: Optional[float] = None
+
+        while pending or running:
+            if self._cancel.is_set():
+                for unit in pending:
+                    self._skip(unit, results[unit.id], f"not started: the run was cancelled ({self._signal})")
+                pending = []
+                if deadline is None:
+                    deadline = time.monotonic() + self.grace
+            still: List[Unit] = []
+            for unit in pending:
+                res = results[unit.id]
+                blocker = self._blocker(unit, results, failed_hosts, run_failed)
+                if blocker is not None:
+                    self._skip(unit, res, blocker)
+                    continue
+                deps_done = all(results[d].ended and d not in running for d in unit.depends_on)
+                if not deps_done or unit.host in busy_hosts or len(running) >= self.max_parallel:
+                    still.append(unit)
+                    continue
+                busy_hosts[unit.host] = unit.id
+                thread = threading.Thread(target=self._work, args=(unit, res, done), daemon=True,
+                                          name=f"runner-{unit.host}")
+                running[unit.id] = thread
+                thread.start()
+            pending = still
+            if not running:
+                if pending:  # nothing can ever start them (should not happen after _check)
+                    for unit in pending:
+                        self._skip(unit, results[unit.id], "not started: its dependencies never finished")
+                    pending = []
+                break
+            timeout = self._poll
+            if deadline is not None:
+                timeout = max(0.0, min(timeout, deadline - time.monotonic()))
+            try:
+                finished = done.get(timeout=timeout)
+            except queue.Empty:
+                if deadline is not None and time.monotonic() >= deadline:
+                    with self._emit_lock:
+                        self._abandoned.update(running)
+                    for unit_id in list(running):
+                        res = results[unit_id]
+                        res.status, res.attempts = outcome.FAILED, max(res.attempts, 1)
+                        res.error = (f"{res.host}: {res.name} was still running {self.grace:.0f} s after the run "
+                                     f"was cancelled ({self._signal}); what it did on the host is unknown: "
+                                     f"check the host, then re-run")
+                        res.error_type = "Cancelled"
+                        res.ended = now_iso()
+                        self._emit(Event("finished", unit_id, res.host, res.name, attempt=res.attempts, result=res))
+                    return
+                continue
+            running.pop(finished)
+            res = results[finished]
+            busy_hosts.pop(res.host, None)
+            if res.status == outcome.FAILED:
+                failed_hosts.setdefault(res.host, finished)
+                if run_failed is None:
+                    run_failed = finished
+
+    def _blocker(self, unit: Unit, results, failed_hosts, run_failed) -> Optional[str]:
+        """Why ``unit`` must be skipped now, or None."""
+        for dep in unit.depends_on:
+            status = results[dep].status
+            if results[dep].ended and status not in outcome.SUCCEEDED:
+                return f"not started: {dep} {status}"
+        if self.on_failure == "host" and unit.host in failed_hosts:
+            return f"not started: {failed_hosts[unit.host]} failed on this host"
+        if self.on_failure == "run" and run_failed is not None:
+            return f"not started: {run_failed} failed"
+        return None
+
+    def _skip(self, unit: Unit, res: UnitResult, why: str) -> None:
+        res.status = outcome.SKIPPED
+        res.error = why
+        res.ended = now_iso()
+        self._emit(Event("finished", unit.id, unit.host, unit.name, result=res))
+
+    # -- one unit, in its own thread ---------------------------------------------------------
+    def _work(self, unit: Unit, res: UnitResult, done: "queue.Queue[str]") -> None:
+        lock = self._host_locks[unit.host]
+        if not lock.acquire(blocking=False):  # the scheduler never lets this happen; say so loudly if it does
+            res.status, res.error = outcome.FAILED, f"{unit.host}: internal error: two units at once on one host"
+            done.put(unit.id)
+            return
+        # the unit works on its own copy: a unit abandoned after the grace period must not
+        # change a result that has already been reported
+        mine = UnitResult(res.id, res.host, res.name, depends_on=list(res.depends_on))
+        try:
+            mine.started = res.started = now_iso()
+            clock = time.monotonic()
+            try:
+                self._attempts(unit, mine)
+            finally:
+                mine.seconds = time.monotonic() - clock
+                mine.ended = now_iso()
+        finally:
+            lock.release()
+        with self._emit_lock:
+            if unit.id in self._abandoned:
+                return
+            res.__dict__.update(mine.__dict__)
+        self._emit(Event("finished", unit.id, unit.host, unit.name, attempt=res.attempts, result=res))
+        done.put(unit.id)
+
+    def _attempts(self, unit: Unit, res: UnitResult) -> None:
+        attempt = 0
+        while True:
+            attempt += 1
+            res.attempts = attempt
+            self._emit(Event("started", unit.id, unit.host, unit.name, attempt=attempt))
+            ctx = UnitContext(self, unit, res, attempt)
+            try:
+                value = unit.fn(ctx)
+            except BaseException as exc:  # a unit's failure is data; only the scheduler decides what follows
+                if not isinstance(exc, Exception):
+                    self.cancel(type(exc).__name__)  # KeyboardInterrupt/SystemExit inside a unit
+                if (isinstance(exc, Exception) and attempt <= self.retries and self._is_retryable(unit, exc)
+                        and not self._cancel.is_set()):
+                    wait = self.delay(attempt)
+                    self._emit(Event("retrying", unit.id, unit.host, unit.name, attempt=attempt,
+                                     error=redact(_message(unit, exc)), delay=wait))
+                    self._wait(wait)
+                    if not self._cancel.is_set():
+                        continue
+                self._fail(unit, res, exc)
+                return
+            self._succeed(res, value)
+            return
+
+    def _is_retryable(self, unit: Unit, exc: Exception) -> bool:
+        rule = unit.retryable
+        if rule is None:
+            return bool(self.retryable(exc))
+        if callable(rule):
+            return bool(rule(exc))
+        return bool(rule)
+
+    def _wait(self, seconds: float) -> None:
+        if self._sleep is not None:
+            self._sleep(seconds)
+        else:
+            self._cancel.wait(seconds)  # a cancellation ends the wait at once
+
+    def _succeed(self, res: UnitResult, value: Any) -> None:
+        status = outcome.UNCHANGED
+        details: List[str] = []
+        if isinstance(value, str):
+            status = value
+        elif value is not None:
+            status = getattr(value, "status", outcome.UNCHANGED)
+            details = list(getattr(value, "details", []) or [])
+        if status not in outcome.STATUSES:
+            res.error = f"{res.host}: {res.name} returned an unknown status {status!r} (a bug in the step)"
+            status = outcome.FAILED
+        res.status = outcome.for_dry_run(status, self.dry_run)
+        res.details = [redact(str(d)) for d in details]
+        error = getattr(value, "error", None)  # a step that recorded its own failure
+        if res.status == outcome.FAILED and error and not res.error:
+            res.error = redact(str(error))
+
+    def _fail(self, unit: Unit, res: UnitResult, exc: BaseException) -> None:
+        res.status = outcome.FAILED
+        res.error = redact(_message(unit, exc))
+        res.error_type = type(exc).__name__
+        res.error_output = redact(str(getattr(exc, "output", "") or ""))
+
+    # -- events and signals ---------------------------------------------------------------
+    def _emit(self, event: Event) -> None:
+        with self._emit_lock:  # listeners see one event at a time, in the order they happened
+            if event.unit in self._abandoned and event.kind != "finished":
+                return  # a unit given up on after the grace period: its result is already reported
+            for listener in self.listeners:
+                try:
+                    listener(event)
+                except Exception as exc:  # a broken reporter must not break the run
+                    from ..redact import say
+
+                    say(f"warning: a reporter failed on a {event.kind} event: {type(exc).__name__}: {exc}", err=True)
+
+    def _install_signals(self) -> Optional[dict]:
+        if not self.handle_signals or threading.current_thread() is not threading.main_thread():
+            return None
+        previous = {}
+
+        def handler(signum, frame):
+            name = signal.Signals(signum).name
+            self.cancel(name)
+            # a second signal goes to what was there before (Ctrl-C twice: stop at once)
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.getsignal(sig)
+            signal.signal(sig, handler)
+        return previous
+
+    @staticmethod
+    def _restore_signals(previous: Optional[dict]) -> None:
+        for sig, old in (previous or {}).items():
+            signal.signal(sig, old if old is not None else signal.SIG_DFL)
+
+
+def _message(unit: Unit, exc: BaseException) -> str:
+    if isinstance(exc, DeployError):
+        return str(exc)
+    if isinstance(exc, OSError):  # a local file (the MSI, a template dir) that cannot be read
+        return f"{unit.host}: {exc}"
+    if isinstance(exc, KeyboardInterrupt):
+        return f"{unit.host}: {unit.name} interrupted"
+    return f"{unit.host}: {unit.name}: unexpected {type(exc).__name__}: {exc}"
+
+
+def _check(units: List[Unit]) -> None:
+    """Unit ids are unique, dependencies exist and form no cycle (a programming error, said plainly)."""
+    ids = [u.id for u in units]
+    seen = set()
+    for uid in ids:
+        if uid in seen:
+            raise ValueError(f"two units have the id {uid!r}")
+        seen.add(uid)
+    deps = {u.id: list(u.depends_on) for u in units}
+    for u in units:
+        for d in u.depends_on:
+            if d not in seen:
+                raise ValueError(f"unit {u.id!r} depends on unknown unit {d!r}")
+    state: Dict[str, int] = {}
+
+    def visit(uid: str, path: List[str]) -> None:
+        if state.get(uid) == 2:
+            return
+        if state.get(uid) == 1:
+            cycle = path[path.index(uid):] + [uid]
+            raise ValueError("unit dependencies form a cycle: " + " -> ".join(cycle))
+        state[uid] = 1
+        for d in deps[uid]:
+            visit(d, path + [uid])
+        state[uid] = 2
+
+    for uid in ids:
+        visit(uid, [])
