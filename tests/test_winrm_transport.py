@@ -431,14 +431,14 @@ def _fault(code, subcode, message):
      "rejected user EXAMPLE\\deployer (ntlm authentication)"),
     (WinRMOperationTimeoutError(), HostUnreachable, True, "OperationTimeout"),
     (WinRMTransportError("http", 503, ""), HostUnreachable, True, "HTTP 503"),
-    (WinRMTransportError("http", 404, ""), TransportError, None, "check the WinRM Port"),
+    (WinRMTransportError("http", 404, ""), TransportError, False, "check the WinRM Port"),
     (requests.exceptions.ConnectTimeout("timed out"), HostUnreachable, True, "no answer within"),
     (requests.exceptions.ReadTimeout("read timed out"), HostUnreachable, True, "no reply within"),
     (requests.exceptions.ConnectionError("Connection refused"), HostUnreachable, True, "connection refused"),
     (requests.exceptions.ChunkedEncodingError("broken"), HostUnreachable, True, "ChunkedEncodingError"),
     (requests.exceptions.SSLError("certificate verify failed"), CertificateRejected, False, "did not validate"),
-    (WinRMError("something odd"), TransportError, None, "something odd"),
-    (ValueError("spnego said no"), TransportError, None, "ValueError"),
+    (WinRMError("something odd"), TransportError, False, "something odd"),
+    (ValueError("spnego said no"), TransportError, False, "ValueError"),
 ])
 def test_every_pywinrm_error_maps_to_a_project_error(exc, kind, retryable, text):
     redact.add_secret("pw-in-the-table-1")

@@ -8,6 +8,8 @@ from typing import Optional
 
 from ..outcome import CHANGED, FAILED, SKIPPED, UNCHANGED  # the one vocabulary (re-exported for steps)
 
+__all__ = ["CHANGED", "FAILED", "SKIPPED", "UNCHANGED", "StepResult", "Timer"]
+
 
 @dataclass
 class StepResult:

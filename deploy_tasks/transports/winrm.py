@@ -36,7 +36,6 @@ import math
 import os
 import re
 import ssl
-import subprocess
 import sys
 import threading
 import time
@@ -48,6 +47,7 @@ from .. import redact as console
 from ..errors import (AuthenticationRejected, CertificateRejected, CommandTimedOut, ConfigError, HostUnreachable,
                       QuotaExceeded, RemoteCommandError, TransportError, WSManFault)
 from .base import Result
+from .wincmd import argv_line
 
 USER_ENV = "DEPLOY_WINRM_USER"
 PASSWORD_ENV = "DEPLOY_WINRM_PASSWORD"
@@ -72,16 +72,16 @@ _PIP = {"kerberos": "pip install 'pywinrm[kerberos]' (and a Kerberos client: krb
 
 
 def argv_to_command_line(argv: Sequence[str]) -> str:
-    """An argument list as one Windows command line (``CommandLineToArgvW`` rules).
+    """An argument list as one Windows command line for a program started directly (no cmd.exe).
 
-    The one place commands are quoted; the product's Windows quoting module
-    replaces ``subprocess.list2cmdline`` here once it exists.
+    The product's quoting (``wincmd.argv_line``: ``CommandLineToArgvW`` rules);
+    line breaks are refused as well, since a WinRM Command carries one line.
     """
     if not argv or not all(isinstance(a, str) for a in argv):
         raise ValueError(f"argv must be a non-empty list of strings, not {argv!r}")
     if any("\x00" in a or "\r" in a or "\n" in a for a in argv):
         raise ValueError(f"a Windows command line cannot carry NUL or line breaks: {argv!r}")
-    return subprocess.list2cmdline(list(argv))
+    return argv_line(argv)
 
 
 # -- credentials -------------------------------------------------------------------
@@ -520,6 +520,16 @@ class WinRMTransport:
         return error
 
     # -- files ------------------------------------------------------------------------
+    def put_file(self, local_path: str, path: str) -> None:
+        """Copy a small controller file (``winrm_put_max_bytes``); large ones come from the package server."""
+        size = os.path.getsize(local_path)
+        if size > self.options.put_max_bytes:
+            raise TransportError(self.name, f"refusing to push {local_path} ({size} bytes) to {path} over WinRM "
+                                            f"(limit winrm_put_max_bytes = {self.options.put_max_bytes}): serve "
+                                            "the file from the package server and download it on the host")
+        with open(local_path, "rb") as fh:
+            self.put_bytes(fh.read(), path)
+
     def put_bytes(self, data: bytes, path: str) -> None:
         """Write a small file: base64 lines echoed into ``<path>.b64``, decoded by ``certutil``, then removed.
 
