@@ -368,9 +368,9 @@ def test_two_components_with_one_class_on_a_host_are_refused(tmp_path):
 
 
 def test_swap_without_renameat2_still_replaces_the_tree(example, hostile, tmp_path, monkeypatch):
-    from deploy_tasks.configgen import output
+    from deploy_tasks import atomic
     write(render(example, settings_for(example)), tmp_path, PUPPET)
-    monkeypatch.setattr(output, "_exchange", lambda a, b: False)  # a kernel without RENAME_EXCHANGE
+    monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)  # a kernel without RENAME_EXCHANGE
     result = write(render(hostile, settings_for(hostile)), tmp_path, PUPPET)
     assert result.written
     assert "banner:" in (tmp_path / ENV / "data/nodes/zsvc01.example.test.yaml").read_text()

@@ -7,6 +7,7 @@ import os
 import re
 from typing import Dict, Optional
 
+from .. import atomic
 from ..errors import ArtifactError, ConfigError
 
 FORMAT = 1
@@ -52,12 +53,7 @@ def write(dest: str, manifest: dict) -> bool:
                     continue
         except OSError:
             pass
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        atomic.write_file(path, text)
         changed = True
     return changed
 

@@ -11,8 +11,6 @@ exactly as it was.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import difflib
 import os
 import shutil
@@ -21,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
+from .. import atomic
 from ..errors import ConfigError
 from .check import CheckResult, validate_tree
 from .render import Rendered
@@ -176,36 +175,9 @@ def _fill(rendered: Rendered, staging: Path, env_dir: Path, changed: set) -> Non
         target.write_bytes(_bytes(content))
 
 
-_RENAME_EXCHANGE = 2
-_AT_FDCWD = -100
-
-
 def _swap(staging: Path, env_dir: Path) -> None:
     """Put ``staging`` where ``env_dir`` is, atomically when the kernel can; the old tree goes."""
-    if not env_dir.exists():
-        os.rename(staging, env_dir)
-        return
-    if _exchange(staging, env_dir):
-        shutil.rmtree(staging)  # now holds the previous tree
-        return
-    old = env_dir.with_name(f".{env_dir.name}.old-{os.getpid()}")
-    os.rename(env_dir, old)
-    try:
-        os.rename(staging, env_dir)
-    except OSError:
-        os.rename(old, env_dir)  # put the previous tree back
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    rc = renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
-    return rc == 0
+    atomic.swap_in(staging, env_dir, env_dir.with_name(f".{env_dir.name}.old-{os.getpid()}"))
 
 
 def read_modules(modules_dir: Optional[Path]) -> dict:
