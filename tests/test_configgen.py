@@ -207,11 +207,12 @@ def test_write_is_idempotent_and_keeps_mtimes(example, tmp_path):
 def test_changed_run_swaps_and_keeps_unchanged_files_untouched(hostile, tmp_path):
     plain = load_inventory(write_example_variant(tmp_path / "wb" / "hostile.xlsx"))  # same file name, no banner
     out = tmp_path / "out"
-    write(render(plain, settings_for(plain)), out, PUPPET)
+    earlier = render(plain, settings_for(plain))
+    earlier.files[f"{ENV}/data/nodes/old-host.example.test.yaml"] = "left over\n"  # a host since removed
+    write(earlier, out, PUPPET)
     untouched = out / ENV / "data/nodes/zdb01.example.test.yaml"
     stamp = untouched.stat().st_mtime_ns
     stale = out / ENV / "data/nodes/old-host.example.test.yaml"
-    stale.write_text("left over\n")
     result = write(render(hostile, settings_for(hostile)), out, PUPPET)
     assert result.written
     assert [(c.path, c.kind) for c in result.changes] == [
