@@ -99,6 +99,8 @@ def foreign_entries(rendered: Rendered, env_dir: Path) -> list:
             continue
         if path.is_dir() and not path.is_symlink() and rel in parents:
             continue
+        if any(f.endswith("/") and rel.as_posix().startswith(f) for f in foreign):
+            continue  # inside a foreign directory already named
         foreign.append(rel.as_posix() + ("/" if path.is_dir() and not path.is_symlink() else ""))
     return foreign
 
@@ -234,7 +236,8 @@ def _set_aside(env_dir: Path, foreign: list, force: bool) -> str:
     shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
     aside = env_dir.with_name(f".{env_dir.name}.kept-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
     if not force:
-        raise ConfigError(f"{env_dir} holds {len(foreign)} file(s) generate-config did not write ({shown}); it "
+        count = f"{len(foreign)} entr{'y' if len(foreign) == 1 else 'ies'}"
+        raise ConfigError(f"{env_dir} holds {count} generate-config did not write ({shown}); it "
                           "never deletes those: point --output at a directory of its own, or add --force to move "
                           f"{env_dir.name} aside (kept, as {aside.name}) and write a fresh one")
     try:
