@@ -349,6 +349,10 @@ class _Ledger:
                     "components": {name: self.components[name] for name in sorted(self.components)}}
         self.written = manifest_mod.write(self.dest, manifest) or self.written
 
+    def sync(self) -> None:
+        if os.path.exists(os.path.join(self.dest, manifest_mod.MANIFEST)):
+            self._write()
+
     def withdraw(self, names: Iterable[str]) -> None:
         gone = [name for name in names if self.components.pop(name, None) is not None]
         if gone:
@@ -496,13 +500,19 @@ class _Extraction:
     # -- before any work: trust only what is on disk ---------------------------------
     def reconcile(self) -> None:
         """Load the manifest and withdraw every entry whose files are not on disk as recorded."""
+        if not self.dry_run:
+            for name in os.listdir(self.dest):  # a killed run's half-written manifest or sums (we hold the lock)
+                if name.startswith((manifest_mod.MANIFEST + ".tmp-", manifest_mod.SUMS + ".tmp-")):
+                    os.unlink(os.path.join(self.dest, name))
         old = manifest_mod.load(self.dest)
         self.previous = old["components"] if old.get("environment") == self.env else {}
         for name, entry in self.previous.items():
             version_dir = os.path.join(self.dest, os.path.dirname(str(entry.get("path", ""))))
             self.damage[name] = disk_damage(version_dir, entry)
         self.ledger = _Ledger(self.dest, self.env, self.previous, self.dry_run)
-        self.ledger.withdraw([name for name, damage in self.damage.items() if damage])
+        if old.get("environment") == self.env:
+            self.ledger.withdraw([name for name, damage in self.damage.items() if damage])
+            self.ledger.sync()  # SHA256SUMS written just before a kill: made to say what the manifest says
 
     def skip_unchanged(self, jobs: List[Job]) -> List[Job]:
         """Components whose artifact and tree are as recorded are done; the rest are returned to work on."""

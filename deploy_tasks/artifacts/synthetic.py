@@ -16,6 +16,7 @@ import os
 import random
 import struct
 import tarfile
+import threading
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,6 +169,8 @@ def make_release(components, dest: Union[str, os.PathLike], size_per_component: 
         made = {}
         atomic.write_file(dest / RECORD, json.dumps({"params": params, "artifacts": made}), fsync=False)
 
+    lock = threading.Lock()
+
     def one(item):
         name, _version, artifact = item
         tmp = dest / f".{artifact}.tmp-{os.getpid()}"
@@ -177,14 +180,17 @@ def make_release(components, dest: Union[str, os.PathLike], size_per_component: 
         finally:
             if tmp.exists():
                 tmp.unlink()
-        return artifact
-
-    with cf.ThreadPoolExecutor(max(1, workers)) as pool:
-        for future in cf.as_completed([pool.submit(one, item) for item in todo]):
-            artifact = future.result()  # recorded as each completes: an interrupted run goes on from here
+        with lock:  # recorded by the worker itself: a zip finished while Ctrl-C stops the run is still known
             made[artifact] = _size_of(dest / artifact)
             result.written.append(artifact)
             atomic.write_file(dest / RECORD, json.dumps({"params": params, "artifacts": made}), fsync=False)
+
+    pool = cf.ThreadPoolExecutor(max(1, workers))
+    try:
+        for future in cf.as_completed([pool.submit(one, item) for item in todo]):
+            future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # Ctrl-C: finish the zips being written, start no more
     write_sums(dest, [item[2] for item in items])
     return result
 
