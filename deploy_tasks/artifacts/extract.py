@@ -137,13 +137,17 @@ def disk_damage(version_dir: str, entry: dict, rehash: bool = False) -> Optional
     recorded = entry.get("disk")
     if not isinstance(recorded, dict):
         return "recorded before file sizes and times were kept"
-    for rel, (size, mtime_ns) in recorded.items():
-        try:
-            st = os.lstat(os.path.join(version_dir, rel))
-        except OSError:
-            return f"{rel} is missing"
-        if st.st_size != size or st.st_mtime_ns != mtime_ns:
-            return f"{rel} was modified"
+    prefix = version_dir + os.sep  # one lstat per file, and no more than that: a re-run's whole cost
+    lstat = os.lstat
+    try:
+        for rel, (size, mtime_ns) in recorded.items():
+            st = lstat(prefix + rel)
+            if st.st_size != size or st.st_mtime_ns != mtime_ns:
+                return f"{rel} was modified"
+    except OSError:
+        return f"{rel} is missing"
+    except (TypeError, ValueError):
+        return "its recorded sizes and times are unreadable"
     if not rehash:
         return None
     expected = {entry["artifact"]: entry.get("sha256")}
@@ -340,18 +344,15 @@ class _Ledger:
     def __init__(self, dest: str, environment: str, components: Dict[str, dict], dry_run: bool):
         self.dest, self.environment, self.dry_run = dest, environment, dry_run
         self.components = dict(components)
+        self.loaded = dict(components)  # what manifest.json held when the run started
         self.written = False
 
-    def _write(self) -> None:
+    def _write(self, sums_only: bool = False) -> None:
         if self.dry_run:
             return
         manifest = {"format": manifest_mod.FORMAT, "environment": self.environment,
                     "components": {name: self.components[name] for name in sorted(self.components)}}
-        self.written = manifest_mod.write(self.dest, manifest) or self.written
-
-    def sync(self) -> None:
-        if os.path.exists(os.path.join(self.dest, manifest_mod.MANIFEST)):
-            self._write()
+        self.written = manifest_mod.write(self.dest, manifest, sums_only) or self.written
 
     def withdraw(self, names: Iterable[str]) -> None:
         gone = [name for name in names if self.components.pop(name, None) is not None]
@@ -366,7 +367,11 @@ class _Ledger:
     def settle(self, components: Dict[str, dict]) -> None:
         """The run's final word: exactly these entries (components no longer in the workbook go)."""
         self.components = dict(components)
-        self._write()  # writes only what differs from the files on disk
+        # writes only what differs from the files on disk; an unchanged manifest is not even rendered (a
+        # re-run's main cost), and SHA256SUMS is made to match it (a run killed between the two)
+        unchanged = not self.written and components == self.loaded and \
+            os.path.exists(os.path.join(self.dest, manifest_mod.MANIFEST))
+        self._write(sums_only=unchanged)
 
 
 # -- the run ------------------------------------------------------------------------
@@ -512,7 +517,6 @@ class _Extraction:
         self.ledger = _Ledger(self.dest, self.env, self.previous, self.dry_run)
         if old.get("environment") == self.env:
             self.ledger.withdraw([name for name, damage in self.damage.items() if damage])
-            self.ledger.sync()  # SHA256SUMS written just before a kill: made to say what the manifest says
 
     def skip_unchanged(self, jobs: List[Job]) -> List[Job]:
         """Components whose artifact and tree are as recorded are done; the rest are returned to work on."""
@@ -535,10 +539,12 @@ class _Extraction:
     def _unchanged(self, job: Job, entry: Optional[dict], early_sums) -> bool:
         """Same version, same artifact file (stat key), files on disk as recorded: nothing to read."""
         key = self.release.fast_key(job.artifact)
-        if key is None or not entry or self.damage.get(job.component) is not None:
+        if key is None or not entry or entry.get("version") != job.version or entry.get("artifact") != job.artifact:
+            return False
+        if entry.get("path") != f"{self.env}/{job.component}/{job.version}/{job.artifact}":
             return False
         src = entry.get("source") or {}
-        return (_damage(self.dest, self.env, job, entry) is None and src.get("stat") == list(key)
+        return (self.damage.get(job.component, "") is None and src.get("stat") == list(key)
                 and src.get("path") == self.release.origin_of(job.artifact)
                 and (early_sums is None or early_sums.get(job.artifact) == entry.get("sha256")))
 

@@ -45,15 +45,18 @@ def manifest_text(manifest: dict) -> str:
     return json.dumps(manifest, indent=2, sort_keys=True) + "\n"
 
 
-def write(dest: str, manifest: dict) -> bool:
+def write(dest: str, manifest: dict, sums_only: bool = False) -> bool:
     """Write SHA256SUMS, then manifest.json, each atomically; leave them untouched when unchanged. True if written.
 
     SHA256SUMS first: it only ever lists trees already in place, and the
     manifest (what generate-config trusts) follows. Ctrl-C waits until both are written.
+    ``sums_only``: the manifest on disk is known to hold ``manifest`` already.
     """
     changed = False
     with _interrupts_deferred():
-        for name, text in ((SUMS, sums_text(manifest)), (MANIFEST, manifest_text(manifest))):
+        files = [(SUMS, lambda: sums_text(manifest))] + ([] if sums_only else [(MANIFEST, lambda: manifest_text(manifest))])
+        for name, render in files:
+            text = render()
             path = os.path.join(dest, name)
             try:
                 with open(path, encoding="utf-8") as fh:
