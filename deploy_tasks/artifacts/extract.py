@@ -7,6 +7,9 @@ sha256, CRC, copy_file_range and file writes all run without the GIL, and on
 this 2-core machine a thread pool measured 12-20% faster than a process pool
 (6 alternating runs of each); see bench/extract.py.
 
+0. reconcile: every manifest entry whose files on disk no longer have the
+   size and modification time it recorded (damage, a killed run) is withdrawn
+   and its component extracted again (``--verify``: re-hashed instead);
 1. decide: an artifact whose version matches the manifest and whose stat key
    (see ``source.stat_key``) is unchanged is skipped without being read; one
    whose key changed is hashed (one streaming sha256) and skipped if its
@@ -17,11 +20,14 @@ this 2-core machine a thread pool measured 12-20% faster than a process pool
    copy (so what is extracted is exactly what was hashed): a zip in chunks,
    each chunk through its own ``ZipFile`` handle and a worker of its own, a
    tar or tar.gz streamed in one pass;
-4. rename the temporary directory into place when everything is there.
+4. swap the temporary directory into place when everything is there, and
+   record the component in the manifest (see ``_Ledger``).
 
 A component that fails leaves nothing behind (its temporary directory is
 removed, a previous good version is untouched); the others finish. The
-manifest and SHA256SUMS are rewritten at the end, only if they changed.
+manifest and SHA256SUMS are rewritten (atomically) as each component
+completes, so a kill or Ctrl-C keeps what finished and never leaves the
+manifest describing bytes the tree does not hold.
 """
 
 from __future__ import annotations
