@@ -65,6 +65,9 @@ def main() -> int:
     parser.add_argument("--no-executors", action="store_true", help="skip the thread vs process pool comparison")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of every contender; the best counts")
     parser.add_argument("--keep", action="store_true", help="keep the generated files")
+    parser.add_argument("--baseline-ref", default="",
+                        help="also time extract-artifacts as of this git ref (e.g. main), in the same rounds, and "
+                             "print this tree / that ref")
     args = parser.parse_args()
 
     inventory = load_inventory(ROOT / "inventory" / "example.xlsx")
@@ -92,15 +95,19 @@ def main() -> int:
         sh("cat *.zip > /dev/null", rel)  # same warm page cache for every contender
 
         cli = [INV, "extract-artifacts", "--source", str(rel), "--dest", str(repo), "--workers", str(args.cores)]
+        base_root = work / "baseline-tree"
+        if args.baseline_ref:
+            base_root.mkdir()
+            sh(f"git -C {ROOT} archive {args.baseline_ref} | tar -x -C {base_root}", ROOT)
 
-        def run_cli():
-            done = subprocess.run(cli, cwd=ROOT, capture_output=True, text=True)
+        def run_cli(cwd=ROOT):
+            done = subprocess.run(cli, cwd=cwd, capture_output=True, text=True)
             if done.returncode != 0:
                 raise SystemExit(f"extract-artifacts failed:\n{done.stderr}")
             return float(re.search(r"components: .*\(([\d.]+)s\)", done.stdout).group(1))
 
         # rounds alternate the contenders, so that load from elsewhere hits them alike; the best of each counts
-        seqs, pars, firsts, agains = [], [], [], []
+        seqs, pars, firsts, agains, base_firsts, base_agains = [], [], [], [], [], []
         for n in range(1, args.rounds + 1):
             print(f"round {n}")
             seqs.append(timed("unzip, one archive after another", lambda: sh(
@@ -112,6 +119,11 @@ def main() -> int:
             shutil.rmtree(repo, ignore_errors=True)
             firsts.append(timed("inv extract-artifacts, first run", run_cli))
             agains.append(timed("inv extract-artifacts, unchanged re-run", run_cli))
+            if args.baseline_ref:
+                shutil.rmtree(repo, ignore_errors=True)
+                base_firsts.append(timed(f"  the same as of {args.baseline_ref}, first run", lambda: run_cli(base_root)))
+                base_agains.append(timed(f"  the same as of {args.baseline_ref}, unchanged re-run",
+                                         lambda: run_cli(base_root)))
         seq = min(s for s, _ in seqs)
         par = min(s for s, _ in pars)
         first, first_inner = min(firsts)
@@ -138,6 +150,13 @@ def main() -> int:
         print(f"  unchanged re-run / first run (work only) {again_inner / max(first_inner, 1e-9):6.3f}   "
               f"(the task's own time: {again_inner:.2f} s vs {first_inner:.2f} s; the rest of the re-run, "
               f"{again - again_inner:.2f} s, is Python + Invoke start-up and reading the workbook)")
+        if args.baseline_ref:
+            base_first, base_first_inner = min(base_firsts)
+            base_again, base_again_inner = min(base_agains)
+            print(f"  this tree / {args.baseline_ref}, first run (command)      {first / base_first:6.2f}")
+            print(f"  this tree / {args.baseline_ref}, first run (work only)    {first_inner / base_first_inner:6.2f}")
+            print(f"  this tree / {args.baseline_ref}, unchanged re-run         {again / base_again:6.2f}   "
+                  f"(work only: {again_inner:.3f} s vs {base_again_inner:.3f} s)")
         if executors["thread"]:
             print(f"  process pool / thread pool (best of {args.rounds})  "
                   f"{min(executors['process']) / min(executors['thread']):6.2f}   (the default is the thread pool)")

@@ -207,11 +207,12 @@ def test_write_is_idempotent_and_keeps_mtimes(example, tmp_path):
 def test_changed_run_swaps_and_keeps_unchanged_files_untouched(hostile, tmp_path):
     plain = load_inventory(write_example_variant(tmp_path / "wb" / "hostile.xlsx"))  # same file name, no banner
     out = tmp_path / "out"
-    write(render(plain, settings_for(plain)), out, PUPPET)
+    earlier = render(plain, settings_for(plain))
+    earlier.files[f"{ENV}/data/nodes/old-host.example.test.yaml"] = "left over\n"  # a host since removed
+    write(earlier, out, PUPPET)
     untouched = out / ENV / "data/nodes/zdb01.example.test.yaml"
     stamp = untouched.stat().st_mtime_ns
     stale = out / ENV / "data/nodes/old-host.example.test.yaml"
-    stale.write_text("left over\n")
     result = write(render(hostile, settings_for(hostile)), out, PUPPET)
     assert result.written
     assert [(c.path, c.kind) for c in result.changes] == [
@@ -368,10 +369,114 @@ def test_two_components_with_one_class_on_a_host_are_refused(tmp_path):
 
 
 def test_swap_without_renameat2_still_replaces_the_tree(example, hostile, tmp_path, monkeypatch):
-    from deploy_tasks.configgen import output
+    from deploy_tasks import atomic
     write(render(example, settings_for(example)), tmp_path, PUPPET)
-    monkeypatch.setattr(output, "_exchange", lambda a, b: False)  # a kernel without RENAME_EXCHANGE
+    monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)  # a kernel without RENAME_EXCHANGE
     result = write(render(hostile, settings_for(hostile)), tmp_path, PUPPET)
     assert result.written
     assert "banner:" in (tmp_path / ENV / "data/nodes/zsvc01.example.test.yaml").read_text()
     assert [p.name for p in tmp_path.joinpath("environments").iterdir()] == ["production"]
+
+
+# -- the output dir belongs to the user; the generator owns only what it wrote -------------------------------
+
+def _snapshot(root: Path) -> dict:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_existing_puppet_code_dir_is_refused_and_nothing_is_deleted(example, tmp_path):
+    env_dir = tmp_path / ENV
+    (env_dir / ".git").mkdir(parents=True)
+    (env_dir / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (env_dir / "modules" / "mine" / "manifests").mkdir(parents=True)
+    (env_dir / "modules" / "mine" / "manifests" / "init.pp").write_text("class mine {}\n")
+    (env_dir / "data").mkdir()
+    (env_dir / "data" / "secrets.yaml").write_text("hand: written\n")
+    before = _snapshot(tmp_path)
+    with pytest.raises(ConfigError, match=r"holds 3 entries generate-config did not write \(\.git/, data/secrets.yaml, modules/\).*--force"):
+        write(render(example, settings_for(example)), tmp_path, PUPPET)
+    assert _snapshot(tmp_path) == before
+    assert [p.name for p in (tmp_path / "environments").iterdir()] == ["production"]  # no temp dir left
+
+
+def test_force_moves_the_foreign_directory_aside_and_keeps_it(example, tmp_path):
+    env_dir = tmp_path / ENV
+    (env_dir / "modules" / "mine").mkdir(parents=True)
+    (env_dir / "modules" / "mine" / "init.pp").write_text("class mine {}\n")
+    result = write(render(example, settings_for(example)), tmp_path, PUPPET, force=True)
+    assert result.written and any("moved aside" in note for note in result.notes)
+    kept = [p for p in (tmp_path / "environments").iterdir() if p.name.startswith(".production.kept-")]
+    assert len(kept) == 1 and (kept[0] / "modules/mine/init.pp").read_text() == "class mine {}\n"
+    assert (env_dir / "manifests/site.pp").is_file() and not (env_dir / "modules/mine").exists()
+    # from now on the directory is the generator's own: a re-run neither refuses nor moves anything
+    again = write(render(example, settings_for(example)), tmp_path, PUPPET)
+    assert not again.written and not again.notes
+
+
+def test_a_file_added_to_the_generated_tree_is_refused_not_deleted(example, tmp_path):
+    write(render(example, settings_for(example)), tmp_path, PUPPET)
+    mine = tmp_path / ENV / "data" / "mine.yaml"
+    mine.write_text("kept: true\n")
+    assert compare(render(example, settings_for(example)), tmp_path) == []  # never listed as "removed"
+    with pytest.raises(ConfigError, match="data/mine.yaml"):
+        write(_changed(example), tmp_path, PUPPET)
+    assert mine.read_text() == "kept: true\n"
+
+
+def _changed(example):
+    r = render(example, settings_for(example))
+    r.files[f"{ENV}/data/common.yaml"] += "# changed\n"
+    return r
+
+
+def test_output_from_an_earlier_version_without_a_marker_is_adopted(example, tmp_path):
+    write(render(example, settings_for(example)), tmp_path, PUPPET)
+    (tmp_path / ENV / ".deploy_tasks-generated").unlink()
+    result = write(render(example, settings_for(example)), tmp_path, PUPPET)
+    assert not result.written and (tmp_path / ENV / ".deploy_tasks-generated").is_file()
+
+
+def test_symlinked_environment_is_followed_and_said(example, tmp_path):
+    real = tmp_path / "releases" / "r1"
+    real.mkdir(parents=True)
+    (tmp_path / "environments").mkdir()
+    (tmp_path / ENV).symlink_to(real)
+    result = write(render(example, settings_for(example)), tmp_path, PUPPET)
+    assert result.written and (tmp_path / ENV).is_symlink()  # the link stays a link
+    assert any("symbolic link: following it" in note for note in result.notes)
+    assert (real / "manifests/site.pp").is_file()
+    assert [p.name for p in (tmp_path / "environments").iterdir()] == ["production"]  # no stray .production.new-*
+    assert sorted(p.name for p in (tmp_path / "releases").iterdir()) == ["r1"]
+
+
+def test_dangling_environment_link_is_refused(example, tmp_path):
+    (tmp_path / "environments").mkdir()
+    (tmp_path / ENV).symlink_to(tmp_path / "gone" / "r1")
+    with pytest.raises(ConfigError, match="symbolic link to .* not a directory"):
+        write(render(example, settings_for(example)), tmp_path, PUPPET)
+    assert [p.name for p in (tmp_path / "environments").iterdir()] == ["production"]
+
+
+def test_task_refuses_a_foreign_dir_and_force_keeps_it(tmp_path):
+    out = tmp_path / "code"
+    (out / ENV / ".git").mkdir(parents=True)
+    (out / ENV / ".git" / "config").write_text("[core]\n")
+    refused = inv("generate-config", "--output", str(out))
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert "did not write (.git/" in refused.stderr and "--force" in refused.stderr
+    assert (out / ENV / ".git" / "config").read_text() == "[core]\n"
+    forced = inv("generate-config", "--output", str(out), "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert "moved aside to" in forced.stdout
+    kept = [p for p in (out / "environments").iterdir() if p.name.startswith(".production.kept-")]
+    assert (kept[0] / ".git" / "config").read_text() == "[core]\n"
+
+
+def test_task_output_under_a_file_is_one_line(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for output in (blocker, blocker / "sub"):
+        result = inv("generate-config", "--output", str(output))
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        assert "point --output at a directory" in result.stderr
+    assert blocker.read_text() == "x"

@@ -9,7 +9,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "deploy_tasks"
 
 # lowest first; a module may import its own layer and any layer below
 LAYERS = {
-    "errors": 0, "redact": 0, "processes": 0, "outcome": 0, "settings": 1, "inventory": 2, "plan": 3, "artifacts": 4, "configgen": 4,
+    "errors": 0, "redact": 0, "processes": 0, "outcome": 0, "atomic": 0, "settings": 1, "inventory": 2, "plan": 3,
+    "artifacts": 4, "configgen": 4,
     "transports": 5, "steps": 6, "runner": 7, "report": 8, "rehearsal": 9, "tasks": 10,
 }
 # leaf modules without project imports that a lower layer may use

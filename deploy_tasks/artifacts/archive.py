@@ -24,6 +24,7 @@ from typing import Dict, List, Tuple
 
 from ..errors import ArtifactError
 from . import safety
+from .failure import component_errors
 from .safety import DIR, FILE, HARDLINK, SYMLINK, Limits, Member
 
 BLOCK = 1 << 20
@@ -301,16 +302,20 @@ def _extract_deflated(fd: int, archive_size: int, info: zipfile.ZipInfo, dest: s
 def _extract_member(component, zf, fd, archive_size, info, tree, out: Extracted) -> None:
     name = safety.clean_name(component, info.filename)
     dest = os.path.join(tree, name)
+    with component_errors(component, info.filename):  # anything unforeseen is still this member's failure
+        sha, size = _write_member(component, zf, fd, archive_size, info, name, dest)
+    out.files[name] = sha
+    out.size += size
+
+
+def _write_member(component, zf, fd, archive_size, info, name: str, dest: str) -> Tuple[str, int]:
     try:
         if info.compress_type == zipfile.ZIP_STORED and info.compress_size == info.file_size:
-            sha, size = _extract_stored(fd, archive_size, info, dest)
-        elif info.compress_type == zipfile.ZIP_DEFLATED and _inflate_lib is not None:
-            sha, size = _extract_deflated(fd, archive_size, info, dest)
-        else:
-            with zf.open(info) as src:
-                sha, size = _write_file(dest, src, info.file_size)
-    except ArtifactError:
-        raise
+            return _extract_stored(fd, archive_size, info, dest)
+        if info.compress_type == zipfile.ZIP_DEFLATED and _inflate_lib is not None:
+            return _extract_deflated(fd, archive_size, info, dest)
+        with zf.open(info) as src:
+            return _write_file(dest, src, info.file_size)
     except (zipfile.BadZipFile, EOFError, ValueError) + _INFLATE_ERRORS as exc:
         raise _broken(component, info.filename, exc) from None
     except _SizeMismatch as exc:
@@ -320,10 +325,6 @@ def _extract_member(component, zf, fd, archive_size, info, tree, out: Extracted)
         raise ArtifactError(component, f"cannot write {name}: {exc}", info.filename) from None
     except NotImplementedError as exc:  # zipfile: compression method or feature it cannot read
         raise _unsupported(component, info, exc) from None
-    except Exception as exc:  # anything else is still this member's failure
-        raise ArtifactError(component, f"{type(exc).__name__}: {exc}", info.filename) from None
-    out.files[name] = sha
-    out.size += size
 
 
 class _SizeMismatch(Exception):
@@ -361,7 +362,8 @@ def make_links(component: str, tree: str, members: List[Member], done: Extracted
     """Create the (already checked) links once every file exists; a hard link becomes a real link in the tree."""
     for m in members:
         path = os.path.join(tree, m.name)
-        try:
+        # OSError, ValueError (embedded null byte), a missing file...: this member's failure
+        with component_errors(component, m.raw_name or m.name, f"cannot create the {m.kind} to {m.target!r}: "):
             if m.kind == SYMLINK:
                 os.symlink(m.target.replace("\\", "/"), path)
                 done.links[m.name] = m.target
@@ -369,11 +371,6 @@ def make_links(component: str, tree: str, members: List[Member], done: Extracted
                 target = safety.clean_name(component, m.target)
                 os.link(os.path.join(tree, target), path, follow_symlinks=False)
                 done.files[m.name] = done.files[target]
-        except ArtifactError:
-            raise
-        except Exception as exc:  # OSError, ValueError (embedded null byte), a missing file...
-            raise ArtifactError(component, f"cannot create the {m.kind} to {m.target!r}: "
-                                f"{type(exc).__name__}: {exc}", m.raw_name or m.name) from None
 
 
 # -- tar, tar.gz (streamed) ----------------------------------------------------

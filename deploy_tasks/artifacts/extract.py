@@ -7,6 +7,9 @@ sha256, CRC, copy_file_range and file writes all run without the GIL, and on
 this 2-core machine a thread pool measured 12-20% faster than a process pool
 (6 alternating runs of each); see bench/extract.py.
 
+0. reconcile: every manifest entry whose files on disk no longer have the
+   size and modification time it recorded (damage, a killed run) is withdrawn
+   and its component extracted again (``--verify``: re-hashed instead);
 1. decide: an artifact whose version matches the manifest and whose stat key
    (see ``source.stat_key``) is unchanged is skipped without being read; one
    whose key changed is hashed (one streaming sha256) and skipped if its
@@ -17,11 +20,14 @@ this 2-core machine a thread pool measured 12-20% faster than a process pool
    copy (so what is extracted is exactly what was hashed): a zip in chunks,
    each chunk through its own ``ZipFile`` handle and a worker of its own, a
    tar or tar.gz streamed in one pass;
-4. rename the temporary directory into place when everything is there.
+4. swap the temporary directory into place when everything is there, and
+   record the component in the manifest (see ``_Ledger``).
 
 A component that fails leaves nothing behind (its temporary directory is
 removed, a previous good version is untouched); the others finish. The
-manifest and SHA256SUMS are rewritten at the end, only if they changed.
+manifest and SHA256SUMS are rewritten (atomically) as each component
+completes, so a kill or Ctrl-C keeps what finished and never leaves the
+manifest describing bytes the tree does not hold.
 """
 
 from __future__ import annotations
@@ -36,10 +42,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional
 
+from .. import atomic
 from ..errors import ArtifactError, ConfigError, ExtractionFailed
 from . import archive as archive_mod
 from . import manifest as manifest_mod
 from .archive import BLOCK, Extracted
+from .failure import component_errors
 from .safety import FILE, Limits, Member
 from .source import ArtifactRef, Release
 
@@ -118,16 +126,73 @@ def _target(dest: str, env: str, job: Job) -> str:
     return os.path.join(dest, env, job.component, job.version)
 
 
-def _intact(dest: str, env: str, job: Job, entry: Optional[dict]) -> bool:
-    """The manifest's entry is this version and its files are still in place (checked by stat only)."""
+def _damage(dest: str, env: str, job: Job, entry: Optional[dict], rehash: bool = False) -> Optional[str]:
+    """None when the manifest's entry is this version and its files are on disk as recorded, else what differs.
+
+    Every file is compared by size and modification time (``disk`` in the
+    entry: a stat per file, no read); ``rehash`` (--verify) also hashes every
+    file and compares it with the sha256 the manifest holds.
+    """
     if not entry or entry.get("version") != job.version or entry.get("artifact") != job.artifact:
-        return False
-    target = _target(dest, env, job)
+        return "not in the repository"
+    return disk_damage(_target(dest, env, job), entry, rehash)
+
+
+def disk_damage(version_dir: str, entry: dict, rehash: bool = False) -> Optional[str]:
+    """What in ``version_dir`` (``<env>/<component>/<version>``) differs from its manifest entry, or None."""
+    recorded = entry.get("disk")
+    if not isinstance(recorded, dict):
+        return "recorded before file sizes and times were kept"
+    prefix = version_dir + os.sep  # one lstat per file, and no more than that: a re-run's whole cost
+    lstat = os.lstat
     try:
-        return (os.path.getsize(os.path.join(target, job.artifact)) == entry.get("size")
-                and os.path.isdir(os.path.join(target, "tree")))
+        for rel, (size, mtime_ns) in recorded.items():
+            st = lstat(prefix + rel)
+            if st.st_size != size or st.st_mtime_ns != mtime_ns:
+                return f"{rel} was modified"
     except OSError:
-        return False
+        return f"{rel} is missing"
+    except (TypeError, ValueError):
+        return "its recorded sizes and times are unreadable"
+    if not rehash:
+        return None
+    expected = {entry["artifact"]: entry.get("sha256")}
+    expected.update({f"tree/{rel}": sha for rel, sha in entry.get("files", {}).items()})
+    for rel, sha in expected.items():
+        path = os.path.join(version_dir, rel)
+        try:
+            with open(path, "rb") as fh:
+                if hashlib.file_digest(fh, "sha256").hexdigest() != sha:
+                    return f"{rel} does not match its sha256"
+        except OSError:
+            return f"{rel} cannot be read"
+    for rel, target in entry.get("links", {}).items():
+        try:
+            if os.readlink(os.path.join(version_dir, "tree", rel)) != target.replace("\\", "/"):
+                return f"tree/{rel} points elsewhere"
+        except OSError:
+            return f"tree/{rel} is missing"
+    return None
+
+
+def _disk_record(version_dir: str, artifact: str, done: Extracted) -> Dict[str, list]:
+    """[size, mtime_ns] of the artifact and of every extracted file and link, by path inside the version dir."""
+    record = {}
+    for rel in [artifact] + [f"tree/{name}" for name in sorted(set(done.files) | set(done.links))]:
+        st = os.lstat(os.path.join(version_dir, rel))
+        record[rel] = [st.st_size, st.st_mtime_ns]
+    return record
+
+
+def _why(entry: Optional[dict], job: Job, damage: Optional[str], intact: bool, dry_run: bool = False) -> str:
+    """The reason a component is (or would be) extracted."""
+    if intact:
+        return "artifact changed"
+    if not entry:
+        return "not in the repository" if dry_run else "new"
+    if entry.get("version") != job.version or entry.get("artifact") != job.artifact:
+        return "new version"
+    return f"repaired: {damage}"
 
 
 def _hash_stream(ref: ArtifactRef) -> str:
@@ -212,22 +277,20 @@ def _clean_stale(comp_dir: str) -> None:
 
 
 def prepare(job: Job, ref: ArtifactRef, entry: Optional[dict], expected: Optional[str], sums_given: bool,
-            dest: str, env: str, limits: Limits, dry_run: bool, chunk_bytes: int = CHUNK_BYTES) -> Prepared:
+            dest: str, env: str, limits: Limits, dry_run: bool, chunk_bytes: int = CHUNK_BYTES,
+            verify: bool = False) -> Prepared:
     """Decide, and when there is work: copy + hash the artifact into a fresh directory and check its members."""
     started = time.monotonic()
-    try:
-        prepared = _prepare(job, ref, entry, expected, sums_given, dest, env, limits, dry_run, chunk_bytes)
-        prepared.started = started
-        return prepared
-    except ArtifactError:
-        raise
-    except Exception as exc:  # disk full, permissions...: still this component's failure only
-        raise ArtifactError(job.component, f"{type(exc).__name__}: {exc}") from None
+    with component_errors(job.component):  # disk full, permissions...: still this component's failure only
+        prepared = _prepare(job, ref, entry, expected, sums_given, dest, env, limits, dry_run, chunk_bytes, verify)
+    prepared.started = started
+    return prepared
 
 
-def _prepare(job, ref, entry, expected, sums_given, dest, env, limits, dry_run, chunk_bytes) -> Prepared:
+def _prepare(job, ref, entry, expected, sums_given, dest, env, limits, dry_run, chunk_bytes, verify) -> Prepared:
     _check_bundled_size(ref, limits)
-    intact = _intact(dest, env, job, entry)
+    damage = _damage(dest, env, job, entry, rehash=verify)
+    intact = damage is None
     if intact or dry_run:
         sha = _hash_stream(ref)
         _check_expected(job, sha, expected, sums_given)
@@ -235,8 +298,8 @@ def _prepare(job, ref, entry, expected, sums_given, dest, env, limits, dry_run, 
             new = dict(entry, source=ref.record())
             return Prepared(job.component, "unchanged", entry=new, reason="sha256 unchanged")
         if dry_run:
-            reason = "artifact changed" if intact else ("new version" if entry else "not in the repository")
-            return Prepared(job.component, "would-extract", reason=reason, sha256=sha, artifact_size=ref.size)
+            return Prepared(job.component, "would-extract", reason=_why(entry, job, damage, intact, dry_run=True),
+                            sha256=sha, artifact_size=ref.size)
     comp_dir = os.path.join(dest, env, job.component)
     os.makedirs(comp_dir, exist_ok=True)
     _clean_stale(comp_dir)
@@ -250,7 +313,7 @@ def _prepare(job, ref, entry, expected, sums_given, dest, env, limits, dry_run, 
         tree = os.path.join(tmp, "tree")
         os.mkdir(tree, 0o755)
         prepared = Prepared(job.component, "work", tmp=tmp, kind=kind, sha256=sha, artifact_size=size,
-                            reason="artifact changed" if intact else ("new version" if entry else "new"))
+                            reason=_why(entry, job, damage, intact))
         if kind == "zip":
             prepared.members = archive_mod.zip_members(job.component, artifact_path, limits)
             archive_mod.make_dirs(tree, prepared.members, job.component)
@@ -264,22 +327,57 @@ def _prepare(job, ref, entry, expected, sums_given, dest, env, limits, dry_run, 
         raise
 
 
-def _component_errors(component: str, work, *args) -> Extracted:
-    """Run a worker's extraction; anything unexpected becomes that component's ArtifactError."""
-    try:
-        return work(component, *args)
-    except ArtifactError:
-        raise
-    except Exception as exc:
-        raise ArtifactError(component, f"{type(exc).__name__}: {exc}") from None
-
-
 def extract_chunk(component: str, archive: str, tree: str, indices: List[int]) -> Extracted:
-    return _component_errors(component, archive_mod.extract_zip_chunk, archive, tree, indices)
+    with component_errors(component):
+        return archive_mod.extract_zip_chunk(component, archive, tree, indices)
 
 
 def extract_stream(component: str, archive: str, tree: str, limits: Limits) -> Extracted:
-    return _component_errors(component, archive_mod.extract_tar, archive, tree, limits)
+    with component_errors(component):
+        return archive_mod.extract_tar(component, archive, tree, limits)
+
+
+# -- the manifest, kept true while the run goes ----------------------------------------
+
+class _Ledger:
+    """manifest.json as the repository is now, rewritten (atomically) as each component completes.
+
+    A component whose tree is about to be replaced is withdrawn first, and
+    recorded again once its new tree is in place: killed at any moment, the
+    manifest never describes bytes the tree does not hold.
+    """
+
+    def __init__(self, dest: str, environment: str, components: Dict[str, dict], dry_run: bool):
+        self.dest, self.environment, self.dry_run = dest, environment, dry_run
+        self.components = dict(components)
+        self.loaded = dict(components)  # what manifest.json held when the run started
+        self.written = False
+
+    def _write(self, sums_only: bool = False) -> None:
+        if self.dry_run:
+            return
+        manifest = {"format": manifest_mod.FORMAT, "environment": self.environment,
+                    "components": {name: self.components[name] for name in sorted(self.components)}}
+        self.written = manifest_mod.write(self.dest, manifest, sums_only) or self.written
+
+    def withdraw(self, names: Iterable[str]) -> None:
+        gone = [name for name in names if self.components.pop(name, None) is not None]
+        if gone:
+            self._write()
+
+    def record(self, name: str, entry: dict) -> None:
+        if self.components.get(name) != entry:
+            self.components[name] = entry
+            self._write()
+
+    def settle(self, components: Dict[str, dict]) -> None:
+        """The run's final word: exactly these entries (components no longer in the workbook go)."""
+        self.components = dict(components)
+        # writes only what differs from the files on disk; an unchanged manifest is not even rendered (a
+        # re-run's main cost), and SHA256SUMS is made to match it (a run killed between the two)
+        unchanged = not self.written and components == self.loaded and \
+            os.path.exists(os.path.join(self.dest, manifest_mod.MANIFEST))
+        self._write(sums_only=unchanged)
 
 
 # -- the run ------------------------------------------------------------------------
@@ -297,6 +395,29 @@ class _State:
         self.error: Optional[ArtifactError] = None
         self.reported = False
 
+    def fail(self, exc: ArtifactError) -> None:
+        if self.error is None:
+            self.error = exc
+
+    def attempt(self, work, *args):
+        """Run ``work``; any failure becomes this component's error (returns None then)."""
+        try:
+            with component_errors(self.job.component):  # a bug or a dead worker process: still one component's
+                return work(*args)
+        except ArtifactError as exc:
+            self.fail(exc)
+            return None
+
+    def discard(self) -> None:
+        if self.prepared is not None and self.prepared.tmp:
+            shutil.rmtree(self.prepared.tmp, ignore_errors=True)
+
+    @property
+    def ready(self) -> bool:
+        """Every unit of a component with work has finished, without error."""
+        return (self.error is None and self.prepared is not None and self.prepared.status == "work"
+                and self.pending == 0)
+
 
 class Progress:
     """Receives events; the task layer renders them (rich bar or one line per component)."""
@@ -312,92 +433,51 @@ def default_workers() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
 
+def check_paths(source: str, dest: str) -> None:
+    """Refuse a repository that overlaps the release: writing it would rewrite the release's own files."""
+    src, dst = os.path.realpath(source), os.path.realpath(dest)
+    if os.path.commonpath([src, dst]) in (src, dst):
+        how = "is" if src == dst else ("is inside" if os.path.commonpath([src, dst]) == src else "holds")
+        raise ConfigError(f"--dest {dest} {how} the release --source {source}: the repository would overwrite the "
+                          "release's own files (its SHA256SUMS); choose a repository outside the release")
+
+
 def extract_release(jobs: Iterable[Job], source: str, dest: str, environment: str, *, limits: Limits = Limits(),
                     workers: int = 0, dry_run: bool = False, executor: str = "thread",
-                    progress: Optional[Progress] = None, chunk_bytes: int = CHUNK_BYTES) -> Result:
-    """Put every job's artifact and extracted tree into ``dest``; see the module docstring."""
+                    progress: Optional[Progress] = None, chunk_bytes: int = CHUNK_BYTES,
+                    verify: bool = False) -> Result:
+    """Put every job's artifact and extracted tree into ``dest``; see the module docstring.
+
+    ``verify`` re-hashes every file already in the repository instead of trusting sizes and times.
+    """
     started = time.monotonic()
-    progress = progress or Progress()
     jobs = list(jobs)
-    workers = workers or default_workers()
     release = Release(source)
+    check_paths(source, dest)
     if not dry_run:
-        os.makedirs(dest, exist_ok=True)
+        atomic.output_dir(dest, "--dest")
     lock = _lock(dest) if not dry_run else None
     try:
-        old = manifest_mod.load(dest)
-        previous = old["components"] if old.get("environment") == environment else {}
-        outcomes: Dict[str, Outcome] = {}
-        entries: Dict[str, dict] = {}
-        todo: List[Job] = []
-        early_sums = release.sums() if release.kind != "tar.gz" else None  # tar.gz: known once streamed
-        for job in jobs:
-            entry = previous.get(job.component)
-            key = release.fast_key(job.artifact)
-            src = (entry or {}).get("source") or {}
-            if (key is not None and _intact(dest, environment, job, entry) and src.get("stat") == list(key)
-                    and src.get("path") == release.origin_of(job.artifact)
-                    and (early_sums is None or early_sums.get(job.artifact) == entry.get("sha256"))):
-                outcomes[job.component] = Outcome(job.component, job.version, "unchanged", len(entry.get("files", {})),
-                                                  artifact_size=entry.get("size", 0), reason="not modified since hashed")
-                entries[job.component] = entry
-                continue
-            if not job.required and release.kind != "tar.gz" and not release.has(job.artifact):
-                outcomes[job.component] = Outcome(job.component, job.version, "not-mapped",
-                                                  reason=f"no host runs it and {job.artifact} is not in the release")
-                continue
-            todo.append(job)
-        if dry_run:
-            staging = tempfile.mkdtemp(prefix="extract-dry-run-")
-        else:
-            for name in os.listdir(dest):  # left by a killed run (we hold the lock)
-                if name.startswith(".staging-"):
-                    shutil.rmtree(os.path.join(dest, name), ignore_errors=True)
-            staging = os.path.join(dest, f".staging-{os.getpid()}")
-        states: Dict[str, _State] = {}
-        try:
-            if todo and release.needs_prepare:
-                release.prepare([j.artifact for j in todo], staging, limits.max_unpacked)
-            sums = release.sums()
-            refs = []
-            for job in todo:
-                try:
-                    refs.append((job, release.find(job.component, job.artifact)))
-                except ArtifactError as exc:
-                    if not job.required:
-                        outcomes[job.component] = Outcome(job.component, job.version, "not-mapped",
-                                                          reason=f"no host runs it and {job.artifact} is not in the release")
-                    else:
-                        outcomes[job.component] = Outcome(job.component, job.version, "failed", reason=exc.reason,
-                                                          error=exc)
-            refs.sort(key=lambda jr: jr[1].size, reverse=True)  # largest first: the pool ends together
-            progress.begin(len(jobs), sum(r.size for _, r in refs))
-            for outcome in outcomes.values():
-                progress.finished(outcome)
-            _run(refs, states, outcomes, entries, previous, sums, dest, environment, limits, workers, dry_run,
-                 executor, progress, chunk_bytes)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        written = False
-        if not dry_run:
-            for job in jobs:  # a failed component keeps its previous (still intact) entry
-                if job.component not in entries and job.component in previous and \
-                        outcomes.get(job.component, Outcome("", "", "")).status == "failed":
-                    if _intact(dest, environment, Job(job.component, previous[job.component]["version"],
-                                                      previous[job.component]["artifact"]), previous[job.component]):
-                        entries[job.component] = previous[job.component]
-            new_manifest = {"format": manifest_mod.FORMAT, "environment": environment,
-                            "components": {name: entries[name] for name in sorted(entries)}}
-            written = manifest_mod.write(dest, new_manifest)
-        ordered = [outcomes[j.component] for j in jobs if j.component in outcomes]
-        return Result(dest, ordered, written, time.monotonic() - started)
+        run = _Extraction(release, dest, environment, limits, workers or default_workers(), dry_run, executor,
+                          progress or Progress(), chunk_bytes, verify)
+        run.reconcile()
+        todo = run.skip_unchanged(jobs)
+        run.extract(todo)
+        run.settle(jobs)
+        ordered = [run.outcomes[j.component] for j in jobs if j.component in run.outcomes]
+        return Result(dest, ordered, run.ledger.written, time.monotonic() - started)
     finally:
         if lock is not None:
             lock.close()
 
 
 def _lock(dest: str):
-    fh = open(os.path.join(dest, LOCK), "a")
+    path = os.path.join(dest, LOCK)
+    try:
+        fh = open(path, "a")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot open the repository's lock file ({exc.strerror}); run as the user who "
+                          "owns the repository, or choose another --dest") from None
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -406,164 +486,254 @@ def _lock(dest: str):
     return fh
 
 
-def _run(refs, states, outcomes, entries, previous, sums, dest, env, limits, workers, dry_run, executor,
-         progress, chunk_bytes) -> None:
-    if not refs:
-        return
-    if executor == "process":
-        import multiprocessing
+@dataclass
+class _Extraction:
+    """One extract-artifacts run: what it was asked, what it found, and what it has done so far."""
 
-        # fork: the workers need nothing but this module (spawn/forkserver would re-import __main__)
-        pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"))
-    else:
-        pool = cf.ThreadPoolExecutor(max_workers=workers)
-    futures: Dict[cf.Future, tuple] = {}
-    try:
-        for job, ref in refs:
-            conflict = getattr(sums, "conflicts", {}).get(job.artifact) if sums is not None else None
-            if conflict:
-                error = ArtifactError(job.component, conflict,
-                                      hint="fix the release's SHA256SUMS: one sha256 per artifact")
-                outcome = Outcome(job.component, job.version, "failed", reason=error.reason, error=error)
-                outcomes[job.component] = outcome
-                progress.finished(outcome)
-                continue
-            state = states[job.component] = _State(job, ref, time.monotonic())
-            state.pending = 1
-            expected = None if sums is None else sums.get(job.artifact)
-            fut = pool.submit(prepare, job, ref, previous.get(job.component), expected, sums is not None,
-                              dest, env, limits, dry_run, chunk_bytes)
-            futures[fut] = ("prepare", state, 0)
-        while futures:
-            done, _ = cf.wait(list(futures), return_when=cf.FIRST_COMPLETED)
-            for fut in done:
-                what, state, nbytes = futures.pop(fut)
-                state.pending -= 1
-                try:
-                    value = fut.result()
-                except ArtifactError as exc:
-                    _fail(state, exc)
-                except Exception as exc:  # a bug or a dead worker process: still one component's failure
-                    _fail(state, ArtifactError(state.job.component, f"{type(exc).__name__}: {exc}"))
+    release: Release
+    dest: str
+    env: str
+    limits: Limits
+    workers: int
+    dry_run: bool
+    executor: str
+    progress: Progress
+    chunk_bytes: int
+    verify: bool
+    previous: Dict[str, dict] = field(default_factory=dict)  # the manifest's entries when the run started
+    damage: Dict[str, Optional[str]] = field(default_factory=dict)  # component -> what differs on disk, or None
+    outcomes: Dict[str, Outcome] = field(default_factory=dict)
+    entries: Dict[str, dict] = field(default_factory=dict)  # the manifest entries of this run
+    states: Dict[str, _State] = field(default_factory=dict)
+    ledger: Optional[_Ledger] = None
+    total: int = 0  # components asked for
+
+    # -- before any work: trust only what is on disk ---------------------------------
+    def reconcile(self) -> None:
+        """Load the manifest and withdraw every entry whose files are not on disk as recorded."""
+        if not self.dry_run:
+            for name in os.listdir(self.dest):  # a killed run's half-written manifest or sums (we hold the lock)
+                if name.startswith((manifest_mod.MANIFEST + ".tmp-", manifest_mod.SUMS + ".tmp-")):
+                    os.unlink(os.path.join(self.dest, name))
+        old = manifest_mod.load(self.dest)
+        self.previous = old["components"] if old.get("environment") == self.env else {}
+        for name, entry in self.previous.items():
+            version_dir = os.path.join(self.dest, os.path.dirname(str(entry.get("path", ""))))
+            self.damage[name] = disk_damage(version_dir, entry)
+        self.ledger = _Ledger(self.dest, self.env, self.previous, self.dry_run)
+        if old.get("environment") == self.env:
+            self.ledger.withdraw([name for name, damage in self.damage.items() if damage])
+
+    def skip_unchanged(self, jobs: List[Job]) -> List[Job]:
+        """Components whose artifact and tree are as recorded are done; the rest are returned to work on."""
+        release, todo = self.release, []
+        self.total = len(jobs)
+        early_sums = release.sums() if release.kind != "tar.gz" else None  # tar.gz: known once streamed
+        for job in jobs:
+            entry = self.previous.get(job.component)
+            if not self.verify and self._unchanged(job, entry, early_sums):
+                self.outcomes[job.component] = Outcome(job.component, job.version, "unchanged",
+                                                       len(entry.get("files", {})), artifact_size=entry.get("size", 0),
+                                                       reason="not modified since hashed")
+                self.entries[job.component] = entry
+            elif not job.required and release.kind != "tar.gz" and not release.has(job.artifact):
+                self._not_mapped(job)
+            else:
+                todo.append(job)
+        return todo
+
+    def _unchanged(self, job: Job, entry: Optional[dict], early_sums) -> bool:
+        """Same version, same artifact file (stat key), files on disk as recorded: nothing to read."""
+        key = self.release.fast_key(job.artifact)
+        if key is None or not entry or entry.get("version") != job.version or entry.get("artifact") != job.artifact:
+            return False
+        if entry.get("path") != f"{self.env}/{job.component}/{job.version}/{job.artifact}":
+            return False
+        src = entry.get("source") or {}
+        return (self.damage.get(job.component, "") is None and src.get("stat") == list(key)
+                and src.get("path") == self.release.origin_of(job.artifact)
+                and (early_sums is None or early_sums.get(job.artifact) == entry.get("sha256")))
+
+    def _not_mapped(self, job: Job) -> None:
+        self.outcomes[job.component] = Outcome(job.component, job.version, "not-mapped",
+                                               reason=f"no host runs it and {job.artifact} is not in the release")
+
+    def _report(self, outcome: Outcome) -> None:
+        self.outcomes[outcome.component] = outcome
+        self.progress.finished(outcome)
+
+    # -- the work ---------------------------------------------------------------------
+    def extract(self, todo: List[Job]) -> None:
+        if self.dry_run:
+            staging = tempfile.mkdtemp(prefix="extract-dry-run-")
+        else:
+            for name in os.listdir(self.dest):  # left by a killed run (we hold the lock)
+                if name.startswith(".staging-"):
+                    shutil.rmtree(os.path.join(self.dest, name), ignore_errors=True)
+            staging = os.path.join(self.dest, f".staging-{os.getpid()}")
+        try:
+            if todo and self.release.needs_prepare:
+                self.release.prepare([j.artifact for j in todo], staging, self.limits.max_unpacked)
+            sums = self.release.sums()
+            refs = self._locate(todo)
+            refs.sort(key=lambda jr: jr[1].size, reverse=True)  # largest first: the pool ends together
+            self.progress.begin(self.total, sum(r.size for _, r in refs))
+            for outcome in self.outcomes.values():
+                self.progress.finished(outcome)
+            if refs:
+                self._run(refs, sums)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _locate(self, todo: List[Job]) -> List[tuple]:
+        refs = []
+        for job in todo:
+            try:
+                refs.append((job, self.release.find(job.component, job.artifact)))
+            except ArtifactError as exc:
+                if not job.required:
+                    self._not_mapped(job)
                 else:
-                    if state.error is None:
-                        try:
-                            if what == "prepare":
-                                _after_prepare(pool, futures, state, value, limits, outcomes, entries, progress)
-                            else:
-                                state.done.merge(value)
-                                progress.advance(nbytes)
-                        except ArtifactError as exc:
-                            _fail(state, exc)
-                        except Exception as exc:  # still this component's failure only
-                            _fail(state, ArtifactError(state.job.component, f"{type(exc).__name__}: {exc}"))
-                if state.error is None and state.prepared is not None and state.prepared.status == "work" \
-                        and state.pending == 0:
-                    try:
-                        entries[state.job.component] = _finish(state, dest, env)
-                        outcome = Outcome(state.job.component, state.job.version, "extracted", len(state.done.files),
-                                          state.done.size, state.prepared.artifact_size,
-                                          time.monotonic() - state.started, state.prepared.reason)
-                    except ArtifactError as exc:
-                        _fail(state, exc)
-                    except Exception as exc:  # _finish wraps its own; anything else is still one component's
-                        _fail(state, ArtifactError(state.job.component, f"{type(exc).__name__}: {exc}"))
-                    else:
-                        outcomes[state.job.component] = outcome
-                        progress.finished(outcome)
-                        state.prepared = None
-                if state.error is not None and state.pending == 0 and not state.reported:
-                    _discard(state)
-                    outcome = Outcome(state.job.component, state.job.version, "failed", reason=state.error.reason,
-                                      seconds=time.monotonic() - state.started, error=state.error)
-                    outcomes[state.job.component] = outcome
-                    state.reported = True
-                    progress.finished(outcome)
-    except BaseException:
-        pool.shutdown(wait=True, cancel_futures=True)
-        for state in states.values():
-            _discard(state)
-        raise
-    pool.shutdown(wait=True)
+                    self.outcomes[job.component] = Outcome(job.component, job.version, "failed", reason=exc.reason,
+                                                           error=exc)
+        return refs
 
+    def _pool(self) -> cf.Executor:
+        if self.executor == "process":
+            import multiprocessing
 
-def _fail(state: _State, exc: ArtifactError) -> None:
-    if state.error is None:
-        state.error = exc
+            # fork: the workers need nothing but this module (spawn/forkserver would re-import __main__)
+            return cf.ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("fork"))
+        return cf.ThreadPoolExecutor(max_workers=self.workers)
 
+    def _run(self, refs: List[tuple], sums) -> None:
+        pool = self._pool()
+        futures: Dict[cf.Future, tuple] = {}
+        try:
+            for job, ref in refs:
+                conflict = getattr(sums, "conflicts", {}).get(job.artifact) if sums is not None else None
+                if conflict:
+                    error = ArtifactError(job.component, conflict,
+                                          hint="fix the release's SHA256SUMS: one sha256 per artifact")
+                    self._report(Outcome(job.component, job.version, "failed", reason=error.reason, error=error))
+                    continue
+                state = self.states[job.component] = _State(job, ref, time.monotonic())
+                state.pending = 1
+                expected = None if sums is None else sums.get(job.artifact)
+                fut = pool.submit(prepare, job, ref, self.previous.get(job.component), expected, sums is not None,
+                                  self.dest, self.env, self.limits, self.dry_run, self.chunk_bytes, self.verify)
+                futures[fut] = ("prepare", state, 0)
+            while futures:
+                done, _ = cf.wait(list(futures), return_when=cf.FIRST_COMPLETED)
+                for fut in done:
+                    self._unit_done(pool, futures, fut)
+        except BaseException:
+            # Ctrl-C included: what completed is already in the manifest; what was in flight leaves nothing
+            pool.shutdown(wait=True, cancel_futures=True)
+            for state in self.states.values():
+                state.discard()
+            raise
+        pool.shutdown(wait=True)
 
-def _discard(state: _State) -> None:
-    if state.prepared is not None and state.prepared.tmp:
-        shutil.rmtree(state.prepared.tmp, ignore_errors=True)
+    def _unit_done(self, pool, futures: dict, fut: cf.Future) -> None:
+        what, state, nbytes = futures.pop(fut)
+        state.pending -= 1
+        value = state.attempt(fut.result)
+        if state.error is None:
+            if what == "prepare":
+                state.attempt(self._after_prepare, pool, futures, state, value)
+            else:
+                state.done.merge(value)
+                self.progress.advance(nbytes)
+        if state.ready:
+            self._complete(state)
+        if state.error is not None and state.pending == 0 and not state.reported:
+            state.discard()
+            state.reported = True
+            self._report(Outcome(state.job.component, state.job.version, "failed", reason=state.error.reason,
+                                 seconds=time.monotonic() - state.started, error=state.error))
 
-
-def _after_prepare(pool, futures, state: _State, prepared: Prepared, limits, outcomes, entries, progress) -> None:
-    job = state.job
-    state.started = prepared.started or state.started
-    if prepared.status != "work":
-        outcome = Outcome(job.component, job.version, prepared.status,
-                          len((prepared.entry or {}).get("files", {})), artifact_size=state.ref.size,
-                          seconds=time.monotonic() - state.started, reason=prepared.reason)
-        if prepared.entry is not None:
-            entries[job.component] = prepared.entry
-        outcomes[job.component] = outcome
-        progress.advance(state.ref.size)
-        progress.finished(outcome)
-        return
-    state.prepared = prepared
-    archive = os.path.join(prepared.tmp, job.artifact)
-    tree = os.path.join(prepared.tmp, "tree")
-    if prepared.kind == "zip":
-        sizes = {m.index: m.size for m in prepared.members if m.kind == FILE}
-        unpacked = max(1, sum(sizes.values()))
-        for indices in prepared.chunks:
-            fut = pool.submit(extract_chunk, job.component, archive, tree, indices)
-            # progress counts artifact bytes: each chunk its share of the artifact
-            futures[fut] = ("chunk", state, state.ref.size * sum(sizes[i] for i in indices) // unpacked)
+    def _after_prepare(self, pool, futures: dict, state: _State, prepared: Prepared) -> None:
+        job = state.job
+        state.started = prepared.started or state.started
+        if prepared.status != "work":
+            if prepared.entry is not None:
+                self.entries[job.component] = prepared.entry
+                self.ledger.record(job.component, prepared.entry)
+            self.progress.advance(state.ref.size)
+            self._report(Outcome(job.component, job.version, prepared.status,
+                                 len((prepared.entry or {}).get("files", {})), artifact_size=state.ref.size,
+                                 seconds=time.monotonic() - state.started, reason=prepared.reason))
+            return
+        state.prepared = prepared
+        archive = os.path.join(prepared.tmp, job.artifact)
+        tree = os.path.join(prepared.tmp, "tree")
+        if prepared.kind == "zip":
+            sizes = {m.index: m.size for m in prepared.members if m.kind == FILE}
+            unpacked = max(1, sum(sizes.values()))
+            for indices in prepared.chunks:
+                fut = pool.submit(extract_chunk, job.component, archive, tree, indices)
+                # progress counts artifact bytes: each chunk its share of the artifact
+                futures[fut] = ("chunk", state, state.ref.size * sum(sizes[i] for i in indices) // unpacked)
+                state.pending += 1
+        else:
+            fut = pool.submit(extract_stream, job.component, archive, tree, self.limits)
+            futures[fut] = ("stream", state, state.ref.size)
             state.pending += 1
-    else:
-        fut = pool.submit(extract_stream, job.component, archive, tree, limits)
-        futures[fut] = ("stream", state, state.ref.size)
-        state.pending += 1
 
+    def _complete(self, state: _State) -> None:
+        entry = state.attempt(self._finish, state)
+        if entry is None:
+            return
+        self.entries[state.job.component] = entry
+        self._report(Outcome(state.job.component, state.job.version, "extracted", len(state.done.files),
+                             state.done.size, state.prepared.artifact_size, time.monotonic() - state.started,
+                             state.prepared.reason))
+        state.prepared = None
 
-def _finish(state: _State, dest: str, env: str) -> dict:
-    """Links last, then the rename into place; returns the manifest entry."""
-    job, prepared = state.job, state.prepared
-    tree = os.path.join(prepared.tmp, "tree")
-    try:
+    def _finish(self, state: _State) -> dict:
+        """Links last, then the tree into place (the manifest withdrawn around the swap); returns the entry."""
+        job, prepared = state.job, state.prepared
+        tree = os.path.join(prepared.tmp, "tree")
         if prepared.kind == "zip":
             archive_mod.make_links(job.component, tree, prepared.members, state.done)
             wanted = sum(1 for m in prepared.members if m.kind == FILE)
             if len(state.done.files) != wanted:
                 raise ArtifactError(job.component, f"extracted {len(state.done.files)} files of {wanted}")
-        target = _target(dest, env, job)
-        if os.path.lexists(target):
-            old = os.path.join(os.path.dirname(target), f".{job.version}.old-{os.getpid()}")
-            os.rename(target, old)
-            try:
-                os.rename(prepared.tmp, target)
-            except OSError:
-                os.rename(old, target)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(prepared.tmp, target)
-    except ArtifactError:
-        raise
-    except OSError as exc:
-        raise ArtifactError(job.component, f"cannot move the extracted tree into place: {exc}") from None
-    except Exception as exc:  # a bug or an unforeseen input: still this component's failure only
-        raise ArtifactError(job.component, f"{type(exc).__name__}: {exc}") from None
-    entry = {
-        "version": job.version,
-        "artifact": job.artifact,
-        "path": f"{env}/{job.component}/{job.version}/{job.artifact}",
-        "size": prepared.artifact_size,
-        "sha256": prepared.sha256,
-        "files": dict(sorted(state.done.files.items())),
-        "source": state.ref.record(),
-    }
-    if state.done.links:
-        entry["links"] = dict(sorted(state.done.links.items()))
-    return entry
+        entry = {
+            "version": job.version,
+            "artifact": job.artifact,
+            "path": f"{self.env}/{job.component}/{job.version}/{job.artifact}",
+            "size": prepared.artifact_size,
+            "sha256": prepared.sha256,
+            "files": dict(sorted(state.done.files.items())),
+            "source": state.ref.record(),
+            "disk": _disk_record(prepared.tmp, job.artifact, state.done),  # renames keep sizes and times
+        }
+        if state.done.links:
+            entry["links"] = dict(sorted(state.done.links.items()))
+        target = _target(self.dest, self.env, job)
+        current = self.ledger.components.get(job.component)
+        if current is not None and current.get("path") == entry["path"]:
+            self.ledger.withdraw([job.component])  # its bytes are about to change
+        try:
+            atomic.swap_in(prepared.tmp, target, os.path.join(os.path.dirname(target),
+                                                              f".{job.version}.old-{os.getpid()}"))
+        except OSError as exc:
+            raise ArtifactError(job.component, f"cannot move the extracted tree into place: {exc}") from None
+        self.ledger.record(job.component, entry)
+        return entry
+
+    # -- the end --------------------------------------------------------------------------
+    def settle(self, jobs: List[Job]) -> None:
+        """The final manifest: this run's entries, and a failed component's previous entry while still intact."""
+        if self.dry_run:
+            return
+        for job in jobs:
+            old = self.previous.get(job.component)
+            if job.component in self.entries or old is None or \
+                    self.outcomes.get(job.component, Outcome("", "", "")).status != "failed":
+                continue
+            if _damage(self.dest, self.env, Job(job.component, old["version"], old["artifact"]), old) is None:
+                self.entries[job.component] = old
+        self.ledger.settle(self.entries)

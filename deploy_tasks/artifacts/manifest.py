@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
+import threading
+from contextlib import contextmanager
 from typing import Dict, Optional
 
+from .. import atomic
 from ..errors import ArtifactError, ConfigError
 
 FORMAT = 1
@@ -41,25 +45,42 @@ def manifest_text(manifest: dict) -> str:
     return json.dumps(manifest, indent=2, sort_keys=True) + "\n"
 
 
-def write(dest: str, manifest: dict) -> bool:
-    """Write manifest.json and SHA256SUMS atomically; leave them untouched when unchanged. True if written."""
+def write(dest: str, manifest: dict, sums_only: bool = False) -> bool:
+    """Write SHA256SUMS, then manifest.json, each atomically; leave them untouched when unchanged. True if written.
+
+    SHA256SUMS first: it only ever lists trees already in place, and the
+    manifest (what generate-config trusts) follows. Ctrl-C waits until both are written.
+    ``sums_only``: the manifest on disk is known to hold ``manifest`` already.
+    """
     changed = False
-    for name, text in ((MANIFEST, manifest_text(manifest)), (SUMS, sums_text(manifest))):
-        path = os.path.join(dest, name)
-        try:
-            with open(path, encoding="utf-8") as fh:
-                if fh.read() == text:
-                    continue
-        except OSError:
-            pass
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        changed = True
+    with _interrupts_deferred():
+        files = [(SUMS, lambda: sums_text(manifest))] + ([] if sums_only else [(MANIFEST, lambda: manifest_text(manifest))])
+        for name, render in files:
+            text = render()
+            path = os.path.join(dest, name)
+            try:
+                with open(path, encoding="utf-8") as fh:
+                    if fh.read() == text:
+                        continue
+            except OSError:
+                pass
+            atomic.write_file(path, text)
+            changed = True
     return changed
+
+
+@contextmanager
+def _interrupts_deferred():
+    """SIGINT/SIGTERM held back (in the main thread) until the block is done, then delivered."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 class Sums(dict):

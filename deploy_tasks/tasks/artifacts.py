@@ -6,7 +6,7 @@ import os
 
 from invoke import task
 
-from ..errors import ConfigError, DeployError
+from ..errors import ConfigError
 from ..report import console
 from ._common import INVENTORY_HELP, deploy_task, load, resolve_settings
 
@@ -20,9 +20,12 @@ from ._common import INVENTORY_HELP, deploy_task, load, resolve_settings
     "workers": "Worker threads (or processes: setting extract_executor); default: extract_workers (0 = one per CPU).",
     "publish": "Then send the repository to the package server over SSH (only files whose checksum differs).",
     "dry_run": "Say what would be extracted (and published) without writing anything.",
+    "verify": "Re-hash every file already in the repository (a plain re-run compares sizes and times) and repair "
+              "what differs.",
 })
 @deploy_task
-def extract_artifacts(c, inventory=None, source=None, dest=None, workers=None, publish=False, dry_run=False):
+def extract_artifacts(c, inventory=None, source=None, dest=None, workers=None, publish=False, dry_run=False,
+                      verify=False):
     """Unpack the release into the package repository: verified, safe, concurrent, incremental."""
     from ..artifacts import Limits, extract_release, jobs_from_inventory
     from ..report.progress import ComponentProgress
@@ -34,7 +37,7 @@ def extract_artifacts(c, inventory=None, source=None, dest=None, workers=None, p
         result = extract_release(jobs_from_inventory(inv), settings.artifact_source, settings.repository,
                                  settings.environment, limits=Limits.from_settings(settings),
                                  workers=settings.extract_workers, executor=settings.extract_executor,
-                                 dry_run=dry_run, progress=progress)
+                                 dry_run=dry_run, progress=progress, verify=verify)
     finally:
         progress.close()
     counts = {}
@@ -86,39 +89,53 @@ def _publish(inv, settings, dry_run: bool) -> None:
     "inventory": INVENTORY_HELP,
     "dest": "Directory to write the release into; default: artifact_source (build/release).",
     "size_mb": "Unpacked size of each component in MiB (half text, half binaries); default 2.",
-    "force": "Overwrite artifacts already there.",
+    "force": "Overwrite artifacts already there that make-release did not write with these settings.",
 })
 @deploy_task
-def make_release(c, inventory=None, dest=None, size_mb=2, force=False):
+def make_release(c, inventory=None, dest=None, size_mb=None, force=False):
     """Write a SYNTHETIC release (one zip per component + SHA256SUMS) for rehearsals, demos and tests."""
+    from .. import atomic
     from ..artifacts import synthetic
 
     inv, _ = load(c, inventory)
     settings = resolve_settings(c, inv, artifact_source=dest)
     target = settings.artifact_source
     try:
-        size = int(size_mb)
+        size = int(size_mb if size_mb is not None else 2)
     except ValueError:
-        raise ConfigError(f"--size-mb {size_mb!r} is not a whole number") from None
+        raise ConfigError(f"--size-mb {size_mb!r} is not a whole number of MiB (for example --size-mb 2)") from None
     if size < 1:
         raise ConfigError("--size-mb must be at least 1")
-    if os.path.exists(target) and not os.path.isdir(target):
-        raise ConfigError(f"{target} is a file; make-release writes a release directory")
-    present = [comp.artifact for comp in inv.components if os.path.exists(os.path.join(target, comp.artifact))]
-    if present and not force:
-        raise DeployError(f"{target} already holds {len(present)} artifact(s) ({present[0]}, ...); "
-                          "add --force to overwrite them with synthetic ones")
-    synthetic.write_release(inv, target, size_per_component=size << 20)
-    console.say(f"wrote a synthetic release of {len(inv.components)} components ({size} MiB each, unpacked) "
+    atomic.output_dir(target, "--dest")
+    try:
+        made = synthetic.make_release(inv, target, size << 20, force=force)
+    except OSError as exc:
+        raise ConfigError(f"--dest {target}: cannot write the release ({atomic.describe_os_error(exc)})") from None
+    kept = f"; {len(made.kept)} kept from an earlier run" if made.kept else ""
+    console.say(f"wrote a synthetic release of {len(inv.components)} components ({size} MiB each, unpacked{kept}) "
                 f"and SHA256SUMS to {target}; next: inv extract-artifacts")
-    msi = settings.puppet_agent_msi
-    if msi and not os.path.exists(msi):
-        # bootstrap places this file on the package server; only the emulated hosts can "install" it
-        from ..rehearsal.msi import write_fake_msi
+    _synthetic_agent_msi(settings)
 
-        write_fake_msi(msi, version=settings.puppet_agent_version)
-        console.say(f"wrote a SYNTHETIC Puppet agent MSI {msi} (version {settings.puppet_agent_version}; "
-                    "for the rehearsal fleet's emulated hosts only)")
+
+def _synthetic_agent_msi(settings) -> None:
+    """Write the synthetic agent MSI where bootstrap looks for one, unless a real one is there."""
+    from ..artifacts import synthetic
+    from ..artifacts.msi import msi_problem
+
+    msi = settings.puppet_agent_msi
+    if not msi:
+        return
+    stale = os.path.exists(msi) and synthetic.is_synthetic_msi(msi) and msi_problem(msi)  # an older fake
+    if os.path.exists(msi) and not stale:
+        return
+    try:
+        # bootstrap places this file on the package server; only the emulated hosts can "install" it
+        synthetic.write_synthetic_msi(msi, version=settings.puppet_agent_version)
+    except OSError as exc:
+        raise ConfigError(f"cannot write the synthetic agent MSI {msi} (setting puppet_agent_msi): "
+                          f"{exc.strerror}; choose a path you can write") from None
+    console.say(f"wrote a SYNTHETIC Puppet agent MSI {msi} (version {settings.puppet_agent_version}; "
+                "for the rehearsal fleet's emulated hosts only)")
 
 
 TASKS = (extract_artifacts, make_release)

@@ -33,9 +33,11 @@ def _counts(changes) -> str:
     "output": "Puppet code dir to write (environments/<env>/...); default: deploy.puppet_dir, else <build_dir>/puppet.",
     "check": "Write nothing; list the files that would change and exit 1 if any would (drift check for Jenkins).",
     "diff": "Print a unified diff of what changes (with --check: of what would change).",
+    "force": "When the environment dir holds files generate-config did not write, move it aside (kept) and write "
+             "a fresh one instead of refusing.",
 })
 @deploy_task
-def generate_config(c, inventory=None, output=None, check=False, diff=False):
+def generate_config(c, inventory=None, output=None, check=False, diff=False, force=False):
     """Generate Hiera data and site.pp for the Windows hosts, validated by Puppet."""
     inv, settings = load(c, inventory)
     out_dir = output_dir(settings, output)
@@ -61,7 +63,9 @@ def generate_config(c, inventory=None, output=None, check=False, diff=False):
                    "run inv generate-config to regenerate (hand edits are overwritten: put them in the workbook)",
                    code=1)
 
-    result = write(rendered, out_dir, find_puppet())
+    result = write(rendered, out_dir, find_puppet(), force=force)
+    for note in result.notes:
+        console.say(note)
     if diff and result.changes:
         sys.stdout.write(console.redact(unified_diff(result.changes)))
     if result.check and not result.check.puppet:
