@@ -26,8 +26,11 @@ EXAMPLE_XLSX = Path(__file__).resolve().parent.parent / "inventory" / "example.x
 HOSTS = [("ZDB01", "127.0.0.11"), ("ZAPP01", "127.0.0.12")]
 
 
-def fleet_params(**extra):
-    return {"inventory": HOSTS, "persona_factory": FakePersona, **extra}
+def fleet_params(spec=None, **extra):
+    """Most tests drive the endpoint with Basic over HTTPS, so they turn it on (it is off by default, as on 2012 R2)."""
+    spec = dict(spec or {})
+    spec["defaults"] = {"basic": True, **spec.get("defaults", {})}
+    return {"inventory": HOSTS, "persona_factory": FakePersona, "spec": spec, **extra}
 
 
 def session(fleet, hostname="ZDB01", transport="basic", scheme="https", **kwargs):
@@ -399,7 +402,7 @@ def test_fixture_places_hosts_on_their_own_addresses(winrm_fleet):
 def _example_spec():
     from deploy_tasks.rehearsal.faults import FleetSpec
 
-    return FleetSpec.from_mapping({"hosts": {"ZWEB01": {"http_500": 1}}})
+    return FleetSpec.from_mapping({"defaults": {"basic": True}, "hosts": {"ZWEB01": {"http_500": 1}}})
 
 
 @pytest.mark.parametrize("winrm_fleet", [{"inventory": EXAMPLE_XLSX, "spec": _example_spec(), "persona_factory": FakePersona}],
