@@ -745,14 +745,11 @@ def _duration_s(text: Optional[str]) -> Optional[float]:
 def identify_envelope(authenticated: bool) -> bytes:
     """The answer to WS-Man Identify (``Test-WSMan``): WinRM 3.0 names its OS version only to an authenticated client."""
     version = "OS: 6.3.9600 SP: 0.0 Stack: 3.0" if authenticated else "OS: 0.0.0 SP: 0.0 Stack: 3.0"
-    profiles = ("<wsmid:SecurityProfiles><wsmid:SecurityProfileName>"
-                "http://schemas.dmtf.org/wbem/wsman/1/wsman/secprofile/http/spnego-kerberos"
-                "</wsmid:SecurityProfileName></wsmid:SecurityProfiles>") if authenticated else ""
     return (
         f'<s:Envelope xmlns:s="{NS_S}" xmlns:wsmid="{NS_ID}"><s:Header/><s:Body><wsmid:IdentifyResponse>'
         "<wsmid:ProtocolVersion>http://schemas.dmtf.org/wbem/wsman/1/wsman.xsd</wsmid:ProtocolVersion>"
         f"<wsmid:ProductVendor>Microsoft Corporation</wsmid:ProductVendor><wsmid:ProductVersion>{version}</wsmid:ProductVersion>"
-        f"{profiles}</wsmid:IdentifyResponse></s:Body></s:Envelope>"
+        "</wsmid:IdentifyResponse></s:Body></s:Envelope>"
     ).encode("utf-8")
 
 
