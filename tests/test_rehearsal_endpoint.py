@@ -438,3 +438,19 @@ def test_domain_and_local_account_forms_of_the_user(winrm_fleet):
                                  transport="ntlm", ca_trust_path=ca)
     with pytest.raises(InvalidCredentialsError):
         wrong_domain.run_cmd("hostname")
+
+
+def test_service_settings_in_the_fleet_spec():
+    from deploy_tasks.errors import ConfigError
+    from deploy_tasks.rehearsal.faults import FleetSpec
+
+    spec = FleetSpec.from_mapping({"defaults": {"max_shells_per_user": 5}, "hosts": {"ZDB01": {"basic": True}}})
+    zdb, other = spec.faults_for("ZDB01"), spec.faults_for("ZAPP01")
+    assert (zdb.basic, zdb.max_shells_per_user, other.basic, other.max_shells_per_user) == (True, 5, False, 5)
+    assert (other.idle_timeout_s, other.max_envelope_size_kb, other.max_concurrent_operations_per_user) == (7200.0, 500, 1500)
+    for bad, expected in [({"max_shells_per_user": 0}, "max_shells_per_user must be a whole number >= 1"),
+                          ({"basic": "yes"}, "basic must be true or false"),
+                          ({"idle_timeout_s": 0.5}, "idle_timeout_s must be a number of seconds >= 1")]:
+        with pytest.raises(ConfigError, match=expected) as err:
+            FleetSpec.from_mapping({"hosts": {"ZDB01": bad}})
+        assert "hosts.ZDB01" in str(err.value)
