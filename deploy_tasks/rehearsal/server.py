@@ -34,6 +34,7 @@ little-endian signature length, the 16-byte signature and the sealed data.
 from __future__ import annotations
 
 import base64
+import functools
 import re
 import socket
 import socketserver
@@ -420,8 +421,11 @@ class WinRMHost:
         message_id = (header.findtext(f"{{{NS_A}}}MessageID") or "").strip()
         try:
             request = _Request(header, soap_body, owner, _operation_timeout(header), _max_envelope(header), message_id)
-            with self._operation_slot(owner):
+            self._begin_operation(owner)
+            try:
                 reply_action, reply_body = self._operation(action, request)
+            finally:
+                self._end_operation(owner)
         except WSManFault as fault:
             fault.relates_to = message_id
             raise
@@ -431,23 +435,17 @@ class WinRMHost:
             raise fault from None
         return _envelope(reply_action, message_id, reply_body)
 
-    def _operation_slot(self, owner: str):
+    def _begin_operation(self, owner: str) -> None:
         """MaxConcurrentOperationsPerUser: requests of one user in flight at once on this host."""
-        host = self
+        with self._lock:
+            running = self._operations.get(owner, 0)
+            if running >= self.faults.max_concurrent_operations_per_user:
+                raise _quota_max_operations(self.faults.max_concurrent_operations_per_user)
+            self._operations[owner] = running + 1
 
-        class _Slot:
-            def __enter__(self):
-                with host._lock:
-                    running = host._operations.get(owner, 0)
-                    if running >= host.faults.max_concurrent_operations_per_user:
-                        raise _quota_max_operations(host.faults.max_concurrent_operations_per_user)
-                    host._operations[owner] = running + 1
-
-            def __exit__(self, *exc):
-                with host._lock:
-                    host._operations[owner] -= 1
-
-        return _Slot()
+    def _end_operation(self, owner: str) -> None:
+        with self._lock:
+            self._operations[owner] -= 1
 
     def _operation(self, action: str, request: "_Request") -> Tuple[str, str]:
         if action == ACTION_RECEIVE:
@@ -709,8 +707,15 @@ def _envelope(action: str, relates_to: str, body: str) -> bytes:
 
 def _receive_overhead(command_id: str, message_id: str) -> int:
     """Bytes of a Receive reply around its base64 output (both streams present, exit code at its longest)."""
-    skeleton = _receive_body(command_id, b"x", b"x", 4294967295)
-    return len(_envelope(NS_RSP + "/ReceiveResponse", message_id, skeleton)) - 8
+    return _overhead(len(command_id), len(escape(message_id)))
+
+
+@functools.lru_cache(maxsize=64)
+def _overhead(command_id_len: int, relates_to_len: int) -> int:
+    skeleton = _receive_body("C" * command_id_len, b"x", b"x", 4294967295)
+    envelope = _ENVELOPE.format(action=NS_RSP + "/ReceiveResponse", message_id="M" * 36, relates_to="R" * relates_to_len,
+                                body=skeleton)
+    return len(envelope.encode("utf-8")) - 8
 
 
 def _receive_body(command_id: str, out: bytes, err: bytes, exit_code: Optional[int]) -> str:
