@@ -368,10 +368,17 @@ def test_an_idle_shell_expires(winrm_fleet):
     wire.command(shell_id)  # activity keeps it alive
     time.sleep(0.6)
     wire.command(shell_id)
-    time.sleep(1.3)
+    host = winrm_fleet.host("ZCONF01")
+    sleeper = host.persona.start("sleep 30")
+    host.shells[shell_id].commands["SLEEPER"] = host.shells[shell_id].commands.popitem()[1]
+    host.shells[shell_id].commands["SLEEPER"].handle = sleeper
+    deadline = time.monotonic() + 5
+    while host.shells and time.monotonic() < deadline:
+        time.sleep(0.1)
+    # deleted without a request, with its command stopped: both expired, their slots are free
+    assert host.shells == {} and sleeper.terminated
     reply = wire.replay("command", shell_id)
     assert reply.status_code == 500 and b"shell was not found" in reply.content
-    assert winrm_fleet.host("ZCONF01").shells == {}  # both expired: their slots are free
 
 
 @pytest.mark.parametrize("winrm_fleet", [conformance_params(max_concurrent_operations_per_user=2)], indirect=True)

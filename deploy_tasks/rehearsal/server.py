@@ -43,6 +43,7 @@ import struct
 import threading
 import time
 import uuid
+import weakref
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -326,6 +327,7 @@ class WinRMHost:
             server.acceptor.start()
         self._servers = servers
         self._state = "running"
+        _REAPER.watch(self)
 
     def _unlisten(self) -> None:
         servers, self._servers = self._servers, []
@@ -347,6 +349,7 @@ class WinRMHost:
 
     def stop(self) -> None:
         """Stop listening, drop every connection and shell."""
+        _REAPER.forget(self)
         if self._reboot_timer is not None:
             self._reboot_timer.cancel()
         self._unlisten()
@@ -870,6 +873,46 @@ def _abort(conn) -> None:
         conn.close()
     except OSError:
         pass
+
+
+class _Reaper:
+    """One thread for every host of the process: deletes shells past their idle timeout about once a second.
+
+    (Requests reap too, so a shell is never served past its timeout; this only
+    stops the commands of shells nobody talks to any more.)
+    """
+
+    def __init__(self):
+        self._hosts: "weakref.WeakSet[WinRMHost]" = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._thread: Optional[threading.Thread] = None
+
+    def watch(self, host: WinRMHost) -> None:
+        with self._lock:
+            self._hosts.add(host)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="winrm-idle-reaper", daemon=True)
+                self._thread.start()
+
+    def forget(self, host: WinRMHost) -> None:
+        with self._lock:
+            self._hosts.discard(host)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(1.0)
+            with self._lock:
+                hosts = list(self._hosts)
+            now = time.monotonic()
+            for host in hosts:
+                if host.shells:
+                    try:
+                        host._reap(now)
+                    except Exception:  # noqa: BLE001 - one host's persona must not stop the others' reaping
+                        pass
+
+
+_REAPER = _Reaper()
 
 
 # -- HTTP --------------------------------------------------------------------------
