@@ -19,7 +19,7 @@ Spec file (YAML or JSON), every key optional:
         # the host's WinRM service settings (winrm/config); defaults are Windows Server 2012 R2's (WinRM 3.0)
         basic: false                       # Auth/Basic: off on a fresh 2012 R2; true lets Basic in (HTTPS, or HTTP with --allow-unencrypted)
         max_shells_per_user: 30            # Winrs/MaxShellsPerUser: the next Create gets the w:QuotaLimit fault
-        max_concurrent_operations_per_user: 1500  # Service/MaxConcurrentOperationsPerUser: requests in flight per user
+        max_concurrent_operations_per_user: 1500  # Service/MaxConcurrentOperationsPerUser: a user's open shells + the commands run in them
         max_processes_per_shell: 25        # Winrs/MaxProcessesPerShell: commands alive at once in one shell
         max_memory_per_shell_mb: 1024      # Winrs/MaxMemoryPerShellMB: reported, not measured
         idle_timeout_s: 7200               # Winrs/IdleTimeout: a shell idle this long is deleted (a Create's IdleTimeOut wins)

@@ -17,7 +17,8 @@ shell. Unknown shells and commands get the ``w:InvalidSelectors`` fault
 
 The WinRM service's limits, from the host's settings (faults.py, Windows Server
 2012 R2 defaults): MaxShellsPerUser (the next Create gets ``w:QuotaLimit``
-2150859173), MaxConcurrentOperationsPerUser (requests in flight), the shell's
+2150859173), MaxConcurrentOperationsPerUser (open shells and the commands
+run in them, 2150859174), the shell's
 idle timeout (the Create's ``IdleTimeOut`` or Winrs IdleTimeout, echoed in the
 Create reply; an idle shell is deleted), MaxEnvelopeSizekb (a larger request
 gets HTTP 413) and the client's MaxEnvelopeSize (no reply is larger: output
@@ -246,6 +247,7 @@ class _Shell:
     commands: Dict[str, _Command] = field(default_factory=dict)
     last_used: float = field(default_factory=time.monotonic)
     busy: int = 0  # requests being served on this shell: a Receive waiting for output is activity
+    commands_run: int = 0  # each Command holds one of the user's operations until the shell is deleted
 
     def expired(self, now: float) -> bool:
         return self.busy == 0 and now - self.last_used > self.idle_timeout_s
@@ -295,7 +297,6 @@ class WinRMHost:
         self.allow_unencrypted = allow_unencrypted
         self.boot_time = time.time()
         self.shells: Dict[str, _Shell] = {}
-        self._operations: Dict[str, int] = {}  # requests in flight per user (MaxConcurrentOperationsPerUser)
         self._lock = threading.Lock()
         self._servers: list = []
         self._connections: set = set()
@@ -424,11 +425,7 @@ class WinRMHost:
         message_id = (header.findtext(f"{{{NS_A}}}MessageID") or "").strip()
         try:
             request = _Request(header, soap_body, owner, _operation_timeout(header), _max_envelope(header), message_id)
-            self._begin_operation(owner)
-            try:
-                reply_action, reply_body = self._operation(action, request)
-            finally:
-                self._end_operation(owner)
+            reply_action, reply_body = self._operation(action, request)
         except WSManFault as fault:
             fault.relates_to = message_id
             raise
@@ -438,17 +435,18 @@ class WinRMHost:
             raise fault from None
         return _envelope(reply_action, message_id, reply_body)
 
-    def _begin_operation(self, owner: str) -> None:
-        """MaxConcurrentOperationsPerUser: requests of one user in flight at once on this host."""
-        with self._lock:
-            running = self._operations.get(owner, 0)
-            if running >= self.faults.max_concurrent_operations_per_user:
-                raise _quota_max_operations(self.faults.max_concurrent_operations_per_user)
-            self._operations[owner] = running + 1
+    def _new_operation(self, owner: str) -> None:
+        """MaxConcurrentOperationsPerUser, checked where an operation begins (Create, Command); call under the lock.
 
-    def _end_operation(self, owner: str) -> None:
-        with self._lock:
-            self._operations[owner] -= 1
+        WinRM counts a shell and every Command run in it against this quota
+        until the shell is deleted, so a shell reused for ~1500 commands gets
+        the fault (2150859174) and clients reset their shell on it (WinRb/WinRM's
+        lib/winrm/shells/base.rb, FAULTS_FOR_RESET: "Maximum commands per user
+        exceeded"; WinRb/WinRM#197).
+        """
+        held = sum(1 + s.commands_run for s in self.shells.values() if s.owner == owner)
+        if held >= self.faults.max_concurrent_operations_per_user:
+            raise _quota_max_operations(self.faults.max_concurrent_operations_per_user)
 
     def _operation(self, action: str, request: "_Request") -> Tuple[str, str]:
         if action == ACTION_RECEIVE:
@@ -527,6 +525,7 @@ class WinRMHost:
             limit = self.faults.max_shells_per_user
             if sum(1 for s in self.shells.values() if s.owner == request.owner) >= limit:
                 raise _quota_max_shells(limit)
+            self._new_operation(request.owner)
             self.shells[shell_id] = _Shell(shell_id, request.owner, options, idle, last_used=now)
         address = (request.header.findtext(f"{{{NS_A}}}To") or "").strip() or f"http://{self.hostname}:5985/wsman"
         echo = ""
@@ -567,13 +566,19 @@ class WinRMHost:
         parts += [a.text or "" for a in line.findall(f"{{{NS_RSP}}}Arguments")]
         command_line = " ".join(p for p in parts if p)
         skip_cmd_shell = _true(_option_set(request.header).get("WINRS_SKIP_CMD_SHELL", "false"))
+        with self._lock:
+            self._new_operation(shell.owner)
+            shell.commands_run += 1  # taken before the program starts, so that threads cannot overshoot together
         try:
             handle = self.persona.start(command_line, options=shell.options, skip_cmd_shell=skip_cmd_shell)
-        except ProgramNotFound:
-            raise _program_not_found() from None
-        except WSManFault:
-            raise
-        except Exception as exc:  # the persona is emulated Windows: its bug is a 500, not a dead server
+        except BaseException as exc:
+            with self._lock:
+                shell.commands_run -= 1  # nothing started: no operation held
+            if isinstance(exc, ProgramNotFound):
+                raise _program_not_found() from None
+            if isinstance(exc, (WSManFault, KeyboardInterrupt, SystemExit)):
+                raise
+            # the persona is emulated Windows: its bug is a 500, not a dead server
             raise internal_error(f"the emulated host failed to start {command_line!r}: {type(exc).__name__}: {exc}") from None
         command_id = str(uuid.uuid4()).upper()
         shell.commands[command_id] = _Command(command_id, command_line, handle)
