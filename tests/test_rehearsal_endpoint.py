@@ -454,3 +454,15 @@ def test_service_settings_in_the_fleet_spec():
         with pytest.raises(ConfigError, match=expected) as err:
             FleetSpec.from_mapping({"hosts": {"ZDB01": bad}})
         assert "hosts.ZDB01" in str(err.value)
+
+
+@DEFAULT
+def test_idle_timeout_in_milliseconds_is_a_schema_error(winrm_fleet):
+    # pywinrm passes idle_timeout through as is; Windows wants an xs:duration (diyan/pywinrm#377)
+    p = protocol(winrm_fleet)
+    with pytest.raises(WSManFaultError) as err:
+        p.open_shell(idle_timeout=3600000)
+    assert (err.value.wsman_fault_code, err.value.fault_subcode) == (2150858817, "w:SchemaValidationError")
+    shell = p.open_shell(idle_timeout="PT3600S")
+    assert winrm_fleet.host("ZDB01").shells[shell].idle_timeout_s == 3600.0
+    p.close_shell(shell)

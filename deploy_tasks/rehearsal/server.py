@@ -90,6 +90,7 @@ CODE_INTERNAL = 1726  # RPC_S_CALL_FAILED, what a sick WinRM service answers wit
 CODE_UNENCRYPTED = 2150859116  # 0x8033816C: unencrypted traffic is disabled
 CODE_QUOTA_MAX_SHELLS = 2150859173  # 0x803381A5 ERROR_WSMAN_QUOTA_MAX_SHELLS
 CODE_QUOTA_MAX_OPERATIONS = 2150859174  # 0x803381A6 ERROR_WSMAN_QUOTA_MAX_OPERATIONS
+CODE_SCHEMA_VALIDATION = 2150858817  # 0x80338041: the body does not match the schema
 CODE_INVALID_HEADER = 2150858767  # 0x8033800F: an invalid SOAP header (OperationTimeout PT-1S)
 CODE_INVALID_RESOURCE_URI = 2150858811  # 0x8033803B ERROR_WSMAN_INVALID_RESOURCE_URI
 CODE_FILE_NOT_FOUND = 2147942402  # HRESULT_FROM_WIN32(ERROR_FILE_NOT_FOUND)
@@ -181,6 +182,12 @@ def _invalid_timeout(value: str) -> WSManFault:
                       "headers. ",
                       f"The WS-Management service cannot process the request. The XML contains an invalid timeout field in "
                       f"the SOAP header: {value}. ", action=ACTION_ADDRESSING_FAULT)
+
+
+def _schema_validation_error() -> WSManFault:
+    """A body that breaks the shell schema, e.g. ``<rsp:IdleTimeOut>3600000</rsp:IdleTimeOut>`` (diyan/pywinrm#377)."""
+    text = "The SOAP XML in the message does not match the corresponding XML schema definition. Change the XML and retry. "
+    return WSManFault(CODE_SCHEMA_VALIDATION, "w:SchemaValidationError", text)
 
 
 def _program_not_found() -> WSManFault:
@@ -514,7 +521,7 @@ class WinRMHost:
         if idle_text is not None:
             idle = _duration_s(idle_text)
             if idle is None:
-                raise _invalid_parameter()
+                raise _schema_validation_error()
         options = ShellOptions(codepage=codepage, environment=environment, working_directory=working_directory or None,
                                noprofile=_true(opts.get("WINRS_NOPROFILE", "false")),
                                consolemode_stdin=_true(opts.get("WINRS_CONSOLEMODE_STDIN", "true")))
