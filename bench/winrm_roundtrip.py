@@ -35,10 +35,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def serve(args) -> None:
     """Child process: run a fleet with the test persona until stdin closes."""
+    from deploy_tasks.rehearsal.faults import FleetSpec
     from deploy_tasks.rehearsal.fleet import Fleet, load_factory
 
     hosts = [(f"BENCH{i:02d}", f"127.0.9.{10 + i}") for i in range(args.hosts)]
-    fleet = Fleet(hosts, Path(args.root), persona_factory=load_factory(args.persona), http_port=0, https_port=0)
+    # Basic is off on a 2012 R2 host until enabled; a reused shell runs thousands of commands here, past the
+    # ~1500 operations WinRM allows before the client must open a new shell, which would measure the quota, not the protocol
+    spec = FleetSpec.from_mapping({"defaults": {"basic": True, "max_concurrent_operations_per_user": 10 ** 9}})
+    fleet = Fleet(hosts, Path(args.root), spec, persona_factory=load_factory(args.persona), http_port=0, https_port=0)
     fleet.start()
     fleet.write_json(Path(args.root) / "fleet.json")
     sys.stdout.write("ready\n")

@@ -26,8 +26,11 @@ EXAMPLE_XLSX = Path(__file__).resolve().parent.parent / "inventory" / "example.x
 HOSTS = [("ZDB01", "127.0.0.11"), ("ZAPP01", "127.0.0.12")]
 
 
-def fleet_params(**extra):
-    return {"inventory": HOSTS, "persona_factory": FakePersona, **extra}
+def fleet_params(spec=None, **extra):
+    """Most tests drive the endpoint with Basic over HTTPS, so they turn it on (it is off by default, as on 2012 R2)."""
+    spec = dict(spec or {})
+    spec["defaults"] = {"basic": True, **spec.get("defaults", {})}
+    return {"inventory": HOSTS, "persona_factory": FakePersona, "spec": spec, **extra}
 
 
 def session(fleet, hostname="ZDB01", transport="basic", scheme="https", **kwargs):
@@ -399,7 +402,7 @@ def test_fixture_places_hosts_on_their_own_addresses(winrm_fleet):
 def _example_spec():
     from deploy_tasks.rehearsal.faults import FleetSpec
 
-    return FleetSpec.from_mapping({"hosts": {"ZWEB01": {"http_500": 1}}})
+    return FleetSpec.from_mapping({"defaults": {"basic": True}, "hosts": {"ZWEB01": {"http_500": 1}}})
 
 
 @pytest.mark.parametrize("winrm_fleet", [{"inventory": EXAMPLE_XLSX, "spec": _example_spec(), "persona_factory": FakePersona}],
@@ -435,3 +438,31 @@ def test_domain_and_local_account_forms_of_the_user(winrm_fleet):
                                  transport="ntlm", ca_trust_path=ca)
     with pytest.raises(InvalidCredentialsError):
         wrong_domain.run_cmd("hostname")
+
+
+def test_service_settings_in_the_fleet_spec():
+    from deploy_tasks.errors import ConfigError
+    from deploy_tasks.rehearsal.faults import FleetSpec
+
+    spec = FleetSpec.from_mapping({"defaults": {"max_shells_per_user": 5}, "hosts": {"ZDB01": {"basic": True}}})
+    zdb, other = spec.faults_for("ZDB01"), spec.faults_for("ZAPP01")
+    assert (zdb.basic, zdb.max_shells_per_user, other.basic, other.max_shells_per_user) == (True, 5, False, 5)
+    assert (other.idle_timeout_s, other.max_envelope_size_kb, other.max_concurrent_operations_per_user) == (7200.0, 500, 1500)
+    for bad, expected in [({"max_shells_per_user": 0}, "max_shells_per_user must be a whole number >= 1"),
+                          ({"basic": "yes"}, "basic must be true or false"),
+                          ({"idle_timeout_s": 0.5}, "idle_timeout_s must be a number of seconds >= 1")]:
+        with pytest.raises(ConfigError, match=expected) as err:
+            FleetSpec.from_mapping({"hosts": {"ZDB01": bad}})
+        assert "hosts.ZDB01" in str(err.value)
+
+
+@DEFAULT
+def test_idle_timeout_in_milliseconds_is_a_schema_error(winrm_fleet):
+    # pywinrm passes idle_timeout through as is; Windows wants an xs:duration (diyan/pywinrm#377)
+    p = protocol(winrm_fleet)
+    with pytest.raises(WSManFaultError) as err:
+        p.open_shell(idle_timeout=3600000)
+    assert (err.value.wsman_fault_code, err.value.fault_subcode) == (2150858817, "w:SchemaValidationError")
+    shell = p.open_shell(idle_timeout="PT3600S")
+    assert winrm_fleet.host("ZDB01").shells[shell].idle_timeout_s == 3600.0
+    p.close_shell(shell)

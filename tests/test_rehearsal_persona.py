@@ -640,7 +640,8 @@ def winrm_session(fleet, hostname, transport="basic", scheme="https"):
 
 @pytest.mark.integration
 @pytest.mark.parametrize("winrm_fleet", [{"inventory": WINRM_HOSTS, "spec": {
-    "mode": "timing", "timing": {"default_s": 1.5}, "hosts": {"ZAPP02": {"msi_busy_attempts": 1}}}}], indirect=True)
+    "mode": "timing", "timing": {"default_s": 1.5}, "defaults": {"basic": True},
+    "hosts": {"ZAPP02": {"msi_busy_attempts": 1}}}}], indirect=True)
 def test_persona_through_pywinrm(winrm_fleet, packages):
     s = winrm_session(winrm_fleet, "ZAPP01")
     r = s.run_cmd("hostname")

@@ -1,4 +1,4 @@
-"""Fault injection for the rehearsal fleet: per-host faults from a spec file or the Python API.
+"""The rehearsal fleet's spec: per-host faults and WinRM service settings, from a spec file or the Python API.
 
 Spec file (YAML or JSON), every key optional:
 
@@ -16,6 +16,15 @@ Spec file (YAML or JSON), every key optional:
         puppet_fail: [zeo_server]  # puppet runs touching these components fail (exit 4/6 with --detailed-exitcodes)
         slow_command_s: 5          # every command takes at least this long (outlasts a short OperationTimeout)
         reboot_down_s: 2           # after `shutdown /r` (or an MSI's 1641) the host is away this long
+        # the host's WinRM service settings (winrm/config); defaults are Windows Server 2012 R2's (WinRM 3.0)
+        basic: false                       # Auth/Basic: off on a fresh 2012 R2; true lets Basic in (HTTPS, or HTTP with --allow-unencrypted)
+        max_shells_per_user: 30            # Winrs/MaxShellsPerUser: the next Create gets the w:QuotaLimit fault
+        max_concurrent_operations_per_user: 1500  # Service/MaxConcurrentOperationsPerUser: a user's open shells + the commands run in them
+        max_processes_per_shell: 25        # Winrs/MaxProcessesPerShell: commands alive at once in one shell
+        max_memory_per_shell_mb: 1024      # Winrs/MaxMemoryPerShellMB: reported, not measured
+        idle_timeout_s: 7200               # Winrs/IdleTimeout: a shell idle this long is deleted (a Create's IdleTimeOut wins)
+        max_envelope_size_kb: 500          # MaxEnvelopeSizekb: a larger request gets HTTP 413
+        max_timeout_ms: 60000              # MaxTimeoutms: reported in the config
     timing:                        # mode timing only
       default_s: 2.0
       components: {zeo_server: 10.0}
@@ -46,7 +55,16 @@ class HostFaults:
     msi_exit_code: int = 0
     puppet_fail: tuple = ()
     slow_command_s: float = 0.0
-    reboot_down_s: float = 2.0  # issue 4 (persona): how long `shutdown /r` keeps the host away
+    reboot_down_s: float = 2.0  # how long `shutdown /r` keeps the host away
+    # WinRM service settings, Windows Server 2012 R2 defaults (`winrm get winrm/config`)
+    basic: bool = False
+    max_shells_per_user: int = 30
+    max_concurrent_operations_per_user: int = 1500
+    max_processes_per_shell: int = 25
+    max_memory_per_shell_mb: int = 1024
+    idle_timeout_s: float = 7200.0
+    max_envelope_size_kb: int = 500
+    max_timeout_ms: int = 60000
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def take(self, counter: str) -> bool:
@@ -65,10 +83,25 @@ class HostFaults:
         if unknown:
             raise ConfigError(f"{where}: unknown fault(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
         values = dict(data)
+        for name in _POSITIVE_INTS:
+            if name in values:
+                value = values[name]
+                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                    raise ConfigError(f"{where}: {name} must be a whole number >= 1, not {value!r}")
+        if "idle_timeout_s" in values:
+            value = values["idle_timeout_s"]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 1:
+                raise ConfigError(f"{where}: idle_timeout_s must be a number of seconds >= 1 (WinRM's minimum), not {value!r}")
+        if "basic" in values and not isinstance(values["basic"], bool):
+            raise ConfigError(f"{where}: basic must be true or false, not {values['basic']!r}")
         if "puppet_fail" in values:
             pf = values["puppet_fail"]
             values["puppet_fail"] = tuple([pf] if isinstance(pf, str) else pf)
         return cls(**values)
+
+
+_POSITIVE_INTS = ("max_shells_per_user", "max_concurrent_operations_per_user", "max_processes_per_shell",
+                  "max_memory_per_shell_mb", "max_envelope_size_kb", "max_timeout_ms")
 
 
 @dataclass

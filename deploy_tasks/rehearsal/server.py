@@ -1,7 +1,7 @@
 """The emulated WinRM endpoint: WS-Management "Windows remote shell" over HTTP and HTTPS.
 
 What is real here: HTTP/1.1 with keep-alive, TLS (certificates from the fleet's
-CA), Basic auth, NTLM (pyspnego's server-side acceptor, credentials from the
+CA), Basic auth (off unless the host's ``basic`` setting allows it, as on 2012 R2), NTLM (pyspnego's server-side acceptor, credentials from the
 file named by ``NTLM_USER_FILE``) with WinRM message encryption over plain
 HTTP, and the WS-Man SOAP exchange the real pywinrm client sends and parses.
 What is emulated: Windows behind the protocol. Each WS-Man Command goes to a
@@ -15,6 +15,17 @@ answers by polling again); Signal terminates a command; Delete closes the
 shell. Unknown shells and commands get the ``w:InvalidSelectors`` fault
 (2150858843) as on Windows. Every reply carries ``RelatesTo``.
 
+The WinRM service's limits, from the host's settings (faults.py, Windows Server
+2012 R2 defaults): MaxShellsPerUser (the next Create gets ``w:QuotaLimit``
+2150859173), MaxConcurrentOperationsPerUser (open shells and the commands
+run in them, 2150859174), the shell's
+idle timeout (the Create's ``IdleTimeOut`` or Winrs IdleTimeout, echoed in the
+Create reply; an idle shell is deleted), MaxEnvelopeSizekb (a larger request
+gets HTTP 413) and the client's MaxEnvelopeSize (no reply is larger: output
+waits for the next Receive). Identify (``Test-WSMan``) and a Get of
+``winrm/config`` answer as WinRM 3.0 does; other resource URIs, the PowerShell
+one included, get ``w:DestinationUnreachable``.
+
 Message encryption (MS-WSMV 2.2.9.1.1): an empty POST runs the NTLM handshake
 (``Authorization: Negotiate <token>``); from then on the TCP connection is the
 security context, and bodies are ``multipart/encrypted`` with the 4-byte
@@ -24,6 +35,7 @@ little-endian signature length, the 16-byte signature and the sealed data.
 from __future__ import annotations
 
 import base64
+import functools
 import re
 import socket
 import socketserver
@@ -32,13 +44,14 @@ import struct
 import threading
 import time
 import uuid
+import weakref
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Dict, Optional, Tuple
 from xml.sax.saxutils import escape
 
-from .base import CommandHandle, Persona
+from .base import CommandHandle, Persona, ProgramNotFound, ShellOptions
 from .faults import HostFaults
 
 NS_S = "http://www.w3.org/2003/05/soap-envelope"
@@ -47,6 +60,9 @@ NS_W = "http://schemas.dmtf.org/wbem/wsman/1/wsman.xsd"
 NS_RSP = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell"
 NS_X = "http://schemas.xmlsoap.org/ws/2004/09/transfer"
 NS_F = "http://schemas.microsoft.com/wbem/wsman/1/wsmanfault"
+NS_ID = "http://schemas.dmtf.org/wbem/wsman/identity/1/wsmanidentity.xsd"
+NS_CFG = "http://schemas.microsoft.com/wbem/wsman/1/config"
+NS_WMI = "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/MSFT_WmiError"
 
 ACTION_CREATE = "http://schemas.xmlsoap.org/ws/2004/09/transfer/Create"
 ACTION_DELETE = "http://schemas.xmlsoap.org/ws/2004/09/transfer/Delete"
@@ -54,8 +70,13 @@ ACTION_COMMAND = NS_RSP + "/Command"
 ACTION_SEND = NS_RSP + "/Send"
 ACTION_RECEIVE = NS_RSP + "/Receive"
 ACTION_SIGNAL = NS_RSP + "/Signal"
+ACTION_GET = "http://schemas.xmlsoap.org/ws/2004/09/transfer/Get"
 ACTION_FAULT = "http://schemas.dmtf.org/wbem/wsman/1/wsman/fault"
+ACTION_ADDRESSING_FAULT = "http://schemas.xmlsoap.org/ws/2004/08/addressing/fault"
 RESOURCE_CMD = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/cmd"
+RESOURCE_POWERSHELL = "http://schemas.microsoft.com/powershell/Microsoft.PowerShell"
+RESOURCE_CONFIG = NS_CFG
+FAULT_DETAIL = "http://schemas.dmtf.org/wbem/wsman/1/wsman/faultDetail/"
 SIGNAL_TERMINATE = NS_RSP + "/signal/terminate"
 SIGNAL_CTRL_C = NS_RSP + "/signal/ctrl_c"
 STATE_DONE = NS_RSP + "/CommandState/Done"
@@ -67,14 +88,23 @@ CODE_INVALID_SELECTORS = 2150858843  # 0x8033805B ERROR_WSMAN_UNEXPECTED_SELECTO
 CODE_ACTION_NOT_SUPPORTED = 2150858757  # 0x80338005
 CODE_INTERNAL = 1726  # RPC_S_CALL_FAILED, what a sick WinRM service answers with
 CODE_UNENCRYPTED = 2150859116  # 0x8033816C: unencrypted traffic is disabled
+CODE_QUOTA_MAX_SHELLS = 2150859173  # 0x803381A5 ERROR_WSMAN_QUOTA_MAX_SHELLS
+CODE_QUOTA_MAX_OPERATIONS = 2150859174  # 0x803381A6 ERROR_WSMAN_QUOTA_MAX_OPERATIONS
+CODE_SCHEMA_VALIDATION = 2150858817  # 0x80338041: the body does not match the schema
+CODE_INVALID_HEADER = 2150858767  # 0x8033800F: an invalid SOAP header (OperationTimeout PT-1S)
+CODE_INVALID_RESOURCE_URI = 2150858811  # 0x8033803B ERROR_WSMAN_INVALID_RESOURCE_URI
+CODE_FILE_NOT_FOUND = 2147942402  # HRESULT_FROM_WIN32(ERROR_FILE_NOT_FOUND)
+CODE_INVALID_PARAMETER = 87  # ERROR_INVALID_PARAMETER, from the cmd shell plugin
+#: the shell plugin that answers WinRS faults on Windows (ProviderFault attributes)
+CMD_PLUGIN = ("Shell cmd plugin", "%systemroot%\\system32\\winrscmd.dll")
 
 PROTOCOL_SPNEGO = "application/HTTP-SPNEGO-session-encrypted"
 ENCRYPTED_CONTENT_TYPE = f'multipart/encrypted;protocol="{PROTOCOL_SPNEGO}";boundary="Encrypted Boundary"'
 BOUNDARY = b"--Encrypted Boundary"
 SOAP_CONTENT_TYPE = "application/soap+xml;charset=UTF-8"
 
-#: raw bytes per Receive reply: base64 of this stays well under pywinrm's MaxEnvelopeSize (153600)
-MAX_CHUNK = 96 * 1024
+#: the client's MaxEnvelopeSize when a request names none (WS-Man's 150 KiB, what pywinrm and pypsrp send)
+DEFAULT_MAX_ENVELOPE = 153600
 #: a keep-alive connection idle this long is closed (Windows: 120 s)
 IDLE_TIMEOUT_S = 120.0
 
@@ -88,40 +118,116 @@ _ENVELOPE = (
 
 
 class WSManFault(Exception):
-    """A SOAP fault to send back (HTTP 500, as Windows does)."""
+    """A SOAP fault to send back (HTTP 500, as Windows does).
 
-    def __init__(self, code: int, subcode: str, reason: str, message: str = "", sender: bool = True):
+    Windows ends every fault text with a space; ``detail`` is the
+    ``w:FaultDetail`` URI's last part, ``provider`` the (provider, path) of the
+    ``f:ProviderFault`` wrapping a plugin's message, ``wmi_error`` selects the
+    ``MSFT_WmiError`` detail that quota faults carry since WinRM 3.0.
+    """
+
+    def __init__(self, code: int, subcode: str, reason: str, message: str = "", sender: bool = True, *,
+                 detail: str = "", provider: Optional[Tuple[str, str]] = None, wmi_error: bool = False,
+                 action: str = ACTION_FAULT):
         super().__init__(reason)
         self.code = code
         self.subcode = subcode
         self.reason = reason
         self.message = message or reason
         self.sender = sender
+        self.detail = detail
+        self.provider = provider
+        self.wmi_error = wmi_error
+        self.action = action
+        self.relates_to = ""
 
 
 def _timed_out() -> WSManFault:
-    return WSManFault(CODE_TIMED_OUT, "w:TimedOut",
-                      "The WS-Management service cannot complete the operation within the time specified in OperationTimeout.",
-                      sender=False)
+    text = "The WS-Management service cannot complete the operation within the time specified in OperationTimeout.  "
+    return WSManFault(CODE_TIMED_OUT, "w:TimedOut", text, sender=False)
+
+
+_INVALID_SELECTORS = ("The WS-Management service cannot process the request because the request contained invalid "
+                      "selectors for the resource. ")
 
 
 def _shell_not_found(shell_id: str) -> WSManFault:
-    return WSManFault(CODE_INVALID_SELECTORS, "w:InvalidSelectors",
-                      "The WS-Management service cannot process the request because the request contained invalid selectors for the resource.",
+    return WSManFault(CODE_INVALID_SELECTORS, "w:InvalidSelectors", _INVALID_SELECTORS,
                       f"The request for the Windows Remote Shell with ShellId {shell_id} failed because the shell was not found "
                       "on the server. Possible causes are: the specified ShellId is incorrect or the shell no longer exists on "
-                      "the server. Provide the correct ShellId or create a new shell and retry the operation.")
+                      "the server. Provide the correct ShellId or create a new shell and retry the operation. ",
+                      detail="UnexpectedSelectors")
+
+
+def _unexpected_selectors() -> WSManFault:
+    return WSManFault(CODE_INVALID_SELECTORS, "w:InvalidSelectors", _INVALID_SELECTORS, detail="UnexpectedSelectors")
 
 
 def _command_not_found() -> WSManFault:
-    return WSManFault(CODE_INVALID_SELECTORS, "w:InvalidSelectors",
-                      "The WS-Management service cannot process the request because the request contained invalid selectors for the resource.",
+    return WSManFault(CODE_INVALID_SELECTORS, "w:InvalidSelectors", _INVALID_SELECTORS,
                       "The Windows Remote Shell received a request to perform an operation on a command identifier that does "
-                      "not exist. Either the command has completed execution or the client specified an invalid command identifier.")
+                      "not exist. Either the command has completed execution or the client specified an invalid command "
+                      "identifier. ", detail="UnexpectedSelectors")
+
+
+def _invalid_parameter() -> WSManFault:
+    """What the cmd shell plugin answers for a request it cannot use (a Receive without CommandId, an unknown signal)."""
+    return WSManFault(CODE_INVALID_PARAMETER, "w:InvalidParameter", "The parameter is incorrect. ",
+                      detail="InvalidValue", provider=CMD_PLUGIN)
+
+
+def _invalid_timeout(value: str) -> WSManFault:
+    return WSManFault(CODE_INVALID_HEADER, "a:InvalidMessageInformationHeader",
+                      "The WS-Management service cannot process the request. The request contains one or more invalid SOAP "
+                      "headers. ",
+                      f"The WS-Management service cannot process the request. The XML contains an invalid timeout field in "
+                      f"the SOAP header: {value}. ", action=ACTION_ADDRESSING_FAULT)
+
+
+def _schema_validation_error() -> WSManFault:
+    """A body that breaks the shell schema, e.g. ``<rsp:IdleTimeOut>3600000</rsp:IdleTimeOut>`` (diyan/pywinrm#377)."""
+    text = "The SOAP XML in the message does not match the corresponding XML schema definition. Change the XML and retry. "
+    return WSManFault(CODE_SCHEMA_VALIDATION, "w:SchemaValidationError", text)
+
+
+def _program_not_found() -> WSManFault:
+    return WSManFault(CODE_FILE_NOT_FOUND, "w:InternalError", "The system cannot find the file specified. ", sender=False,
+                      provider=CMD_PLUGIN)
+
+
+def _quota_max_shells(limit: int) -> WSManFault:
+    return WSManFault(CODE_QUOTA_MAX_SHELLS, "w:QuotaLimit",
+                      "The WS-Management service cannot process the request. The maximum number of concurrent shells for "
+                      "this user has been exceeded. Close existing shells or raise the quota for this user. ",
+                      f"The WS-Management service cannot process the request. This user is allowed a maximum number of "
+                      f"{limit} concurrent shells, which has been exceeded. Close existing shells or raise the quota for "
+                      "this user. ", wmi_error=True)
+
+
+def _quota_max_operations(limit: int) -> WSManFault:
+    return WSManFault(CODE_QUOTA_MAX_OPERATIONS, "w:QuotaLimit",
+                      "The WS-Management service cannot process the request. The maximum number of concurrent operations "
+                      "for this user has been exceeded. Close existing operations for this user, or raise the quota for "
+                      "this user. ",
+                      f"The WS-Management service cannot process the request. This user is allowed a maximum number of "
+                      f"{limit} concurrent operations, which has been exceeded. Close existing operations for this user, "
+                      "or raise the quota for this user. ", wmi_error=True)
+
+
+def _resource_not_found(resource_uri: str) -> WSManFault:
+    message = ("The WS-Management service cannot process the request because the resource URI is not valid or was not "
+               "found. ")
+    if resource_uri.lower() == RESOURCE_POWERSHELL.lower():
+        message = (f"The resource URI {resource_uri} (PowerShell remoting, PSRP) is not emulated by the rehearsal fleet: "
+                   "only the cmd shell (" + RESOURCE_CMD + ") is. Run PowerShell as `powershell -EncodedCommand` in a cmd "
+                   "shell (pywinrm's run_ps). ")
+    return WSManFault(CODE_INVALID_RESOURCE_URI, "w:DestinationUnreachable",
+                      "The WS-Management service cannot process the request. The resource URI is not valid or was not "
+                      "found. ", message, detail="InvalidResourceURI")
 
 
 def internal_error(message: str) -> WSManFault:
-    return WSManFault(CODE_INTERNAL, "w:InternalError", "The WS-Management service cannot process the request.", message,
+    return WSManFault(CODE_INTERNAL, "w:InternalError", "The WS-Management service cannot process the request. ", message,
                       sender=False)
 
 
@@ -143,7 +249,15 @@ class _Command:
 class _Shell:
     shell_id: str
     owner: str
+    options: ShellOptions
+    idle_timeout_s: float
     commands: Dict[str, _Command] = field(default_factory=dict)
+    last_used: float = field(default_factory=time.monotonic)
+    busy: int = 0  # requests being served on this shell: a Receive waiting for output is activity
+    commands_run: int = 0  # each Command holds one of the user's operations until the shell is deleted
+
+    def expired(self, now: float) -> bool:
+        return self.busy == 0 and now - self.last_used > self.idle_timeout_s
 
 
 # -- the host ------------------------------------------------------------------
@@ -221,6 +335,7 @@ class WinRMHost:
             server.acceptor.start()
         self._servers = servers
         self._state = "running"
+        _REAPER.watch(self)
 
     def _unlisten(self) -> None:
         servers, self._servers = self._servers, []
@@ -242,6 +357,7 @@ class WinRMHost:
 
     def stop(self) -> None:
         """Stop listening, drop every connection and shell."""
+        _REAPER.forget(self)
         if self._reboot_timer is not None:
             self._reboot_timer.cancel()
         self._unlisten()
@@ -304,16 +420,19 @@ class WinRMHost:
             root = ET.fromstring(body)
         except ET.ParseError as exc:
             raise WSManFault(2150858799, "s:InvalidMessage",
-                             "The WS-Management service cannot process the request because the XML is invalid.",
+                             "The WS-Management service cannot process the request because the XML is invalid. ",
                              f"XML parse error: {exc}") from None
         header = root.find(f"{{{NS_S}}}Header")
         soap_body = root.find(f"{{{NS_S}}}Body")
         if header is None or soap_body is None:
-            raise WSManFault(2150858799, "s:InvalidMessage", "The request is not a SOAP envelope.")
+            raise WSManFault(2150858799, "s:InvalidMessage", "The request is not a SOAP envelope. ")
+        if soap_body.find(f"{{{NS_ID}}}Identify") is not None:
+            return identify_envelope(authenticated=True)
         action = (header.findtext(f"{{{NS_A}}}Action") or "").strip()
         message_id = (header.findtext(f"{{{NS_A}}}MessageID") or "").strip()
         try:
-            reply_action, reply_body = self._operation(action, header, soap_body, owner)
+            request = _Request(header, soap_body, owner, _operation_timeout(header), _max_envelope(header), message_id)
+            reply_action, reply_body = self._operation(action, request)
         except WSManFault as fault:
             fault.relates_to = message_id
             raise
@@ -321,89 +440,168 @@ class WinRMHost:
             fault = internal_error(f"{self.hostname}: {type(exc).__name__}: {exc}")
             fault.relates_to = message_id
             raise fault from None
-        return _ENVELOPE.format(action=reply_action, message_id=str(uuid.uuid4()).upper(), relates_to=escape(message_id),
-                                body=reply_body).encode("utf-8")
+        return _envelope(reply_action, message_id, reply_body)
 
-    def _operation(self, action: str, header, body, owner: str) -> Tuple[str, str]:
+    def _new_operation(self, owner: str) -> None:
+        """MaxConcurrentOperationsPerUser, checked where an operation begins (Create, Command); call under the lock.
+
+        WinRM counts a shell and every Command run in it against this quota
+        until the shell is deleted, so a shell reused for ~1500 commands gets
+        the fault (2150859174) and clients reset their shell on it (WinRb/WinRM's
+        lib/winrm/shells/base.rb, FAULTS_FOR_RESET: "Maximum commands per user
+        exceeded"; WinRb/WinRM#197).
+        """
+        held = sum(1 + s.commands_run for s in self.shells.values() if s.owner == owner)
+        if held >= self.faults.max_concurrent_operations_per_user:
+            raise _quota_max_operations(self.faults.max_concurrent_operations_per_user)
+
+    def _operation(self, action: str, request: "_Request") -> Tuple[str, str]:
         if action == ACTION_RECEIVE:
-            return self._receive(header, body)
+            return self._receive(request)
         if action == ACTION_COMMAND:
-            return self._command(header, body)
+            return self._command(request)
         if action == ACTION_SIGNAL:
-            return self._signal(header, body)
+            return self._signal(request)
         if action == ACTION_CREATE:
-            return self._create(owner)
+            return self._create(request)
         if action == ACTION_DELETE:
-            return self._delete(header)
+            return self._delete(request)
         if action == ACTION_SEND:
-            return self._send(header, body)
+            return self._send(request)
+        if action == ACTION_GET:
+            return self._get(request)
         raise WSManFault(CODE_ACTION_NOT_SUPPORTED, "a:ActionNotSupported",
-                         "The action is not supported by the service.",
-                         f"The WS-Management service cannot process the request. The action {action!r} is not supported.")
+                         "The action is not supported by the service. ",
+                         f"The WS-Management service cannot process the request. The action {action!r} is not supported. ")
 
-    def _shell(self, header) -> _Shell:
-        shell_id = ""
-        selectors = header.find(f"{{{NS_W}}}SelectorSet")
-        if selectors is not None:
-            for sel in selectors:
-                if sel.get("Name") == "ShellId":
-                    shell_id = (sel.text or "").strip()
-        shell = self.shells.get(shell_id)
-        if shell is None:
-            raise _shell_not_found(shell_id)
+    def _reap(self, now: float) -> None:
+        """Delete shells idle longer than their idle timeout (Winrs IdleTimeout), as the WinRM service does."""
+        with self._lock:
+            gone = [s for s in self.shells.values() if s.expired(now)]
+            for shell in gone:
+                self.shells.pop(shell.shell_id, None)
+        for shell in gone:
+            for cmd in list(shell.commands.values()):
+                _terminate(cmd.handle)
+
+    def _shell(self, request: "_Request") -> _Shell:
+        shell_id = None
+        selectors = request.header.find(f"{{{NS_W}}}SelectorSet")
+        for sel in (selectors if selectors is not None else ()):
+            if sel.get("Name") != "ShellId":
+                raise _unexpected_selectors()
+            shell_id = (sel.text or "").strip()
+        if shell_id is None:
+            raise _unexpected_selectors()
+        now = time.monotonic()
+        self._reap(now)
+        with self._lock:
+            shell = self.shells.get(shell_id.upper())
+            if shell is None:
+                raise _shell_not_found(shell_id)
+            shell.last_used = now
         return shell
 
-    def _create(self, owner: str) -> Tuple[str, str]:
+    def _create(self, request: "_Request") -> Tuple[str, str]:
+        resource_uri = (request.header.findtext(f"{{{NS_W}}}ResourceURI") or "").strip()
+        if resource_uri.lower() != RESOURCE_CMD:
+            raise _resource_not_found(resource_uri)
+        opts = _option_set(request.header)
+        shell_el = request.body.find(f"{{{NS_RSP}}}Shell")
+        if shell_el is None:
+            raise _invalid_parameter()
+        try:
+            codepage = int(opts.get("WINRS_CODEPAGE", "437"))
+        except ValueError:
+            raise _invalid_parameter() from None
+        environment = {v.get("Name") or "": v.text or "" for v in shell_el.iterfind(f"{{{NS_RSP}}}Environment/{{{NS_RSP}}}Variable")}
+        working_directory = shell_el.findtext(f"{{{NS_RSP}}}WorkingDirectory")
+        idle_text = shell_el.findtext(f"{{{NS_RSP}}}IdleTimeOut")
+        idle = self.faults.idle_timeout_s
+        if idle_text is not None:
+            idle = _duration_s(idle_text)
+            if idle is None:
+                raise _schema_validation_error()
+        options = ShellOptions(codepage=codepage, environment=environment, working_directory=working_directory or None,
+                               noprofile=_true(opts.get("WINRS_NOPROFILE", "false")),
+                               consolemode_stdin=_true(opts.get("WINRS_CONSOLEMODE_STDIN", "true")))
+        now = time.monotonic()
+        self._reap(now)
         shell_id = str(uuid.uuid4()).upper()
         with self._lock:
-            self.shells[shell_id] = _Shell(shell_id, owner)
+            limit = self.faults.max_shells_per_user
+            if sum(1 for s in self.shells.values() if s.owner == request.owner) >= limit:
+                raise _quota_max_shells(limit)
+            self._new_operation(request.owner)
+            self.shells[shell_id] = _Shell(shell_id, request.owner, options, idle, last_used=now)
+        address = (request.header.findtext(f"{{{NS_A}}}To") or "").strip() or f"http://{self.hostname}:5985/wsman"
+        echo = ""
+        if environment:
+            echo += "<rsp:Environment>" + "".join(
+                f'<rsp:Variable Name="{escape(k, _ATTR)}">{escape(v)}</rsp:Variable>' for k, v in environment.items()
+            ) + "</rsp:Environment>"
+        if working_directory:
+            echo += f"<rsp:WorkingDirectory>{escape(working_directory)}</rsp:WorkingDirectory>"
+        input_streams = shell_el.findtext(f"{{{NS_RSP}}}InputStreams") or "stdin"
+        output_streams = shell_el.findtext(f"{{{NS_RSP}}}OutputStreams") or "stdout stderr"
         body = (
-            f"<x:ResourceCreated><a:Address>http://{self.hostname}:5985/wsman</a:Address><a:ReferenceParameters>"
+            f"<x:ResourceCreated><a:Address>{escape(address)}</a:Address><a:ReferenceParameters>"
             f"<w:ResourceURI>{RESOURCE_CMD}</w:ResourceURI><w:SelectorSet><w:Selector Name=\"ShellId\">{shell_id}"
             f"</w:Selector></w:SelectorSet></a:ReferenceParameters></x:ResourceCreated>"
-            f"<rsp:Shell><rsp:ShellId>{shell_id}</rsp:ShellId><rsp:ResourceUri>{RESOURCE_CMD}</rsp:ResourceUri>"
-            f"<rsp:Owner>{escape(owner)}</rsp:Owner><rsp:ClientIP>{self.address}</rsp:ClientIP>"
-            f"<rsp:IdleTimeOut>PT7200.000S</rsp:IdleTimeOut><rsp:InputStreams>stdin</rsp:InputStreams>"
-            f"<rsp:OutputStreams>stdout stderr</rsp:OutputStreams><rsp:ShellRunTime>P0DT0H0M0S</rsp:ShellRunTime>"
+            f'<rsp:Shell xmlns:rsp="{NS_RSP}"><rsp:ShellId>{shell_id}</rsp:ShellId><rsp:ResourceUri>{RESOURCE_CMD}</rsp:ResourceUri>'
+            f"<rsp:Owner>{escape(request.owner)}</rsp:Owner><rsp:ClientIP>{self.address}</rsp:ClientIP>{echo}"
+            f"<rsp:IdleTimeOut>PT{idle:.3f}S</rsp:IdleTimeOut><rsp:InputStreams>{escape(input_streams)}</rsp:InputStreams>"
+            f"<rsp:OutputStreams>{escape(output_streams)}</rsp:OutputStreams><rsp:ShellRunTime>P0DT0H0M0S</rsp:ShellRunTime>"
             f"<rsp:ShellInactivity>P0DT0H0M0S</rsp:ShellInactivity></rsp:Shell>"
         )
         return "http://schemas.xmlsoap.org/ws/2004/09/transfer/CreateResponse", body
 
-    def _delete(self, header) -> Tuple[str, str]:
-        shell = self._shell(header)
+    def _delete(self, request: "_Request") -> Tuple[str, str]:
+        shell = self._shell(request)
         with self._lock:
             self.shells.pop(shell.shell_id, None)
         for cmd in list(shell.commands.values()):
             _terminate(cmd.handle)
         return "http://schemas.xmlsoap.org/ws/2004/09/transfer/DeleteResponse", ""
 
-    def _command(self, header, body) -> Tuple[str, str]:
-        shell = self._shell(header)
-        line = body.find(f"{{{NS_RSP}}}CommandLine")
+    def _command(self, request: "_Request") -> Tuple[str, str]:
+        shell = self._shell(request)
+        line = request.body.find(f"{{{NS_RSP}}}CommandLine")
         if line is None:
-            raise WSManFault(2150858799, "s:InvalidMessage", "The Command request has no CommandLine.")
+            raise _invalid_parameter()
         parts = [(line.findtext(f"{{{NS_RSP}}}Command") or "").strip()]
         parts += [a.text or "" for a in line.findall(f"{{{NS_RSP}}}Arguments")]
         command_line = " ".join(p for p in parts if p)
+        skip_cmd_shell = _true(_option_set(request.header).get("WINRS_SKIP_CMD_SHELL", "false"))
+        with self._lock:
+            self._new_operation(shell.owner)
+            shell.commands_run += 1  # taken before the program starts, so that threads cannot overshoot together
         try:
-            handle = self.persona.start(command_line)
-        except WSManFault:
-            raise
-        except Exception as exc:  # the persona is emulated Windows: its bug is a 500, not a dead server
+            handle = self.persona.start(command_line, options=shell.options, skip_cmd_shell=skip_cmd_shell)
+        except BaseException as exc:
+            with self._lock:
+                shell.commands_run -= 1  # nothing started: no operation held
+            if isinstance(exc, ProgramNotFound):
+                raise _program_not_found() from None
+            if isinstance(exc, (WSManFault, KeyboardInterrupt, SystemExit)):
+                raise
+            # the persona is emulated Windows: its bug is a 500, not a dead server
             raise internal_error(f"the emulated host failed to start {command_line!r}: {type(exc).__name__}: {exc}") from None
         command_id = str(uuid.uuid4()).upper()
         shell.commands[command_id] = _Command(command_id, command_line, handle)
         return NS_RSP + "/CommandResponse", f"<rsp:CommandResponse><rsp:CommandId>{command_id}</rsp:CommandId></rsp:CommandResponse>"
 
     def _find_command(self, shell: _Shell, command_id: Optional[str]) -> _Command:
-        cmd = shell.commands.get((command_id or "").strip().upper())
+        if not command_id:
+            raise _invalid_parameter()
+        cmd = shell.commands.get(command_id.strip().upper())
         if cmd is None:
             raise _command_not_found()
         return cmd
 
-    def _send(self, header, body) -> Tuple[str, str]:
-        shell = self._shell(header)
-        send = body.find(f"{{{NS_RSP}}}Send")
+    def _send(self, request: "_Request") -> Tuple[str, str]:
+        shell = self._shell(request)
+        send = request.body.find(f"{{{NS_RSP}}}Send")
         streams = send.findall(f"{{{NS_RSP}}}Stream") if send is not None else []
         for stream in streams:
             cmd = self._find_command(shell, stream.get("CommandId"))
@@ -412,26 +610,37 @@ class WinRMHost:
             cmd.handle.send_input(data, eof=eof)
         return NS_RSP + "/SendResponse", "<rsp:SendResponse/>"
 
-    def _signal(self, header, body) -> Tuple[str, str]:
-        shell = self._shell(header)
-        signal = body.find(f"{{{NS_RSP}}}Signal")
-        command_id = signal.get("CommandId") if signal is not None else None
-        cmd = self._find_command(shell, command_id)
+    def _signal(self, request: "_Request") -> Tuple[str, str]:
+        shell = self._shell(request)
+        signal = request.body.find(f"{{{NS_RSP}}}Signal")
+        if signal is None:
+            raise _invalid_parameter()
         code = (signal.findtext(f"{{{NS_RSP}}}Code") or "").strip()
+        if code not in SIGNALS:
+            raise _invalid_parameter()
+        cmd = self._find_command(shell, signal.get("CommandId"))
         _terminate(cmd.handle)
-        if code != SIGNAL_CTRL_C:
+        if code == SIGNAL_TERMINATE:
             shell.commands.pop(cmd.command_id, None)
         return NS_RSP + "/SignalResponse", "<rsp:SignalResponse/>"
 
-    def _receive(self, header, body) -> Tuple[str, str]:
-        shell = self._shell(header)
-        receive = body.find(f"{{{NS_RSP}}}Receive")
-        desired = receive.find(f"{{{NS_RSP}}}DesiredStream") if receive is not None else None
+    def _receive(self, request: "_Request") -> Tuple[str, str]:
+        shell = self._shell(request)
+        desired = request.body.find(f"{{{NS_RSP}}}Receive/{{{NS_RSP}}}DesiredStream")
         cmd = self._find_command(shell, desired.get("CommandId") if desired is not None else None)
-        timeout = _duration_s(header.findtext(f"{{{NS_W}}}OperationTimeout"), 60.0)
+        with self._lock:
+            shell.busy += 1
+        try:
+            return self._receive_output(cmd, request)
+        finally:
+            with self._lock:
+                shell.busy -= 1
+                shell.last_used = time.monotonic()
+
+    def _receive_output(self, cmd: _Command, request: "_Request") -> Tuple[str, str]:
         with cmd.lock:
             if not cmd.stdout and not cmd.stderr and cmd.exit_code is None:
-                out, err, code = cmd.handle.read(timeout)
+                out, err, code = cmd.handle.read(request.timeout_s)
                 cmd.stdout += out
                 cmd.stderr += err
                 if code is None and (out or err):
@@ -442,12 +651,86 @@ class WinRMHost:
                 cmd.exit_code = code
             if not cmd.stdout and not cmd.stderr and cmd.exit_code is None:
                 raise _timed_out()
-            out = bytes(cmd.stdout[:MAX_CHUNK])
-            del cmd.stdout[:MAX_CHUNK]
-            err = bytes(cmd.stderr[:MAX_CHUNK - len(out)])
-            del cmd.stderr[:len(err)]
+            # the reply never exceeds the client's MaxEnvelopeSize: what does not fit waits for the next Receive
+            room = request.max_envelope - _receive_overhead(cmd.command_id, request.message_id)
+            take_out = min(len(cmd.stdout), max(3, room // 4 * 3))
+            room -= -(-take_out // 3) * 4
+            take_err = min(len(cmd.stderr), max(0, room // 4 * 3))
+            out = bytes(cmd.stdout[:take_out])
+            del cmd.stdout[:take_out]
+            err = bytes(cmd.stderr[:take_err])
+            del cmd.stderr[:take_err]
             done = cmd.exit_code is not None and not cmd.stdout and not cmd.stderr
             return NS_RSP + "/ReceiveResponse", _receive_body(cmd.command_id, out, err, cmd.exit_code if done else None)
+
+    def _get(self, request: "_Request") -> Tuple[str, str]:
+        resource_uri = (request.header.findtext(f"{{{NS_W}}}ResourceURI") or "").strip()
+        if resource_uri.lower() != RESOURCE_CONFIG:
+            raise _resource_not_found(resource_uri)
+        return "http://schemas.xmlsoap.org/ws/2004/09/transfer/GetResponse", config_body(self.faults, self.allow_unencrypted)
+
+
+@dataclass
+class _Request:
+    header: ET.Element
+    body: ET.Element
+    owner: str
+    timeout_s: float
+    max_envelope: int
+    message_id: str
+
+
+_ATTR = {'"': "&quot;"}
+SIGNALS = (SIGNAL_TERMINATE, SIGNAL_CTRL_C, NS_RSP + "/signal/ctrl_break")
+
+
+def _true(value: str) -> bool:
+    return value.strip().lower() == "true"
+
+
+def _option_set(header) -> Dict[str, str]:
+    """The request's wsman:OptionSet as {NAME: value}."""
+    options = header.find(f"{{{NS_W}}}OptionSet")
+    if options is None:
+        return {}
+    return {(o.get("Name") or "").upper(): (o.text or "") for o in options.findall(f"{{{NS_W}}}Option")}
+
+
+def _operation_timeout(header) -> float:
+    """The OperationTimeout header in seconds (60 when absent); a malformed or negative one gets Windows' fault."""
+    text = header.findtext(f"{{{NS_W}}}OperationTimeout")
+    if text is None:
+        return 60.0
+    seconds = _duration_s(text)
+    if seconds is None:
+        raise _invalid_timeout(text.strip())
+    return seconds
+
+
+def _max_envelope(header) -> int:
+    text = (header.findtext(f"{{{NS_W}}}MaxEnvelopeSize") or "").strip()
+    try:
+        return int(text) if text else DEFAULT_MAX_ENVELOPE
+    except ValueError:
+        return DEFAULT_MAX_ENVELOPE
+
+
+def _envelope(action: str, relates_to: str, body: str) -> bytes:
+    return _ENVELOPE.format(action=action, message_id=str(uuid.uuid4()).upper(), relates_to=escape(relates_to),
+                            body=body).encode("utf-8")
+
+
+def _receive_overhead(command_id: str, message_id: str) -> int:
+    """Bytes of a Receive reply around its base64 output (both streams present, exit code at its longest)."""
+    return _overhead(len(command_id), len(escape(message_id)))
+
+
+@functools.lru_cache(maxsize=64)
+def _overhead(command_id_len: int, relates_to_len: int) -> int:
+    skeleton = _receive_body("C" * command_id_len, b"x", b"x", 4294967295)
+    envelope = _ENVELOPE.format(action=NS_RSP + "/ReceiveResponse", message_id="M" * 36, relates_to="R" * relates_to_len,
+                                body=skeleton)
+    return len(envelope.encode("utf-8")) - 8
 
 
 def _receive_body(command_id: str, out: bytes, err: bytes, exit_code: Optional[int]) -> str:
@@ -467,29 +750,122 @@ def _receive_body(command_id: str, out: bytes, err: bytes, exit_code: Optional[i
     return "".join(parts)
 
 
-_DURATION = re.compile(r"^P(?:T)?(?:(\d+(?:\.\d+)?)H)?(?:(\d+(?:\.\d+)?)M)?(?:(\d+(?:\.\d+)?)S)?$")
+_DURATION = re.compile(r"^P(?:(\d+)D)?(?:T(?:(\d+(?:\.\d+)?)H)?(?:(\d+(?:\.\d+)?)M)?(?:(\d+(?:\.\d+)?)S)?)?$")
 
 
-def _duration_s(text: Optional[str], default: float) -> float:
-    """xs:duration as WS-Man uses it (``PT20S``, ``PT20.000S``) -> seconds."""
+def _duration_s(text: Optional[str]) -> Optional[float]:
+    """xs:duration as WS-Man uses it (``PT20S``, ``PT20.000S``, ``P0DT0H0M0S``) -> seconds; None when malformed."""
     match = _DURATION.match((text or "").strip())
-    if not match or not any(match.groups()):
-        return default
-    h, m, s = (float(g) if g else 0.0 for g in match.groups())
-    return h * 3600 + m * 60 + s
+    if not match or not any(g is not None for g in match.groups()):
+        return None
+    d, h, m, sec = (float(g) if g else 0.0 for g in match.groups())
+    return d * 86400 + h * 3600 + m * 60 + sec
+
+
+def identify_envelope(authenticated: bool) -> bytes:
+    """The answer to WS-Man Identify (``Test-WSMan``): WinRM 3.0 names its OS version only to an authenticated client."""
+    version = "OS: 6.3.9600 SP: 0.0 Stack: 3.0" if authenticated else "OS: 0.0.0 SP: 0.0 Stack: 3.0"
+    return (
+        f'<s:Envelope xmlns:s="{NS_S}" xmlns:wsmid="{NS_ID}"><s:Header/><s:Body><wsmid:IdentifyResponse>'
+        "<wsmid:ProtocolVersion>http://schemas.dmtf.org/wbem/wsman/1/wsman.xsd</wsmid:ProtocolVersion>"
+        f"<wsmid:ProductVendor>Microsoft Corporation</wsmid:ProductVendor><wsmid:ProductVersion>{version}</wsmid:ProductVersion>"
+        "</wsmid:IdentifyResponse></s:Body></s:Envelope>"
+    ).encode("utf-8")
+
+
+def config_body(faults: HostFaults, allow_unencrypted: bool = False) -> str:
+    """``winrm get winrm/config`` as a Get of the config resource answers it: 2012 R2's defaults, the fleet's settings."""
+    def b(value: bool) -> str:
+        return "true" if value else "false"
+
+    return (
+        f'<cfg:Config xmlns:cfg="{NS_CFG}"><cfg:MaxEnvelopeSizekb>{faults.max_envelope_size_kb}</cfg:MaxEnvelopeSizekb>'
+        f"<cfg:MaxTimeoutms>{faults.max_timeout_ms}</cfg:MaxTimeoutms><cfg:MaxBatchItems>32000</cfg:MaxBatchItems>"
+        "<cfg:MaxProviderRequests>4294967295</cfg:MaxProviderRequests>"
+        "<cfg:Client><cfg:NetworkDelayms>5000</cfg:NetworkDelayms><cfg:URLPrefix>wsman</cfg:URLPrefix>"
+        "<cfg:AllowUnencrypted>false</cfg:AllowUnencrypted><cfg:Auth><cfg:Basic>true</cfg:Basic><cfg:Digest>true</cfg:Digest>"
+        "<cfg:Kerberos>true</cfg:Kerberos><cfg:Negotiate>true</cfg:Negotiate><cfg:Certificate>true</cfg:Certificate>"
+        "<cfg:CredSSP>false</cfg:CredSSP></cfg:Auth><cfg:DefaultPorts><cfg:HTTP>5985</cfg:HTTP><cfg:HTTPS>5986</cfg:HTTPS>"
+        "</cfg:DefaultPorts><cfg:TrustedHosts></cfg:TrustedHosts></cfg:Client>"
+        "<cfg:Service><cfg:RootSDDL>O:NSG:BAD:P(A;;GA;;;BA)(A;;GR;;;IU)S:P(AU;FA;GA;;;WD)(AU;SA;GXGW;;;WD)</cfg:RootSDDL>"
+        "<cfg:MaxConcurrentOperations>4294967295</cfg:MaxConcurrentOperations>"
+        f"<cfg:MaxConcurrentOperationsPerUser>{faults.max_concurrent_operations_per_user}</cfg:MaxConcurrentOperationsPerUser>"
+        "<cfg:EnumerationTimeoutms>240000</cfg:EnumerationTimeoutms><cfg:MaxConnections>300</cfg:MaxConnections>"
+        "<cfg:MaxPacketRetrievalTimeSeconds>120</cfg:MaxPacketRetrievalTimeSeconds>"
+        f"<cfg:AllowUnencrypted>{b(allow_unencrypted)}</cfg:AllowUnencrypted>"
+        f"<cfg:Auth><cfg:Basic>{b(faults.basic)}</cfg:Basic><cfg:Kerberos>true</cfg:Kerberos><cfg:Negotiate>true</cfg:Negotiate>"
+        "<cfg:Certificate>false</cfg:Certificate><cfg:CredSSP>false</cfg:CredSSP>"
+        "<cfg:CbtHardeningLevel>Relaxed</cfg:CbtHardeningLevel></cfg:Auth>"
+        "<cfg:DefaultPorts><cfg:HTTP>5985</cfg:HTTP><cfg:HTTPS>5986</cfg:HTTPS></cfg:DefaultPorts>"
+        "<cfg:IPv4Filter>*</cfg:IPv4Filter><cfg:IPv6Filter>*</cfg:IPv6Filter>"
+        "<cfg:EnableCompatibilityHttpListener>false</cfg:EnableCompatibilityHttpListener>"
+        "<cfg:EnableCompatibilityHttpsListener>false</cfg:EnableCompatibilityHttpsListener>"
+        "<cfg:CertificateThumbprint></cfg:CertificateThumbprint><cfg:AllowRemoteAccess>true</cfg:AllowRemoteAccess>"
+        "</cfg:Service><cfg:Winrs><cfg:AllowRemoteShellAccess>true</cfg:AllowRemoteShellAccess>"
+        f"<cfg:IdleTimeout>{int(faults.idle_timeout_s * 1000)}</cfg:IdleTimeout><cfg:MaxConcurrentUsers>10</cfg:MaxConcurrentUsers>"
+        "<cfg:MaxShellRunTime>2147483647</cfg:MaxShellRunTime>"
+        f"<cfg:MaxProcessesPerShell>{faults.max_processes_per_shell}</cfg:MaxProcessesPerShell>"
+        f"<cfg:MaxMemoryPerShellMB>{faults.max_memory_per_shell_mb}</cfg:MaxMemoryPerShellMB>"
+        f"<cfg:MaxShellsPerUser>{faults.max_shells_per_user}</cfg:MaxShellsPerUser></cfg:Winrs></cfg:Config>"
+    )
+
+
+_FAULT_ENVELOPE = (
+    '<s:Envelope xml:lang="en-US" xmlns:s="' + NS_S + '" xmlns:a="' + NS_A + '" xmlns:x="' + NS_X
+    + '" xmlns:e="http://schemas.xmlsoap.org/ws/2004/08/eventing" xmlns:n="http://schemas.xmlsoap.org/ws/2004/09/enumeration"'
+    ' xmlns:w="' + NS_W + '" xmlns:p="http://schemas.microsoft.com/wbem/wsman/1/wsman.xsd">'
+    "<s:Header><a:Action>{action}</a:Action><a:MessageID>uuid:{message_id}</a:MessageID>"
+    "<a:To>http://schemas.xmlsoap.org/ws/2004/08/addressing/role/anonymous</a:To>"
+    "<a:RelatesTo>{relates_to}</a:RelatesTo></s:Header><s:Body>{body}</s:Body></s:Envelope>"
+)
+
+
+def _wmi_error(fault: WSManFault) -> str:
+    """The MSFT_WmiError detail of a quota fault, field for field as WinRM 3.0 sends it."""
+    nil = "xsi:nil='true' xsi:type='cim:cimString'"
+    message = escape(fault.message)
+    return (
+        "<p:MSFT_WmiError b:IsCIM_Error='true' xmlns:b='http://schemas.dmtf.org/wbem/wsman/1/cimbinding.xsd' "
+        "xmlns:cim='http://schemas.dmtf.org/wbem/wscim/1/common' xmlns:p='" + NS_WMI + "' xsi:type='p:MSFT_WmiError_Type' "
+        "xmlns:xsi='http://www.w3.org/2001/XMLSchema-instance'>"
+        "<p:CIMStatusCode xsi:type='cim:cimUnsignedInt'>27</p:CIMStatusCode>"
+        f"<p:CIMStatusCodeDescription {nil}/><p:ErrorSource {nil}/>"
+        "<p:ErrorSourceFormat xsi:type='cim:cimUnsignedShort'>0</p:ErrorSourceFormat>"
+        "<p:ErrorType xsi:type='cim:cimUnsignedShort'>0</p:ErrorType>"
+        f"<p:Message xsi:type='cim:cimString'>{message}</p:Message>"
+        f"<p:MessageID xsi:type='cim:cimString'>HRESULT 0x{fault.code:08x}</p:MessageID>"
+        f"<p:OtherErrorSourceFormat {nil}/><p:OtherErrorType {nil}/><p:OwningEntity {nil}/>"
+        "<p:PerceivedSeverity xsi:type='cim:cimUnsignedShort'>0</p:PerceivedSeverity>"
+        "<p:ProbableCause xsi:type='cim:cimUnsignedShort'>0</p:ProbableCause>"
+        f"<p:ProbableCauseDescription {nil}/>"
+        "<p:error_Category xsi:type='cim:cimUnsignedInt'>30</p:error_Category>"
+        f"<p:error_Code xsi:type='cim:cimUnsignedInt'>{fault.code}</p:error_Code>"
+        "<p:error_Type xsi:type='cim:cimString'>HRESULT</p:error_Type>"
+        f"<p:error_WindowsErrorMessage xsi:type='cim:cimString'>{message}</p:error_WindowsErrorMessage>"
+        "</p:MSFT_WmiError>"
+    )
 
 
 def fault_envelope(fault: WSManFault, machine: str) -> bytes:
-    relates_to = getattr(fault, "relates_to", "") or ""
     code = "s:Sender" if fault.sender else "s:Receiver"
+    if fault.wmi_error:
+        detail = _wmi_error(fault)
+    else:
+        message = escape(fault.message)
+        if fault.provider:
+            provider, path = fault.provider
+            message = f'<f:ProviderFault provider="{escape(provider)}" path="{escape(path)}">{message}</f:ProviderFault>'
+        detail = (f'<f:WSManFault xmlns:f="{NS_F}" Code="{fault.code}" Machine="{escape(machine)}">'
+                  f"<f:Message>{message}</f:Message></f:WSManFault>")
+        if fault.detail:
+            detail = f"<w:FaultDetail>{FAULT_DETAIL}{fault.detail}</w:FaultDetail>" + detail
     body = (
         f'<s:Fault><s:Code><s:Value>{code}</s:Value><s:Subcode><s:Value>{fault.subcode}</s:Value></s:Subcode></s:Code>'
         f'<s:Reason><s:Text xml:lang="en-US">{escape(fault.reason)}</s:Text></s:Reason>'
-        f'<s:Detail><f:WSManFault xmlns:f="{NS_F}" Code="{fault.code}" Machine="{escape(machine)}">'
-        f"<f:Message>{escape(fault.message)}</f:Message></f:WSManFault></s:Detail></s:Fault>"
+        f"<s:Detail>{detail}</s:Detail></s:Fault>"
     )
-    return _ENVELOPE.format(action=ACTION_FAULT, message_id=str(uuid.uuid4()).upper(), relates_to=escape(relates_to),
-                            body=body).encode("utf-8")
+    return _FAULT_ENVELOPE.format(action=fault.action, message_id=str(uuid.uuid4()).upper(),
+                                  relates_to=escape(fault.relates_to or ""), body=body).encode("utf-8")
 
 
 def _terminate(handle: CommandHandle) -> None:
@@ -509,6 +885,46 @@ def _abort(conn) -> None:
         conn.close()
     except OSError:
         pass
+
+
+class _Reaper:
+    """One thread for every host of the process: deletes shells past their idle timeout about once a second.
+
+    (Requests reap too, so a shell is never served past its timeout; this only
+    stops the commands of shells nobody talks to any more.)
+    """
+
+    def __init__(self):
+        self._hosts: "weakref.WeakSet[WinRMHost]" = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._thread: Optional[threading.Thread] = None
+
+    def watch(self, host: WinRMHost) -> None:
+        with self._lock:
+            self._hosts.add(host)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="winrm-idle-reaper", daemon=True)
+                self._thread.start()
+
+    def forget(self, host: WinRMHost) -> None:
+        with self._lock:
+            self._hosts.discard(host)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(1.0)
+            with self._lock:
+                hosts = list(self._hosts)
+            now = time.monotonic()
+            for host in hosts:
+                if host.shells:
+                    try:
+                        host._reap(now)
+                    except Exception:  # noqa: BLE001 - one host's persona must not stop the others' reaping
+                        pass
+
+
+_REAPER = _Reaper()
 
 
 # -- HTTP --------------------------------------------------------------------------
@@ -612,6 +1028,10 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.split("?")[0].rstrip("/").lower() != "/wsman":
             self._reply(404, b"", close=False)
             return
+        if (self.headers.get("WSMANIDENTIFY") or "").strip().lower() == "unauthenticated" and b"Identify" in body:
+            # Test-WSMan's default: Identify without credentials, answered without the OS version
+            self._reply(200, identify_envelope(authenticated=False), content_type=SOAP_CONTENT_TYPE)
+            return
         if not self._authenticate():
             return
         encrypted = "multipart/encrypted" in (self.headers.get("Content-Type") or "")
@@ -632,6 +1052,10 @@ class _Handler(BaseHTTPRequestHandler):
             # the empty POST that completes the NTLM handshake before encryption starts
             self._reply(200, b"", close=False)
             return
+        if len(body) > faults.max_envelope_size_kb * 1024:
+            # over MaxEnvelopeSizekb: WinRM refuses the request before reading it as SOAP
+            self._reply(413, b"", close=False)
+            return
         if faults.http_500 and faults.take("http_500"):
             fault = internal_error("Fault injected by the rehearsal fleet spec (http_500).")
             self._soap(500, fault_envelope(fault, host.hostname), encrypted)
@@ -644,7 +1068,7 @@ class _Handler(BaseHTTPRequestHandler):
             reply = host.dispatch(body, self.owner)
             status = 200
         except WSManFault as fault:
-            reply, status = fault_envelope(fault, host.hostname), 500
+            reply, status = fault_envelope(fault, host.address), 500
         if host.state != "running":
             # the host went down (rebooted) while this request ran: the reply never arrives
             self.close_connection = True
@@ -665,6 +1089,9 @@ class _Handler(BaseHTTPRequestHandler):
         scheme, _, token = auth.strip().partition(" ")
         scheme_l = scheme.lower()
         if scheme_l == "basic":
+            if not self.winrm.faults.basic:
+                self._challenge()  # Auth/Basic=false, the service's default
+                return False
             if not self.server.tls and not self.winrm.allow_unencrypted:
                 self._challenge()  # Basic over plain HTTP is refused like AllowUnencrypted=false
                 return False
@@ -758,11 +1185,13 @@ class _Handler(BaseHTTPRequestHandler):
     def _challenge(self) -> None:
         """401 with the schemes Windows offers; a half-done NTLM handshake is forgotten."""
         self.ntlm_pending = None
-        self._reply(401, b"", close=False, extra=[("WWW-Authenticate", "Negotiate"),
-                                                  ("WWW-Authenticate", 'Basic realm="WSMAN"')])
+        offered = [("WWW-Authenticate", "Negotiate")]
+        if self.winrm.faults.basic:
+            offered.append(("WWW-Authenticate", 'Basic realm="WSMAN"'))
+        self._reply(401, b"", close=False, extra=offered)
 
     _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
-                500: "Internal Server Error"}
+                413: "Request Entity Too Large", 500: "Internal Server Error"}
 
     def _reply(self, status: int, body: bytes, *, content_type: Optional[str] = None, close: bool = False,
                extra=()) -> None:

@@ -6,7 +6,8 @@ behaviour. It implements the seam of deploy_tasks/rehearsal/base.py.
 
 Commands: ``echo TEXT``, ``cmd /c exit N``, ``sleep SECONDS`` (terminable),
 ``more`` (echoes stdin until end of input), ``bigout BYTES``, ``hostname``, ``explode`` (the persona raises),
-``shutdown /r /t 0`` (host down for 1 s, 0.3 s after it returns), ``powershell -encodedcommand B64``
+``shutdown /r /t 0`` (host down for 1 s, 0.3 s after it returns), ``nosuch.exe`` under
+WINRS_SKIP_CMD_SHELL (ProgramNotFound), ``powershell -encodedcommand B64``
 (prints the script; a script containing ``throw`` writes CLIXML to stderr and
 exits 1); anything else answers as cmd.exe does (exit 9009).
 """
@@ -18,6 +19,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Optional, Tuple
+
+from deploy_tasks.rehearsal.base import ProgramNotFound
 
 
 class FakeHandle:
@@ -84,10 +87,14 @@ class FakePersona:
         self.faults = faults
         self.on_reboot = on_reboot
         self.started = []  # every command line, in order
+        self.options = []  # (ShellOptions, skip_cmd_shell) of every start, in the same order
         self.handles = []
 
-    def start(self, command_line: str) -> FakeHandle:
+    def start(self, command_line: str, options=None, skip_cmd_shell: bool = False) -> FakeHandle:
+        if skip_cmd_shell and command_line.split()[:1] == ["nosuch.exe"]:
+            raise ProgramNotFound("nosuch.exe")
         self.started.append(command_line)
+        self.options.append((options, skip_cmd_shell))
         handle = FakeHandle()
         self.handles.append(handle)
         words = command_line.split()
