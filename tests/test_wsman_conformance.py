@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import re
-import threading
 import time
 import uuid
 import xml.etree.ElementTree as ET
