@@ -366,7 +366,7 @@ def test_ignoring_certificates_works_and_warns_on_every_run(winrm_fleet):
     assert len(warnings) == 2 and "winrm_cert_validation = ignore" in warnings[0]
 
 
-@pytest.mark.parametrize("winrm_fleet", [fake(allow_unencrypted=True)], indirect=True)
+@pytest.mark.parametrize("winrm_fleet", [fake(allow_unencrypted=True, spec={"defaults": {"basic": True}})], indirect=True)
 def test_basic_over_http_is_refused_unless_explicitly_allowed(winrm_fleet, monkeypatch):
     credential = w.Credential(winrm_fleet.username, winrm_fleet.password)
     with pytest.raises(ConfigError) as err:
@@ -460,7 +460,7 @@ def test_the_31st_shell_is_a_quota_fault_when_the_fleet_enforces_it(winrm_fleet)
         except QuotaExceeded as err:
             assert err.retryable and err.code == 2150859173
         else:
-            pytest.skip("the fleet does not enforce 30 shells per user yet (being added to the endpoint)")
+            pytest.fail("the fleet granted a 31st shell to one user")
         transports[0].close()  # a shell closes: the quota has room again
         assert transports[30].run("hostname").ok
     finally:
@@ -667,3 +667,14 @@ def test_the_password_appears_in_no_message(winrm_fleet, monkeypatch, capsys, tm
     for text in messages + printed + [out.out, out.err]:
         assert winrm_fleet.password not in text
     assert redact.redact(winrm_fleet.password) == "********"
+
+
+@pytest.mark.parametrize("winrm_fleet", [fake(spec={"defaults": {"max_concurrent_operations_per_user": 4}})],
+                         indirect=True)
+def test_a_shell_that_used_up_its_operations_quota_is_replaced(winrm_fleet):
+    # WinRM counts a user's shells and every command run in them (MaxConcurrentOperationsPerUser): a
+    # reused shell eventually gets fault 2150859174; the transport deletes it and opens a fresh one
+    with connect(winrm_fleet) as t:
+        outputs = [t.run("hostname").stdout for _ in range(10)]
+        assert outputs == ["ZDB01\n"] * 10
+        assert t.shells_opened >= 2

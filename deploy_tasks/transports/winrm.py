@@ -57,6 +57,10 @@ CODEPAGE_UTF8 = 65001
 FAULT_TIMED_OUT = 2150858793  # w:TimedOut: a Receive found no output within OperationTimeout
 FAULT_INVALID_SELECTORS = 2150858843  # the shell (or command) no longer exists: rebooted, idle-expired
 FAULT_QUOTA_LIMIT = 2150859173  # w:QuotaLimit: e.g. the 31st shell of a user (WinRM 3.0 default 30)
+# MaxConcurrentOperationsPerUser: WinRM counts every command a shell ran until the shell is deleted, so a
+# shell reused for ~1500 commands hits it; a fresh shell clears it (the WinRM Ruby gem does the same)
+FAULT_OPERATIONS_QUOTA = 2150859174
+_SHELL_RESET_FAULTS = (FAULT_INVALID_SELECTORS, FAULT_OPERATIONS_QUOTA)
 FAULT_RPC_FAILED = 1726  # a sick WinRM service; transient
 _FAULT_NS = "http://schemas.microsoft.com/wbem/wsman/1/wsmanfault"
 
@@ -478,14 +482,23 @@ class WinRMTransport:
             try:
                 return shell, self._protocol.run_command(shell, command, skip_cmd_shell=skip_cmd_shell)
             except WSManFaultError as exc:
-                if exc.wsman_fault_code == FAULT_INVALID_SELECTORS and attempt == 1:
-                    # the shell is gone (host rebooted, shell idle-expired): the command never started; new shell
+                if fault_code(exc) in _SHELL_RESET_FAULTS and attempt == 1:
+                    # the shell is gone (host rebooted, shell idle-expired) or has used up its operations quota:
+                    # the command never started; a new shell (the old one closed, so it frees its quota)
+                    if fault_code(exc) == FAULT_OPERATIONS_QUOTA:
+                        self._delete_shell_quietly(shell)
                     self._shell_id = None
                     continue
                 raise self._error(exc, f"starting {command}") from None
             except Exception as exc:  # noqa: BLE001
                 raise self._error(exc, f"starting {command}") from None
         raise AssertionError("unreachable")
+
+    def _delete_shell_quietly(self, shell: str) -> None:
+        try:
+            self._protocol.close_shell(shell)
+        except Exception:  # noqa: BLE001 - a shell that cannot be deleted expires on its idle timeout
+            pass
 
     def _terminate(self, shell: str, command_id: str) -> None:
         """Signal terminate; a failure only costs the shell (a new one is opened next time)."""
@@ -582,6 +595,15 @@ def _decode(raw: bytes) -> str:
 # -- errors ----------------------------------------------------------------------------
 
 
+def fault_code(exc) -> Optional[int]:
+    """A WSManFaultError's code: ``f:WSManFault Code=`` (what pywinrm reads) or, as 2012 R2 answers quota
+    faults, the ``MSFT_WmiError`` detail's ``error_Code``."""
+    if exc.wsman_fault_code is not None:
+        return exc.wsman_fault_code
+    m = re.search(r"<(?:\w+:)?error_Code\b[^>]*>\s*(\d+)\s*<", exc.response or "")
+    return int(m.group(1)) if m else None
+
+
 def _windows_message(response: str) -> str:
     """The ``f:Message`` text of a WSManFault envelope (Windows' own words), or ''."""
     try:
@@ -589,6 +611,8 @@ def _windows_message(response: str) -> str:
     except Exception:  # noqa: BLE001
         return ""
     node = root.find(f".//{{{_FAULT_NS}}}Message")
+    if node is None:  # 2012 R2's quota faults carry an MSFT_WmiError instead of an f:WSManFault
+        node = next((n for n in root.iter() if n.tag.endswith("}Message") or n.tag == "Message"), None)
     if node is None:
         return ""
     return " ".join("".join(node.itertext()).split())
@@ -618,7 +642,7 @@ def map_error(exc: BaseException, *, host: str, where: str, doing: str, options:
                   f"that WinRM allows {options.transport}{extra}. The credential is not used again in this run",
             user=user, transport=options.transport)
     if isinstance(exc, WSManFaultError):
-        code = exc.wsman_fault_code
+        code = fault_code(exc)
         subcode = exc.fault_subcode or ""
         message = _windows_message(exc.response or "") or (exc.reason or "")
         message = console.redact(message)
