@@ -225,6 +225,14 @@ def test_echo_keeps_the_blank_before_an_operator_or_redirection(host):
     assert (host.sandbox / "Windows" / "Temp" / "f.txt").read_bytes() == b"x \r\ny\r\n"
 
 
+# echo: "echo." displays a blank line; echo with no argument shows the echo setting; echo off hides prompts:
+# https://learn.microsoft.com/en-us/windows-server/administration/windows-commands/echo
+def test_echo_forms(host):
+    assert run(host, "echo.& echo:x& echo") == (b"\r\nx\r\nECHO is on.\r\n", b"", 0)
+    out, _, code = run(host, "cmd", stdin=b"echo off\r\necho hi\r\necho\r\n")
+    assert code == 0 and out == BANNER + b"\r\nC:\\Users\\Administrator>hi\r\nECHO is off.\r\n"
+
+
 # Command prompt (Cmd.exe) command-line string limitation, KB830473: 8191 characters, also after
 # environment variable expansion: http://support.microsoft.com/kb/830473
 def test_the_command_line_limit_is_8191_characters(host):

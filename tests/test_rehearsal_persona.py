@@ -788,3 +788,33 @@ def test_real_puppet_product_component_pattern(tmp_path, packages, persona_env, 
         assert host.puppet.journal()[-1]["outcome"] == "error"
     finally:
         ca(persona_env, "clean", "--certname", certname)
+
+
+# -- the persona's own structure ----------------------------------------------------------------------------
+def test_rehearsal_modules_import_each_other_without_a_circle():
+    """Every relative import inside deploy_tasks/rehearsal (module level or not) forms no cycle; process.py is a leaf."""
+    import ast
+
+    root = Path(__file__).resolve().parent.parent / "deploy_tasks" / "rehearsal"
+    graph = {}
+    for path in root.glob("*.py"):
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                deps.update([node.module.split(".")[0]] if node.module else [a.name for a in node.names])
+        graph[path.stem] = deps & {p.stem for p in root.glob("*.py")}
+    assert graph["process"] == set()
+
+    def cycle_from(start, node, seen):
+        for dep in graph[node]:
+            if dep == start:
+                return [node, dep]
+            if dep not in seen:
+                seen.add(dep)
+                rest = cycle_from(start, dep, seen)
+                if rest:
+                    return [node] + rest
+        return None
+
+    cycles = [c for c in (cycle_from(m, m, set()) for m in graph) if c]
+    assert not cycles, cycles

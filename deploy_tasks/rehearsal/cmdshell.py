@@ -79,10 +79,10 @@ class CmdShell:
             proc.err("The emulated persona supports cmd with its switches and /c or /k and a command only.\n")
             return 1
         switches = m.group(1).lower()
-        echo = "/q" not in switches
+        proc.session.echo = "/q" not in switches
         if m.group(2) is None:
             proc.out(BANNER)
-            return self._interactive(proc, echo)
+            return self._interactive(proc)
         rest = m.group(3)
         if "/s" in switches:
             stripped = rest.lstrip()
@@ -95,12 +95,13 @@ class CmdShell:
         if isinstance(result, Exit):
             return result.code
         if m.group(2).lower() == "k":
-            return self._interactive(proc, echo)
+            return self._interactive(proc)
         return result
 
-    def _interactive(self, proc: Process, echo: bool) -> int:
+    def _interactive(self, proc: Process) -> int:
         """Read lines from stdin and run them until ``exit`` or the end of input."""
         while True:
+            echo = proc.session.echo
             if echo:
                 proc.out(f"\n{proc.session.cwd}>")
             line = proc.read_line()
@@ -260,10 +261,17 @@ class CmdShell:
         return text.lstrip()[len(word):]
 
     def _echo(self, proc: Process, text: str, argv: List[str]) -> int:
+        """``echo text``; ``echo.`` is an empty line, ``echo`` alone the echo state, ``echo on|off`` sets it."""
         rest = self._rest(text, "echo")
-        if rest[:1] in (".", ":", " ", "\t"):
-            rest = rest[1:]
-        proc.out("ECHO is on.\n" if not rest.strip() else rest + "\n")
+        separator, rest = rest[:1], rest[1:]
+        if separator in (".", ":"):
+            proc.out(rest + "\n")
+        elif not rest.strip():
+            proc.out(f"ECHO is {'on' if proc.session.echo else 'off'}.\n")
+        elif rest.strip().lower() in ("on", "off"):
+            proc.session.echo = rest.strip().lower() == "on"
+        else:
+            proc.out(rest + "\n")
         return 0
 
     @staticmethod

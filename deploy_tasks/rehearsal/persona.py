@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 from .base import ProgramNotFound, RebootHook, ShellOptions
 from .cmdline import split_argv
@@ -262,28 +262,28 @@ class WindowsPersona:
         """The name (``msiexec``, ``puppet``...) of the executable file ``name`` finds, or None."""
         if not name:
             return None
-        folders = [cwd] + [p for p in (path if path is not None else ";".join(self._path())).split(";") if p]
-        candidates: List[Path] = []
-        try:
-            if "\\" in name or "/" in name or name[1:2] == ":":
-                bases = [self.to_sandbox(name, cwd)]
-            else:
-                bases = []
-                for folder in folders:
-                    try:
-                        bases.append(self.to_sandbox(folder, cwd) / name)
-                    except FileNotFoundError:
-                        continue  # a PATH entry on another drive
-        except FileNotFoundError:
-            return None
-        for base in bases:
-            candidates += [base.with_name(base.name + ext) if ext else base for ext in _PATHEXT]
-        for cand in candidates:
-            found = Sandbox.find(cand)
-            if found is not None and found.is_file():
+        for base in self._program_bases(name, cwd, path):
+            for ext in _PATHEXT:
+                found = Sandbox.find(base.with_name(base.name + ext) if ext else base)
+                if found is None or not found.is_file():
+                    continue
                 low = found.name.lower()
-                for ext in _PATHEXT[1:]:
-                    if low.endswith(ext):
-                        return low[: -len(ext)]
+                for known in _PATHEXT[1:]:
+                    if low.endswith(known):
+                        return low[: -len(known)]
                 return None  # a file without an executable extension does not run
         return None
+
+    def _program_bases(self, name: str, cwd: str, path: Optional[str]) -> Iterator[Path]:
+        """Where ``name`` may be, in search order: itself when it has a folder, else cwd and each PATH entry."""
+        try:
+            if "\\" in name or "/" in name or name[1:2] == ":":
+                yield self.to_sandbox(name, cwd)
+                return
+        except FileNotFoundError:
+            return
+        for folder in [cwd] + [p for p in (path if path is not None else ";".join(self._path())).split(";") if p]:
+            try:
+                yield self.to_sandbox(folder, cwd) / name
+            except FileNotFoundError:
+                continue  # a PATH entry on another drive

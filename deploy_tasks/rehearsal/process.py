@@ -142,10 +142,11 @@ class Session:
     codepage: int = 437
     console_stdin: bool = True
     errorlevel: int = 0  # cmd.exe's ERRORLEVEL: the exit code of the last command it ran
+    echo: bool = True  # cmd.exe's ECHO state: prompts (and lines read from a pipe) are shown
 
     def child(self) -> "Session":
         """The session a started program gets: a copy, so its ``cd``/``set`` never reach its parent."""
-        return Session(self.env.copy(), self.cwd, self.codepage, self.console_stdin, self.errorlevel)
+        return Session(self.env.copy(), self.cwd, self.codepage, self.console_stdin)
 
 
 # -- processes ----------------------------------------------------------------------------------------------

@@ -98,7 +98,8 @@ class ServiceControl:
                 "        WIN32_EXIT_CODE    : 0  (0x0)\n        SERVICE_EXIT_CODE  : 0  (0x0)\n"
                 "        CHECKPOINT         : 0x0\n        WAIT_HINT          : 0x0\n")
         if args[0].lower() == "queryex":
-            text += f"        PID                : {info.get('pid', 0) if running else 0}\n        FLAGS              : \n"
+            pid = info.get("pid", 0) if running else 0
+            text += f"        PID                : {pid}\n        FLAGS              : \n"
         proc.out(text)
         return 0
 
@@ -188,7 +189,8 @@ class Wmic:
         invalid = f"Node - {self.host.hostname.upper()}\r\nERROR:\r\nDescription = Invalid query\r\n\r\n"
         if len(args) < 3 or args[:2] != ["os", "get"]:
             proc.out(invalid)
-            proc.err("(the emulated persona answers only: wmic os get LastBootUpTime,Caption,Version,CSName [/value])\n")
+            proc.err("(the emulated persona answers only: "
+                     "wmic os get LastBootUpTime,Caption,Version,CSName [/value])\n")
             return 44135
         props = [p for a in args[2:] for p in a.split(",") if p]
         if any(p not in known for p in props):
