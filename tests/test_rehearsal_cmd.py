@@ -145,8 +145,11 @@ def test_a_working_directory_that_does_not_exist_fails_the_command(host):
 
 
 # -- WINRS_NOPROFILE ---------------------------------------------------------------------------------------
-# without the user's profile loaded a process gets the default profile's folders (USERPROFILE):
-# https://learn.microsoft.com/en-us/windows/win32/api/userenv/nf-userenv-createenvironmentblock
+# winrs (Windows Server 2012 R2): /noprofile "prevents loading the user's profile"; without /directory "the
+# remote shell will start in the user's home directory defined by the environment variable %USERPROFILE%":
+# https://learn.microsoft.com/en-us/previous-versions/windows/it-pro/windows-server-2012-R2-and-2012/hh875630(v=ws.11)
+# Without the profile the persona gives the Default User profile's folders (GetDefaultUserProfileDirectory):
+# an emulation choice, not yet compared with a recorded exchange.
 def test_noprofile_gives_the_default_profile(host):
     assert run(host, "echo %USERPROFILE%")[0] == b"C:\\Users\\Administrator\r\n"
     out, _, code = run(host, "echo %USERPROFILE%& cd", ShellOptions(noprofile=True))
