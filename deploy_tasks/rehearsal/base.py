@@ -1,8 +1,9 @@
 """The seam between the WinRM endpoint (protocol) and the Windows persona (behaviour).
 
 The endpoint (``server.py``) owns shells, commands, streams and auth; for each
-WS-Man Command it calls ``Persona.start(command_line)`` and then polls the
-returned ``CommandHandle``. The persona (``persona.py``) knows nothing of HTTP.
+WS-Man Command it calls ``Persona.start(command_line, options, skip_cmd_shell)``
+and then polls the returned ``CommandHandle``. The persona (``persona.py``)
+knows nothing of HTTP.
 """
 
 from __future__ import annotations
@@ -17,10 +18,16 @@ class ShellOptions:
 
     ``codepage``: WINRS_CODEPAGE (437 unless the client asks; 65001 = UTF-8);
     the persona encodes every byte of output in it. ``environment``: the
-    Create's ``rsp:Environment`` variables, over the host's own.
-    ``working_directory``: ``rsp:WorkingDirectory`` (None = the user's profile
-    directory). ``noprofile``: WINRS_NOPROFILE. ``consolemode_stdin``:
-    WINRS_CONSOLEMODE_STDIN.
+    Create's ``rsp:Environment`` variables, over the host's own (and the ones
+    ``%VAR%`` expands). ``working_directory``: ``rsp:WorkingDirectory`` (None =
+    the user's profile directory; one that is not a directory fails each
+    command with "The directory name is invalid.", exit 267).
+    ``noprofile``: WINRS_NOPROFILE (the default profile's folders).
+    ``consolemode_stdin``: WINRS_CONSOLEMODE_STDIN (stdin is a console: cmd
+    does not echo what it reads, Ctrl+Z ends input; else a pipe).
+
+    A code page the host has no codec for makes ``start`` raise ValueError;
+    ``process.codec_for(codepage)`` answers the same question at Create time.
     """
 
     codepage: int = 437

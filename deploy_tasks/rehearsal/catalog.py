@@ -25,33 +25,31 @@ from __future__ import annotations
 import hashlib
 import re
 import shutil
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .persona import Command
-    from .puppet import PuppetAgent, _Options
+from .process import Host, Process, Redirected, now
 
 #: Resource types that are containers, not things applied
 _CONTAINERS = {"class", "stage", "node", "settings", "admissible_class"}
 _RELATIONS = ("require", "before", "notify", "subscribe")
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
 class CatalogApplier:
     """EMULATED application of a real catalog's resources into the host's sandbox."""
 
-    def __init__(self, agent: "PuppetAgent", ctx: "Command", catalog: dict, opts: "_Options", eff: Dict[str, str]):
-        self.agent = agent
-        self.persona = agent.persona
-        self.ctx = ctx
+    def __init__(self, host: Host, proc: Process, catalog: dict, tags: Sequence[str], noop: bool, environment: str,
+                 fetch_source: Callable[[str], Optional[bytes]]):
+        """``fetch_source``: the content of a ``puppet:///`` source, fetched as the agent fetches it (or None)."""
+        self.host = host
+        self.proc = proc
         self.catalog = catalog
-        self.opts = opts
-        self.eff = eff
+        self.tags = list(tags)
+        self.noop = noop
+        self.environment = environment
+        self.fetch_source = fetch_source
+        self._appliers = {"file": self._apply_file, "service": self._apply_service, "exec": self._apply_exec,
+                          "notify": self._apply_notify}
         self.rows: List[dict] = []
         self.components: Dict[str, dict] = {}
         self.order: List[str] = []
@@ -135,7 +133,7 @@ class CatalogApplier:
 
     def _component(self, r: dict, parent: Dict[str, str], key: str) -> str:
         tags = [t.lower() for t in r.get("tags", [])]
-        for t in self.opts.tags:
+        for t in self.tags:
             if t in tags:
                 return t
         k = key
@@ -163,31 +161,31 @@ class CatalogApplier:
     # -- apply ---------------------------------------------------------------------------
     def apply(self) -> None:
         resources, parent, ordered, deps, refresh = self._prepare()
-        failing = {c.lower() for c in self.persona.faults.puppet_fail}
+        failing = {c.lower() for c in self.host.faults.puppet_fail}
         status: Dict[str, str] = {}
         for key in ordered:
-            if self.ctx.cancelled:
+            if self.proc.cancelled:
                 break
             r = resources[key]
             tags = {t.lower() for t in r.get("tags", [])}
-            if self.opts.tags and not (tags & set(self.opts.tags)):
+            if self.tags and not (tags & set(self.tags)):
                 continue
             comp = self._component(r, parent, key)
             where = self._path(key, parent)
             if any(status.get(d) in ("failed", "skipped") for d in deps[key]):
-                self.ctx.err(f"Warning: {where}: Skipping because of failed dependencies\n")
+                self.proc.err(f"Warning: {where}: Skipping because of failed dependencies\n")
                 result, msg = "skipped", "failed dependencies"
             elif tags & failing:
                 bad = sorted(tags & failing)[0]
                 msg = f"Could not evaluate: emulated fault puppet_fail for component '{bad}'"
-                self.ctx.err(f"Error: {where}: {msg}\n")
+                self.proc.err(f"Error: {where}: {msg}\n")
                 result = "failed"
             else:
                 refreshed = any(status.get(d) == "changed" for d in refresh[key])
                 try:
                     result, msg = self._apply_one(r, where, refreshed)
                 except _ResourceError as exc:
-                    self.ctx.err(f"Error: {where}: {exc}\n")
+                    self.proc.err(f"Error: {where}: {exc}\n")
                     result, msg = "failed", str(exc)
             status[key] = result
             self._note(key, comp, result, msg)
@@ -203,16 +201,16 @@ class CatalogApplier:
             c[result] += 1
 
     def _change(self, where: str, prop: str, message: str, noop_message: str) -> Tuple[str, str]:
-        if self.opts.noop:
-            self.ctx.out(f"Notice: {where}/{prop}: {noop_message} (noop)\n")
+        if self.noop:
+            self.proc.out(f"Notice: {where}/{prop}: {noop_message} (noop)\n")
             return "noop", noop_message
-        self.ctx.out(f"Notice: {where}/{prop}: {message}\n")
+        self.proc.out(f"Notice: {where}/{prop}: {message}\n")
         return "changed", message
 
     def _apply_one(self, r: dict, where: str, refreshed: bool) -> Tuple[str, str]:
         kind = r["type"].lower()
         params = r.get("parameters", {})
-        handler = getattr(self, f"_apply_{kind}", None)
+        handler = self._appliers.get(kind)
         if handler is None:
             return self._apply_recorded(r, where)
         return handler(r, params, where, refreshed)
@@ -221,7 +219,7 @@ class CatalogApplier:
         if not re.match(r"^[A-Za-z]:[\\/]", win_path):
             raise _ResourceError(f"Parameter path failed: File paths must be fully qualified, not '{win_path}'")
         try:
-            return self.persona.to_sandbox(win_path)
+            return self.host.to_sandbox(win_path)
         except FileNotFoundError:
             raise _ResourceError(f"Could not evaluate: the emulated host has only drive C:, not {win_path}") from None
 
@@ -236,12 +234,12 @@ class CatalogApplier:
             if want_sum and path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == want_sum:
                 return "unchanged", ""  # the checksum says the file is already right: nothing is fetched
             if re.match(r"^https?://", source, re.IGNORECASE):
-                fetched, _why = self.persona.http_get(source)
+                fetched, _why = self.host.http_get(source)
             else:
-                fetched = self.agent.fetch_file_content(self.eff, source)
+                fetched = self.fetch_source(source)
             if fetched is None:
                 raise _ResourceError(f"Could not evaluate: Could not retrieve information from environment "
-                                     f"{self.eff['environment']} source(s) {source}")
+                                     f"{self.environment} source(s) {source}")
             got = hashlib.sha256(fetched).hexdigest()
             if want_sum and got != want_sum:
                 raise _ResourceError(f"Could not evaluate: File written to disk did not match checksum; discarding "
@@ -252,13 +250,13 @@ class CatalogApplier:
         if ensure in ("absent", False):
             if not path.exists():
                 return "unchanged", ""
-            if not self.opts.noop:
+            if not self.noop:
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
             return self._change(where, "ensure", "removed", "current_value 'file', should be 'absent'")
         if ensure == "directory":
             if path.is_dir():
                 return "unchanged", ""
-            if not self.opts.noop:
+            if not self.noop:
                 path.mkdir(parents=True, exist_ok=True)
             return self._change(where, "ensure", "created", "current_value 'absent', should be 'directory'")
         if ensure in ("file", "present") and content is not None:
@@ -277,20 +275,20 @@ class CatalogApplier:
                                          f"component in {params.get('path', r['title'])} does not exist")
                 result = self._change(where, "ensure", f"defined content as '{new}'",
                                       "current_value 'absent', should be 'file'")
-            if not self.opts.noop:
+            if not self.noop:
                 path.write_bytes(data)
             return result
         if ensure in ("file", "present"):
             if path.exists():
                 return "unchanged", ""
-            if not self.opts.noop:
+            if not self.noop:
                 path.write_bytes(b"")
             return self._change(where, "ensure", "created", "current_value 'absent', should be 'file'")
         return self._apply_recorded(r, where)
 
     def _apply_service(self, r: dict, params: dict, where: str, refreshed: bool) -> Tuple[str, str]:
         name = params.get("name", r["title"])
-        services = self.persona.services()
+        services = self.host.services()
         current = services.get(name, {"state": "stopped", "start_type": "manual"})
         want_state = {True: "running", "true": "running", "running": "running", False: "stopped",
                       "false": "stopped", "stopped": "stopped"}.get(params.get("ensure"), current["state"])
@@ -306,12 +304,12 @@ class CatalogApplier:
                                         f"'{want_start}'", f"current_value '{current['start_type']}', should be "
                                         f"'{want_start}'"))
         if refreshed and want_state == "running" and not results:
-            if not self.opts.noop:
-                self.ctx.out(f"Notice: {where}: Triggered 'refresh' from 1 event\n")
-            results.append(("changed" if not self.opts.noop else "noop", "restarted"))
+            if not self.noop:
+                self.proc.out(f"Notice: {where}: Triggered 'refresh' from 1 event\n")
+            results.append(("changed" if not self.noop else "noop", "restarted"))
         if not results:
             return "unchanged", ""
-        if not self.opts.noop:
+        if not self.noop:
             restarts = current.get("restarts", 0) + (1 if refreshed else 0)
 
             def put(state: dict) -> None:
@@ -319,7 +317,7 @@ class CatalogApplier:
                                            "installed_by": "puppet", "restarts": restarts,
                                            "pid": 1000 + (abs(hash(name)) % 8000)}
 
-            self.persona.update_state(put)
+            self.host.update_state(put)
         return results[0]
 
     def _apply_exec(self, r: dict, params: dict, where: str, refreshed: bool) -> Tuple[str, str]:
@@ -342,48 +340,46 @@ class CatalogApplier:
             return "unchanged", ""
         if params.get("onlyif") and self._run(params["onlyif"])[0] != 0:
             return "unchanged", ""
-        if self.opts.noop:
+        if self.noop:
             return self._change(where, "returns", "", "current_value 'notrun', should be ['0']")
         code, output = self._run(command)
         returns = params.get("returns", [0])
         allowed = [int(x) for x in (returns if isinstance(returns, list) else [returns])]
-        self.persona.update_state(lambda s: s.setdefault("execs", {}).__setitem__(
-            key, {"command": command, "exit_code": code, "last_run": _now(),
+        self.host.update_state(lambda s: s.setdefault("execs", {}).__setitem__(
+            key, {"command": command, "exit_code": code, "last_run": now(),
                   "runs": s.get("execs", {}).get(key, {}).get("runs", 0) + 1}))
         if code not in allowed:
             for line in output.splitlines():
                 if line.strip():
-                    self.ctx.out(f"Notice: {where}/returns: {line}\n")
+                    self.proc.out(f"Notice: {where}/returns: {line}\n")
             raise _ResourceError(f"change from 'notrun' to {[str(a) for a in allowed]} failed: '{command}' returned "
                                  f"{code} instead of one of {allowed}")
         return self._change(where, "returns", "executed successfully", "")
 
     def _run(self, command: str) -> Tuple[int, str]:
         """Run a command line on the emulated host: (exit code, its output)."""
-        from .persona import _Redirected  # here, not at the top: persona.py imports puppet.py, which imports this
-
-        sink = _Redirected(self.ctx)
+        sink = Redirected(self.proc, self.proc.session.child())
         sink.capture(1)
         sink.join(2, 1)
-        result = self.persona.run_process(sink, command)
-        return result, sink.captured(1).decode("cp437", "replace")
+        result = self.host.run_process(sink, command)
+        return result, sink.decode(sink.captured(1))
 
     def _apply_notify(self, r: dict, params: dict, where: str, refreshed: bool) -> Tuple[str, str]:
         message = params.get("message", r["title"])
-        if self.opts.noop:
+        if self.noop:
             return self._change(where, "message", "", f"current_value 'absent', should be '{message}'")
-        self.ctx.out(f"Notice: {message}\n")
+        self.proc.out(f"Notice: {message}\n")
         return self._change(where, "message", f"defined 'message' as '{message}'", "")
 
     def _apply_recorded(self, r: dict, where: str) -> Tuple[str, str]:
         key = f"{r['type']}[{r['title']}]"
         params = r.get("parameters", {})
-        recorded = self.persona.state().get("resources", {}).get(key)
+        recorded = self.host.state().get("resources", {}).get(key)
         if recorded == params:
             return "unchanged", ""
         result = self._change(where, "ensure", "(emulated) recorded", "(emulated) would be recorded")
-        if not self.opts.noop:
-            self.persona.update_state(lambda s: s.setdefault("resources", {}).__setitem__(key, params))
+        if not self.noop:
+            self.host.update_state(lambda s: s.setdefault("resources", {}).__setitem__(key, params))
         return result
 
     # -- results -------------------------------------------------------------------------

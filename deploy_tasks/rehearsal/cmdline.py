@@ -22,16 +22,9 @@ stripping rule and the ``&&``, ``||`` and ``&`` operators outside quotes.
 
 from __future__ import annotations
 
-import re
 from typing import List, Tuple
 
 _WS = " \t"
-ENCODING = "cp437"  # the OEM code page a WinRM shell's console output arrives in
-
-
-def crlf(text: str) -> str:
-    """Line ends as a Windows console writes them."""
-    return re.sub(r"\r?\n", "\r\n", text)
 
 
 def split_argv(line: str) -> List[str]:
@@ -127,12 +120,14 @@ def cmd_strip_c(rest: str) -> str:
     return text[1:last] + text[last + 1 :]
 
 
-def split_cmd(line: str) -> List[Tuple[str, str]]:
+def split_cmd(line: str, keep_trailing_space: bool = False) -> List[Tuple[str, str]]:
     """Split a cmd.exe line into (operator, command) pairs at ``&&``, ``||`` and ``&`` outside quotes.
 
     The first pair's operator is ``""``; a caret escapes the next character,
-    as in cmd (the caret itself is dropped).
+    as in cmd (the caret itself is dropped). ``keep_trailing_space``: keep the
+    blanks before an operator, as cmd does (``echo x && ...`` prints ``x ``).
     """
+    strip = (lambda s: s.lstrip(_WS)) if keep_trailing_space else (lambda s: s.strip(_WS))
     parts: List[Tuple[str, str]] = []
     cur: List[str] = []
     op = ""
@@ -156,14 +151,14 @@ def split_cmd(line: str) -> List[Tuple[str, str]]:
                 new_op, step = "&", 1
             else:
                 new_op, step = "|", 1  # a pipe: reported as unsupported by the caller
-            parts.append((op, "".join(cur).strip(_WS)))
+            parts.append((op, strip("".join(cur))))
             cur = []
             op = new_op
             i += step
         else:
             cur.append(c)
             i += 1
-    parts.append((op, "".join(cur).strip(_WS)))
+    parts.append((op, strip("".join(cur))))
     return parts
 
 
@@ -217,5 +212,7 @@ def split_redirections(text: str) -> Tuple[str, List[Tuple[int, str, str]]]:
             target = text[j:k]
         redirs.append((stream, mode, target))
         i = k
-    # cmd keeps the space before a redirection: `echo x > f` writes "x \r\n"
-    return "".join(out).lstrip(_WS) if redirs else "".join(out).strip(_WS), redirs
+        if not text[i:].strip(_WS):
+            i = n  # the blanks after a last redirection are no part of the command
+    # cmd keeps the blanks a command ends with, also those before a redirection: `echo x > f` writes "x \r\n"
+    return "".join(out).lstrip(_WS), redirs

@@ -14,59 +14,51 @@ from __future__ import annotations
 import re
 import threading
 import urllib.parse
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
-from .cmdline import crlf
 from .msi import (ERROR_INSTALL_ALREADY_RUNNING, ERROR_INSTALL_FAILURE, ERROR_INSTALL_LOG_FAILURE,
                   ERROR_INSTALL_PACKAGE_INVALID, ERROR_INSTALL_PACKAGE_OPEN_FAILED, ERROR_INVALID_COMMAND_LINE,
                   ERROR_SUCCESS_REBOOT_INITIATED, ERROR_SUCCESS_REBOOT_REQUIRED, Package, describe, identify, is_msi,
                   puppet_settings_from_properties)
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .persona import Command, WindowsPersona
-
-PUPPET_BIN = r"C:\Program Files\Puppet Labs\Puppet\bin"
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+from .process import Host, Process, crlf, now
+from .puppet import PUPPET_BIN, write_windows_puppet_conf
 
 
 class MsiExec:
     """The ``msiexec`` of one host; it owns the host's MSI mutex."""
 
-    def __init__(self, persona: "WindowsPersona"):
-        self.persona = persona
+    def __init__(self, host: Host):
+        self.host = host
         self._mutex = threading.Lock()
 
-    def run(self, ctx: "Command", argv: List[str]) -> int:
+    def run(self, proc: Process, argv: List[str], line: str) -> int:
         """``msiexec`` with ``argv`` (``argv[0]`` is the program name as typed)."""
         opts = _parse_msiexec(argv[1:])
         if opts is None or not opts.get("package"):
-            ctx.err(describe(ERROR_INVALID_COMMAND_LINE) + "\n")
+            proc.err(describe(ERROR_INVALID_COMMAND_LINE) + "\n")
             return ERROR_INVALID_COMMAND_LINE
-        log = _MsiLog(self.persona, opts.get("log"))
+        log = _MsiLog(self.host, opts.get("log"), proc.session.cwd)
         if not log.ok:
             return ERROR_INSTALL_LOG_FAILURE
         log.line(f"=== Verbose logging started: {datetime.now():%m/%d/%Y  %H:%M:%S}  Build type: SHIP UNICODE "
                  f"5.00.9600.00  Calling process: C:\\Windows\\System32\\msiexec.exe ===")
         shown = [re.sub(r"^([^=]*PASSWORD[^=]*=).*$", r"\1**********", a, flags=re.IGNORECASE) for a in argv[1:]]
         log.line(f"MSI (c) Command Line: {' '.join(shown)}")  # hidden properties stay hidden, as in Windows' log
-        busy = self.persona.faults.take("msi_busy_attempts")
+        busy = self.host.faults.take("msi_busy_attempts")
         if busy or not self._mutex.acquire(blocking=False):
             log.line("MSI (c): Another installation is in progress (the _MSIExecute mutex is held).")
             return log.finish(ERROR_INSTALL_ALREADY_RUNNING, "emulated fault msi_busy_attempts" if busy
                               else "another msiexec transaction runs on this host")
         try:
-            return self._msi_transaction(ctx, opts, log)
+            return self._msi_transaction(proc, opts, log)
         finally:
             self._mutex.release()
 
-    def _msi_transaction(self, ctx: "Command", opts: dict, log: "_MsiLog") -> int:
+    def _msi_transaction(self, proc: Process, opts: dict, log: "_MsiLog") -> int:
         source = opts["package"]
-        data, why = self._fetch_package(source)
+        data, why = self._fetch_package(source, proc.session.cwd)
         if data is None:
             log.line(f"MSI (c): Note: 1: 1708 — could not open the package {source}: {why}")
             return log.finish(ERROR_INSTALL_PACKAGE_OPEN_FAILED, why)
@@ -80,9 +72,9 @@ class MsiExec:
             log.line(f"MSI (s): PROPERTY CHANGE: Adding {key} property. Its value is '{shown}'.")
         if opts["action"] == "uninstall":
             return self._msi_uninstall(package, log)
-        if ctx.sleep(0.05):  # an install takes a moment; it is the window in which a second msiexec meets 1618
+        if proc.sleep(0.05):  # an install takes a moment; it is the window in which a second msiexec meets 1618
             return log.finish(ERROR_INSTALL_FAILURE, "terminated")
-        fault = int(self.persona.faults.msi_exit_code or 0)
+        fault = int(self.host.faults.msi_exit_code or 0)
         if fault and fault not in (ERROR_SUCCESS_REBOOT_REQUIRED, ERROR_SUCCESS_REBOOT_INITIATED):
             # 1603 or any other failure code the spec names: the install fails with it and installs nothing
             log.line(f"MSI (s): Product: {package.product} -- Installation failed "
@@ -96,19 +88,19 @@ class MsiExec:
         if code == ERROR_SUCCESS_REBOOT_INITIATED and opts["norestart"]:
             code = ERROR_SUCCESS_REBOOT_REQUIRED  # /norestart turns an initiated restart into "required"
         if code:
-            self.persona.update_state(lambda s: s.__setitem__("pending_reboot", True))
+            self.host.update_state(lambda s: s.__setitem__("pending_reboot", True))
         if code == ERROR_SUCCESS_REBOOT_INITIATED:
-            self.persona.schedule_reboot(self.persona.reboot_grace_s)
+            self.host.schedule_reboot(0)
         return log.finish(code, "")
 
-    def _fetch_package(self, source: str) -> Tuple[Optional[bytes], str]:
+    def _fetch_package(self, source: str, cwd: str) -> Tuple[Optional[bytes], str]:
         if re.match(r"^https?://", source, re.IGNORECASE):
-            data, why = self.persona.http_get(source)
+            data, why = self.host.http_get(source)
             return data, (f"download failed: {why}" if data is None else "")
         if "://" in source:
             return None, f"unsupported URL scheme in {source}"
         try:
-            return self.persona.to_sandbox(source).read_bytes(), ""
+            return self.host.to_sandbox(source, cwd).read_bytes(), ""
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             return None, f"the file {source} does not exist"
 
@@ -116,10 +108,10 @@ class MsiExec:
         def record(state: dict) -> None:
             kept = {k: ("**********" if "PASSWORD" in k.upper() else v) for k, v in props.items()}  # no secrets at rest
             state["products"][package.product] = {"version": package.version, "properties": kept,
-                                                  "source": source, "installed_at": _now()}
+                                                  "source": source, "installed_at": now()}
             if package.is_puppet_agent:
                 settings = puppet_settings_from_properties(package.version, props)
-                settings.setdefault("certname", self.persona.hostname.lower())
+                settings.setdefault("certname", self.host.hostname.lower())
                 settings.setdefault("environment", "production")
                 state["puppet_settings"] = settings
                 if PUPPET_BIN not in state["path"]:
@@ -129,15 +121,15 @@ class MsiExec:
                                                "state": "stopped" if startup == "disabled" else "running",
                                                "start_type": startup}
 
-        self.persona.update_state(record)
+        self.host.update_state(record)
         if package.is_puppet_agent:
-            bindir = self.persona.to_sandbox(PUPPET_BIN)
+            bindir = self.host.to_sandbox(PUPPET_BIN)
             bindir.mkdir(parents=True, exist_ok=True)
             (bindir / "puppet.bat").write_text("@echo off\r\nrem emulated Puppet agent (deploy_tasks rehearsal)\r\n")
-            self.persona.puppet.write_windows_puppet_conf()
+            write_windows_puppet_conf(self.host)
 
     def _msi_uninstall(self, package: Package, log: "_MsiLog") -> int:
-        if package.product not in self.persona.installed_products():
+        if package.product not in self.host.installed_products():
             log.line("MSI (c): This action is only valid for products that are currently installed.")
             return log.finish(1605, "product not installed")
 
@@ -148,7 +140,7 @@ class MsiExec:
                 if PUPPET_BIN in state["path"]:
                     state["path"].remove(PUPPET_BIN)
 
-        self.persona.update_state(remove)
+        self.host.update_state(remove)
         log.line(f"MSI (s): Product: {package.product} -- Removal completed successfully.")
         return log.finish(0, "")
 
@@ -192,12 +184,12 @@ def _parse_msiexec(args: List[str]) -> Optional[dict]:
 class _MsiLog:
     """The verbose log msiexec writes (``/l*v``), into the sandbox."""
 
-    def __init__(self, persona: "WindowsPersona", win_path: Optional[str]):
+    def __init__(self, host: Host, win_path: Optional[str], cwd: str):
         self.path: Optional[Path] = None
         self.ok = True
         if win_path:
             try:
-                path = persona.to_sandbox(win_path)
+                path = host.to_sandbox(win_path, cwd)
             except FileNotFoundError:
                 self.ok = False
                 return

@@ -14,18 +14,29 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from typing import TYPE_CHECKING, List, Optional
+from typing import List, Optional
 from xml.sax.saxutils import escape as xml_escape
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .persona import Command, WindowsPersona
+from .process import Host, Process
 
 
-def run_powershell(persona: "WindowsPersona", ctx: "Command", argv: List[str]) -> int:
+class PowerShell:
+    """``powershell.exe``: a deliberately tiny PowerShell (see the module docstring)."""
+
+    def __init__(self, host: Host):
+        self.host = host
+
+    def run(self, proc: Process, argv: List[str], line: str) -> int:
+        return run_powershell(proc, argv)
+
+
+def run_powershell(proc: Process, argv: List[str]) -> int:
     """A deliberately tiny PowerShell: Write-Output/Write-Host/echo, string literals, $env:X, exit N.
 
     Anything else is answered with a PowerShell-style error as CLIXML on
     stderr and exit 1, so a script the tool relies on cannot pass silently.
+    ``$env:NAME`` reads the process's environment (the shell's, with its
+    Create options applied).
     """
     script = None
     args = argv[1:]
@@ -36,7 +47,7 @@ def run_powershell(persona: "WindowsPersona", ctx: "Command", argv: List[str]) -
             try:
                 script = base64.b64decode(args[i + 1], validate=True).decode("utf-16-le")
             except (binascii.Error, UnicodeDecodeError):
-                ctx.err("Cannot process the command because the value specified with -EncodedCommand is not "
+                proc.err("Cannot process the command because the value specified with -EncodedCommand is not "
                         "properly encoded. The value must be Base64 encoded.\n")
                 return 1
             i += 2
@@ -51,21 +62,17 @@ def run_powershell(persona: "WindowsPersona", ctx: "Command", argv: List[str]) -
             script = " ".join(args[i:])
             break
     if script is None:
-        ctx.err("The emulated persona runs powershell only with -EncodedCommand or -Command.\n")
+        proc.err("The emulated persona runs powershell only with -EncodedCommand or -Command.\n")
         return 1
-    return _MiniPowerShell(persona, ctx).run(script)
+    return _MiniPowerShell(proc).run(script)
 
 
 class _MiniPowerShell:
-    _ENV = {"computername": lambda p: p.hostname.upper(), "username": lambda p: p.user,
-            "userdomain": lambda p: p.hostname.upper(), "systemroot": lambda p: r"C:\Windows",
-            "programdata": lambda p: r"C:\ProgramData", "temp": lambda p: r"C:\Users\ADMINI~1\AppData\Local\Temp"}
     _NOOP = re.compile(r"^\$(ProgressPreference|ErrorActionPreference|VerbosePreference)\s*=\s*['\"]?\w+['\"]?$",
                        re.IGNORECASE)
 
-    def __init__(self, persona: "WindowsPersona", ctx: "Command"):
-        self.persona = persona
-        self.ctx = ctx
+    def __init__(self, proc: Process):
+        self.proc = proc
 
     def run(self, script: str) -> int:
         for raw in re.split(r"[\r\n;]+", script):
@@ -82,7 +89,7 @@ class _MiniPowerShell:
             if value is None:
                 self._error(stmt)
                 return 1
-            self.ctx.out(value + "\n")
+            self.proc.out(value + "\n")
         return 0
 
     def _value(self, expr: str) -> Optional[str]:
@@ -102,8 +109,7 @@ class _MiniPowerShell:
         return None
 
     def _env(self, name: str) -> str:
-        fn = self._ENV.get(name.lower())
-        return fn(self.persona) if fn else ""
+        return self.proc.session.env.get(name, "")
 
     def _error(self, stmt: str) -> None:
         word = stmt.split()[0] if stmt.split() else stmt
@@ -117,4 +123,4 @@ class _MiniPowerShell:
         objs = "".join(f'<S S="Error">{xml_escape(line)}_x000D__x000A_</S>' for line in text.splitlines())
         clixml = ('#< CLIXML\r\n<Objs Version="1.1.0.1" xmlns="http://schemas.microsoft.com/powershell/2004/04">'
                   + objs + "</Objs>")
-        self.ctx.write_bytes(clixml.encode("utf-8"), stderr=True)
+        self.proc.write_bytes(self.proc.encode(clixml), stderr=True)

@@ -35,14 +35,15 @@ import subprocess
 import threading
 import time
 import urllib.parse
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
+
+import requests
 
 from .catalog import CatalogApplier
+from .process import Host, Process, now
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .persona import Command, WindowsPersona
+PUPPET_BIN = r"C:\Program Files\Puppet Labs\Puppet\bin"  # what the agent MSI adds to the PATH
 
 WIN_CONFDIR = "C:/ProgramData/PuppetLabs/puppet/etc"
 WIN_VARDIR = "C:/ProgramData/PuppetLabs/puppet/cache"
@@ -58,8 +59,13 @@ WIN_DEFAULTS = {
 }
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+def write_windows_puppet_conf(host: Host) -> None:
+    """Write C:\\ProgramData\\PuppetLabs\\puppet\\etc\\puppet.conf from the recorded settings, as the MSI does."""
+    path = host.to_sandbox(WIN_CONFDIR + "/puppet.conf")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    settings = host.state().get("puppet_settings") or {}
+    lines = ["[main]"] + [f"{k}={v}" for k, v in sorted(settings.items())]
+    path.write_text("\r\n".join(lines) + "\r\n")
 
 
 def read_journal(state_dir) -> List[dict]:
@@ -156,24 +162,24 @@ def _parse_agent(args: List[str]) -> Tuple[Optional[_Options], str]:
 class PuppetAgent:
     """The ``puppet`` command of one emulated host (installed by the Puppet agent MSI)."""
 
-    def __init__(self, persona: "WindowsPersona"):
-        self.persona = persona
-        self.home = persona.state_dir / "puppet"  # the real Linux agent's per-host directories
-        self.journal_file = persona.state_dir / "puppet-journal.json"
+    def __init__(self, host: Host):
+        self.host = host
+        self.home = host.state_dir / "puppet"  # the real Linux agent's per-host directories
+        self.journal_file = host.state_dir / "puppet-journal.json"
         self._run_lock = threading.Lock()
         self._journal_lock = threading.Lock()
 
     # -- settings -----------------------------------------------------------------
     @property
     def mode(self) -> str:
-        return self.persona.spec.mode
+        return self.host.spec.mode
 
     def version(self) -> Optional[str]:
-        product = self.persona.installed_products().get("Puppet Agent")
+        product = self.host.installed_products().get("Puppet Agent")
         return product["version"] if product else None
 
     def settings(self) -> Dict[str, str]:
-        return dict(self.persona.state().get("puppet_settings") or {})
+        return dict(self.host.state().get("puppet_settings") or {})
 
     def setting(self, key: str) -> str:
         s = self.settings()
@@ -183,36 +189,33 @@ class PuppetAgent:
             return s.get("server", "puppet")
         return WIN_DEFAULTS.get(key, "")
 
-    def write_windows_puppet_conf(self) -> None:
-        """Write C:\\ProgramData\\PuppetLabs\\puppet\\etc\\puppet.conf in the sandbox, as the MSI does."""
-        path = self.persona.to_sandbox(WIN_CONFDIR + "/puppet.conf")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        lines = ["[main]"] + [f"{k}={v}" for k, v in sorted(self.settings().items())]
-        path.write_text("\r\n".join(lines) + "\r\n")
-
     # -- entry point ------------------------------------------------------------
-    def main(self, ctx: "Command", args: List[str]) -> int:
+    def run(self, proc: Process, argv: List[str], line: str) -> int:
+        """``puppet <subcommand> ...``."""
+        return self.main(proc, argv[1:])
+
+    def main(self, proc: Process, args: List[str]) -> int:
         certname = self.setting("certname")
         if certname != certname.lower() and args[:1] not in (["--version"], ["help"], []):
-            ctx.err("Error: Could not initialize global default settings: Certificate names must be lower case\n")
+            proc.err("Error: Could not initialize global default settings: Certificate names must be lower case\n")
             return 1
         if not args or args[0] in ("help", "--help", "-h"):
-            ctx.out("Usage: puppet <subcommand> [options] <action> [options]\n\n"
+            proc.out("Usage: puppet <subcommand> [options] <action> [options]\n\n"
                     "Emulated subcommands: agent, config, ssl, --version\n")
             return 0
         if args[0] in ("--version", "-V"):
-            ctx.out((self.version() or "") + "\n")
+            proc.out((self.version() or "") + "\n")
             return 0
         if args[0] == "agent":
-            return self._agent(ctx, args[1:])
+            return self._agent(proc, args[1:])
         if args[0] == "config":
-            return self._config(ctx, args[1:])
+            return self._config(proc, args[1:])
         if args[0] == "ssl":
-            return self._ssl(ctx, args[1:])
-        ctx.err(f"Error: Unknown Puppet subcommand '{args[0]}' (the emulated persona has agent, config and ssl)\n")
+            return self._ssl(proc, args[1:])
+        proc.err(f"Error: Unknown Puppet subcommand '{args[0]}' (the emulated persona has agent, config and ssl)\n")
         return 1
 
-    def _config(self, ctx: "Command", args: List[str]) -> int:
+    def _config(self, proc: Process, args: List[str]) -> int:
         rest = []
         i = 0
         while i < len(args):
@@ -229,68 +232,68 @@ class PuppetAgent:
             if not keys or keys == ["all"]:
                 keys = sorted(set(WIN_DEFAULTS) | set(self.settings()))
             if len(keys) == 1:
-                ctx.out(self.setting(keys[0]) + "\n")
+                proc.out(self.setting(keys[0]) + "\n")
             else:
-                ctx.out("".join(f"{k} = {self.setting(k)}\n" for k in sorted(keys)))
+                proc.out("".join(f"{k} = {self.setting(k)}\n" for k in sorted(keys)))
             return 0
         if rest and rest[0] == "set" and len(rest) == 3:
             key, val = rest[1], rest[2]
             if key not in WIN_DEFAULTS and key not in ("ca_port",):
-                ctx.err(f"Warning: No such setting '{key}' (the emulated persona records it anyway)\n")
+                proc.err(f"Warning: No such setting '{key}' (the emulated persona records it anyway)\n")
 
             def put(state: dict) -> None:
                 state.setdefault("puppet_settings", {})[key] = val
 
-            self.persona.update_state(put)
-            self.write_windows_puppet_conf()
+            self.host.update_state(put)
+            write_windows_puppet_conf(self.host)
             return 0
-        ctx.err("Error: the emulated persona supports 'puppet config print <key>...' and "
+        proc.err("Error: the emulated persona supports 'puppet config print <key>...' and "
                 "'puppet config set <key> <value>'\n")
         return 1
 
-    def _ssl(self, ctx: "Command", args: List[str]) -> int:
+    def _ssl(self, proc: Process, args: List[str]) -> int:
         """``puppet ssl submit_request|bootstrap|download_cert|verify|show|clean``: the real agent's, per host."""
         actions = ("submit_request", "generate_request", "bootstrap", "download_cert", "verify", "show", "clean")
         if not args or args[0] not in actions:
-            ctx.err(f"Error: puppet ssl: unknown or missing action; use one of {', '.join(actions)}\n")
+            proc.err(f"Error: puppet ssl: unknown or missing action; use one of {', '.join(actions)}\n")
             return 1
         opts, problem = _parse_agent([a for a in args[1:] if not a.startswith("--localca")])
         if opts is None:
-            ctx.err(f"Error: Could not parse application options: {problem}\n")
+            proc.err(f"Error: Could not parse application options: {problem}\n")
             return 1
         if self.mode == "timing":
-            ctx.out(f"Notice: (timing model) puppet ssl {args[0]}: certificates count as signed\n")
+            proc.out(f"Notice: (timing model) puppet ssl {args[0]}: certificates count as signed\n")
             return 0
         if not self._real_puppet():
-            return self._no_real_puppet(ctx)
+            return self._no_real_puppet(proc)
         extra = ["--waitforcert", opts.waitforcert] if opts.waitforcert is not None else []
-        return self._run_real(ctx, ["ssl", args[0], *extra], self._effective(opts))
+        return self._run_real(proc, ["ssl", args[0], *extra], self._effective(opts))
 
     # -- puppet agent ------------------------------------------------------------------
-    def _agent(self, ctx: "Command", args: List[str]) -> int:
+    def _agent(self, proc: Process, args: List[str]) -> int:
         opts, problem = _parse_agent(args)
         if opts is None:
-            ctx.err(f"Error: Could not parse application options: {problem}\n")
+            proc.err(f"Error: Could not parse application options: {problem}\n")
             return 1
         if opts.fingerprint:
-            return self._fingerprint(ctx, opts)
+            return self._fingerprint(proc, opts)
         if not opts.onetime:
-            ctx.err("Error: the emulated persona runs one-shot agent runs only (--test or --onetime); "
+            proc.err("Error: the emulated persona runs one-shot agent runs only (--test or --onetime); "
                     "the daemon is the 'puppet' service\n")
             return 1
         if not self._run_lock.acquire(blocking=False):
-            ctx.out(f"Notice: Run of Puppet configuration client already in progress; skipping  "
+            proc.out(f"Notice: Run of Puppet configuration client already in progress; skipping  "
                     f"({WIN_LOCKFILE} exists)\n")
             self._record({"outcome": "already_running", "tags": opts.tags, "noop": opts.noop, "exit_code": 1,
-                          "started": _now(), "finished": _now()})
+                          "started": now(), "finished": now()})
             return 1
-        lock_path = self.persona.to_sandbox(WIN_LOCKFILE)
+        lock_path = self.host.to_sandbox(WIN_LOCKFILE)
         try:
             lock_path.parent.mkdir(parents=True, exist_ok=True)
             lock_path.write_text(str(os.getpid()))
             if self.mode == "timing":
-                return self._timing_run(ctx, opts)
-            return self._real_run(ctx, opts)
+                return self._timing_run(proc, opts)
+            return self._real_run(proc, opts)
         finally:
             try:
                 lock_path.unlink()
@@ -299,12 +302,12 @@ class PuppetAgent:
             self._run_lock.release()
 
     def _effective(self, opts: _Options) -> Dict[str, str]:
-        s = {"certname": self.setting("certname") or self.persona.hostname.lower(),
+        s = {"certname": self.setting("certname") or self.host.hostname.lower(),
              "server": self.setting("server"), "environment": self.setting("environment"),
              "serverport": self.setting("serverport") or "8140"}
         s.update(opts.overrides)
         # the Linux agent cannot read the emulated host's hosts file, so it is given the address
-        s["connect"] = self.persona.resolve(s["server"])
+        s["connect"] = self.host.resolve(s["server"])
         return s
 
     # -- the real Linux agent ------------------------------------------------------
@@ -320,8 +323,8 @@ class PuppetAgent:
             text = text.replace(str(path), WIN_DEFAULTS[key])
         return text
 
-    def _run_real(self, ctx: "Command", args: List[str], eff: Dict[str, str], timeout: float = 600) -> int:
-        """Run the Linux agent with this host's directories; its output, paths made Windows', goes to ctx."""
+    def _run_real(self, proc: Process, args: List[str], eff: Dict[str, str], timeout: float = 600) -> int:
+        """Run the Linux agent with this host's directories; its output, paths made Windows', goes to proc."""
         exe = self._real_puppet()
         dirs = self._real_dirs()
         for d in dirs.values():
@@ -333,43 +336,43 @@ class PuppetAgent:
                         f"masterport = {eff['serverport']}\nenvironment = {eff['environment']}\n")
         cmd = [exe, *args, "--confdir", str(dirs["confdir"])]
         env = dict(os.environ, HOME=str(self.home), LANG="C.UTF-8")
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                                env=env, cwd=str(self.home))
+        child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                 env=env, cwd=str(self.home))
         result: Dict[str, bytes] = {}
 
         def collect() -> None:
-            result["out"], result["err"] = proc.communicate()
+            result["out"], result["err"] = child.communicate()
 
         reader = threading.Thread(target=collect, daemon=True)
         reader.start()
         deadline = time.monotonic() + timeout
         while reader.is_alive():
-            if ctx.cancelled or time.monotonic() > deadline:
-                proc.kill()
+            if proc.cancelled or time.monotonic() > deadline:
+                child.kill()
                 reader.join()
                 return 1
             reader.join(0.1)
-        for stream, write in (("out", ctx.out), ("err", ctx.err)):
+        for stream, write in (("out", proc.out), ("err", proc.err)):
             text = result.get(stream, b"").decode("utf-8", "replace")
             # Facter on Linux complains about /proc in sandboxes; a Windows agent never would
             text = "\n".join(l for l in text.splitlines() if "/proc/" not in l and "facter" not in l.lower())
             if text.strip():
                 write(self._to_windows_text(text) + "\n")
-        return proc.returncode
+        return child.returncode
 
-    def _fingerprint(self, ctx: "Command", opts: _Options) -> int:
+    def _fingerprint(self, proc: Process, opts: _Options) -> int:
         eff = self._effective(opts)
         if self.mode == "timing":
             digest = hashlib.sha256(("timing-model:" + eff["certname"]).encode()).hexdigest().upper()
-            ctx.out("(SHA256) " + ":".join(digest[i : i + 2] for i in range(0, 64, 2)) + "\n")
+            proc.out("(SHA256) " + ":".join(digest[i : i + 2] for i in range(0, 64, 2)) + "\n")
             return 0
         if not self._real_puppet():
-            return self._no_real_puppet(ctx)
+            return self._no_real_puppet(proc)
         args = ["agent", "--fingerprint"] + (["--digest", eff["digest"]] if "digest" in eff else [])
-        return self._run_real(ctx, args, eff)
+        return self._run_real(proc, args, eff)
 
-    def _no_real_puppet(self, ctx: "Command") -> int:
-        ctx.err("Error: this emulated host's puppet is backed by the Linux puppet agent, which is not installed "
+    def _no_real_puppet(self, proc: Process) -> int:
+        proc.err("Error: this emulated host's puppet is backed by the Linux puppet agent, which is not installed "
                 "here (apt-get install puppet-agent), or start the fleet with mode: timing\n")
         return 1
 
@@ -377,28 +380,28 @@ class PuppetAgent:
         p = self._real_dirs()["ssldir"] / "certs" / f"{certname}.pem"
         return p if p.exists() else None
 
-    def _real_run(self, ctx: "Command", opts: _Options) -> int:
+    def _real_run(self, proc: Process, opts: _Options) -> int:
         if not self._real_puppet():
-            return self._no_real_puppet(ctx)
+            return self._no_real_puppet(proc)
         eff = self._effective(opts)
-        started = _now()
+        started = now()
         entry = {"started": started, "tags": opts.tags, "noop": opts.noop, "environment": eff["environment"],
                  "certname": eff["certname"], "server": eff["server"], "mode": "real"}
         if not self.signed_cert(eff["certname"]):
             wait = opts.waitforcert if opts.waitforcert is not None else "120"
-            code = self._run_real(ctx, ["ssl", "bootstrap", "--waitforcert", wait], eff)
+            code = self._run_real(proc, ["ssl", "bootstrap", "--waitforcert", wait], eff)
             if code != 0 or not self.signed_cert(eff["certname"]):
-                self._record({**entry, "outcome": "no_certificate", "exit_code": 1, "finished": _now()})
+                self._record({**entry, "outcome": "no_certificate", "exit_code": 1, "finished": now()})
                 return 1
         node_env, problem = self._node_environment(eff)
         if node_env is None:
-            ctx.err(f"Warning: Unable to fetch my node definition, but the agent run will continue:\n"
+            proc.err(f"Warning: Unable to fetch my node definition, but the agent run will continue:\n"
                     f"Warning: {problem}\n")
         elif node_env != eff["environment"]:
-            ctx.out(f"Notice: Local environment: '{eff['environment']}' doesn't match server specified node "
+            proc.out(f"Notice: Local environment: '{eff['environment']}' doesn't match server specified node "
                     f"environment '{node_env}', switching agent to '{node_env}'.\n")
             eff["environment"] = node_env
-        ctx.out(f"Info: Using environment '{eff['environment']}'\nInfo: Retrieving pluginfacts\n"
+        proc.out(f"Info: Using environment '{eff['environment']}'\nInfo: Retrieving pluginfacts\n"
                 "Info: Retrieving plugin\nInfo: Loading facts\n")
         catalog, problem = self._fetch_catalog(eff, opts)
         tries = 0
@@ -406,46 +409,45 @@ class PuppetAgent:
             if tries > 3:
                 catalog, problem = None, f"Catalog environment didn't stabilize after {tries} fetches, aborting run"
                 break
-            ctx.out(f"Notice: Local environment: '{eff['environment']}' doesn't match server specified environment "
+            proc.out(f"Notice: Local environment: '{eff['environment']}' doesn't match server specified environment "
                     f"'{catalog['environment']}', restarting agent run with environment '{catalog['environment']}'\n")
             eff["environment"] = catalog["environment"]
             catalog, problem = self._fetch_catalog(eff, opts)
             tries += 1
         entry["environment"] = eff["environment"]
         if catalog is None:
-            ctx.err(f"Error: Could not retrieve catalog from remote server: {problem}\n")
-            ctx.err("Warning: Not using cache on failed catalog\n")
-            ctx.err("Error: Could not retrieve catalog; skipping run\n")
-            self._record({**entry, "outcome": "error", "message": problem, "exit_code": 1, "finished": _now()})
+            proc.err(f"Error: Could not retrieve catalog from remote server: {problem}\n")
+            proc.err("Warning: Not using cache on failed catalog\n")
+            proc.err("Error: Could not retrieve catalog; skipping run\n")
+            self._record({**entry, "outcome": "error", "message": problem, "exit_code": 1, "finished": now()})
             return 1
-        ctx.out(f"Info: Caching catalog for {eff['certname']}\n"
+        proc.out(f"Info: Caching catalog for {eff['certname']}\n"
                 f"Info: Applying configuration version '{catalog.get('version', '')}'\n")
         t0 = time.monotonic()
-        applier = CatalogApplier(self, ctx, catalog, opts, eff)
+        applier = CatalogApplier(self.host, proc, catalog, opts.tags, opts.noop, eff["environment"],
+                                 lambda source: self.fetch_file_content(eff, source))
         applier.apply()
-        ctx.out(f"Notice: Applied catalog in {time.monotonic() - t0:.2f} seconds\n")
+        proc.out(f"Notice: Applied catalog in {time.monotonic() - t0:.2f} seconds\n")
         code = applier.exit_code(opts.detailed)
-        self._record({**entry, **applier.summary(), "exit_code": code, "finished": _now()})
+        self._record({**entry, **applier.summary(), "exit_code": code, "finished": now()})
         return code
 
     def _fetch_catalog(self, eff: Dict[str, str], opts: _Options) -> Tuple[Optional[dict], str]:
         certname = eff["certname"]
         version = self.version() or "7.23.0"
         facts = {"name": certname,
-                 "values": windows_facts(self.persona.hostname, certname, self.persona.address,
+                 "values": windows_facts(self.host.hostname, certname, self.host.address,
                                          eff["environment"], version),
-                 "timestamp": _now(), "expiration": _now()}
+                 "timestamp": now(), "expiration": now()}
         url = f"https://{eff['connect']}:{eff['serverport']}/puppet/v3/catalog/{urllib.parse.quote(certname)}"
         # The agent URI-encodes the facts itself and the form encoding comes on top (Puppet::Configurer::FactHandler)
         data = {"facts_format": "application/json", "facts": urllib.parse.quote(json.dumps(facts)),
-                "transaction_uuid": hashlib.sha1(_now().encode()).hexdigest()}
+                "transaction_uuid": hashlib.sha1(now().encode()).hexdigest()}
         return self._server_json(eff, "POST", url, {"environment": eff["environment"]}, data, "catalog", 120)
 
     def _server_json(self, eff: Dict[str, str], method: str, url: str, params: dict, data: Optional[dict],
                      what: str, timeout: float) -> Tuple[Optional[dict], str]:
         """Call the master's API with the node's own certificate, as the agent does: (JSON, "") or (None, error)."""
-        import requests
-
         ssl = self._real_dirs()["ssldir"]
         certname = eff["certname"]
         try:
@@ -478,8 +480,6 @@ class PuppetAgent:
 
     def fetch_file_content(self, eff: Dict[str, str], source: str) -> Optional[bytes]:
         """Fetch a ``puppet:///modules/...`` source with the node's certificate (the file_content API)."""
-        import requests
-
         m = re.match(r"^puppet://[^/]*/(.+)$", source)
         if not m:
             return None
@@ -496,24 +496,24 @@ class PuppetAgent:
         return resp.content if resp.status_code == 200 else None
 
     # -- the timing model ----------------------------------------------------------------
-    def _timing_run(self, ctx: "Command", opts: _Options) -> int:
+    def _timing_run(self, proc: Process, opts: _Options) -> int:
         """TIMING MODEL: each tag is a component taking its configured time; no Puppet involved."""
         eff = self._effective(opts)
-        entry = {"started": _now(), "tags": opts.tags, "noop": opts.noop, "environment": eff["environment"],
+        entry = {"started": now(), "tags": opts.tags, "noop": opts.noop, "environment": eff["environment"],
                  "certname": eff["certname"], "server": eff["server"], "mode": "timing"}
-        ctx.out(f"Info: Using environment '{eff['environment']}'\nInfo: (timing model) no catalog is compiled\n")
-        spec = self.persona.spec
-        failing = set(self.persona.faults.puppet_fail)
-        done = set(self.persona.state().get("timing_applied", []))
+        proc.out(f"Info: Using environment '{eff['environment']}'\nInfo: (timing model) no catalog is compiled\n")
+        spec = self.host.spec
+        failing = set(self.host.faults.puppet_fail)
+        done = set(self.host.state().get("timing_applied", []))
         components, order, resources = {}, [], []
         changed = failed = 0
         for comp in opts.tags:
-            if ctx.sleep(spec.timing_components.get(comp, spec.timing_default_s)):
+            if proc.sleep(spec.timing_components.get(comp, spec.timing_default_s)):
                 break
             if comp in failing:
                 outcome = "failed"
                 failed += 1
-                ctx.err(f"Error: (timing model) component {comp}: emulated fault puppet_fail\n")
+                proc.err(f"Error: (timing model) component {comp}: emulated fault puppet_fail\n")
             elif opts.noop:
                 outcome = "noop" if comp not in done else "unchanged"
             elif comp in done:
@@ -522,26 +522,26 @@ class PuppetAgent:
                 outcome = "changed"
                 changed += 1
                 done.add(comp)
-                ctx.out(f"Notice: (timing model) component {comp}: applied\n")
+                proc.out(f"Notice: (timing model) component {comp}: applied\n")
             order.append(comp)
             components[comp] = {"outcome": outcome, "resources": [f"Component[{comp}]"],
                                 "changed": int(outcome == "changed"), "failed": int(outcome == "failed"),
                                 "skipped": 0}
             resources.append({"resource": f"Component[{comp}]", "component": comp, "status": outcome})
-        self.persona.update_state(lambda s: s.__setitem__("timing_applied", sorted(done)))
+        self.host.update_state(lambda s: s.__setitem__("timing_applied", sorted(done)))
         code = (2 if changed else 0) | (4 if failed else 0)
         if not opts.detailed:
             code = 1 if failed else 0
         outcome = "failed" if failed else ("changed" if changed else "unchanged")
         self._record({**entry, "outcome": outcome, "components": components, "component_order": order,
-                      "resources": resources, "exit_code": code, "finished": _now()})
+                      "resources": resources, "exit_code": code, "finished": now()})
         return code
 
     # -- the journal ---------------------------------------------------------------------
     def _record(self, run: dict) -> None:
         with self._journal_lock:
-            runs = read_journal(self.persona.state_dir)
-            run = {"run": len(runs) + 1, "host": self.persona.hostname, "components": {}, "component_order": [],
+            runs = read_journal(self.host.state_dir)
+            run = {"run": len(runs) + 1, "host": self.host.hostname, "components": {}, "component_order": [],
                    "resources": [], **run}
             runs.append(run)
             tmp = self.journal_file.with_suffix(".tmp")
@@ -550,7 +550,7 @@ class PuppetAgent:
 
     def journal(self) -> List[dict]:
         """Every run on this host, oldest first (see the module docstring for the fields)."""
-        return read_journal(self.persona.state_dir)
+        return read_journal(self.host.state_dir)
 
     def applied(self, component: Optional[str] = None) -> List[dict]:
         """The resources changed by non-noop runs, in application order, each with its run number."""

@@ -1,0 +1,78 @@
+"""A host's ``C:\\`` drive: Windows paths mapped into its sandbox directory, and back.
+
+NTFS rules the persona keeps: names match case-insensitively (an existing
+name keeps the case it has on disk), trailing dots and spaces are dropped,
+``/`` is a separator too, relative paths start at the current directory.
+Nothing maps outside the sandbox: ``..`` stops at the root, a symlink that
+leads out, another drive or a UNC path raise ``FileNotFoundError``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import List, Optional
+
+from .process import PROFILE_DIR
+
+
+class Sandbox:
+    """The directory that is a host's ``C:\\``."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def to_sandbox(self, win_path: str, cwd: str = PROFILE_DIR) -> Path:
+        """Map a Windows path (``C:\\X\\Y``, ``C:/X/Y``, ``\\X``, relative to ``cwd``) into the sandbox."""
+        p = win_path.strip().strip('"').replace("/", "\\")
+        if p.startswith("\\\\"):
+            raise FileNotFoundError(win_path)
+        if re.match(r"^[A-Za-z]:", p):
+            if p[0].upper() != "C":
+                raise FileNotFoundError(win_path)
+            p = p[2:]
+            if not p.startswith("\\"):
+                p = cwd[2:] + "\\" + p  # C:name is relative to the current directory of drive C:
+        elif not p.startswith("\\"):
+            p = cwd[2:] + "\\" + p
+        parts: List[str] = []
+        for part in p.split("\\"):
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if parts:
+                    parts.pop()
+                continue
+            parts.append(part.rstrip(" ."))  # Windows drops trailing dots and spaces
+        current = self.root
+        for part in parts:
+            current = self.find(current / part) or current / part
+        root = os.path.realpath(self.root)
+        real = os.path.realpath(current)
+        if real != root and not real.startswith(root + os.sep):
+            raise FileNotFoundError(win_path)
+        return current
+
+    def to_windows(self, path: Path) -> str:
+        """The Windows path of a sandbox path (``C:\\`` for the root)."""
+        rel = Path(path).relative_to(self.root)
+        return "C:\\" + "\\".join(rel.parts)
+
+    @staticmethod
+    def find(path: Path) -> Optional[Path]:
+        """``path`` as it exists on disk, its last name matched case-insensitively; None when absent."""
+        if path.exists():
+            return path
+        parent = path.parent
+        if parent.is_dir():
+            for entry in parent.iterdir():
+                if entry.name.lower() == path.name.lower():
+                    return entry
+        return None
+
+    def is_dir(self, win_path: str, cwd: str = PROFILE_DIR) -> bool:
+        try:
+            return self.to_sandbox(win_path, cwd).is_dir()
+        except FileNotFoundError:
+            return False
