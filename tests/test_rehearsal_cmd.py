@@ -255,3 +255,27 @@ def test_the_command_line_limit_is_8191_characters(host):
                                         ("exit 3010", 3010), ("exit x", 0)])
 def test_exit_codes_are_32_bit_unsigned(host, line, code):
     assert run(host, line)[2] == code
+
+
+def test_certutil_decode_del_and_type_nul_as_the_winrm_transport_uses_them(host):
+    # certutil -decode: https://learn.microsoft.com/windows-server/administration/windows-commands/certutil#-decode
+    # del: https://learn.microsoft.com/windows-server/administration/windows-commands/del
+    import base64
+
+    p, root = host, host.sandbox
+    payload = bytes(range(256)) * 3
+    text = base64.b64encode(payload).decode()
+    assert p.run(f'>"C:\\t\\x.b64" echo {text[:400]}')[2] == 1  # no C:\t yet: cmd cannot open the file
+    assert p.run("mkdir C:\\t")[2] == 0
+    assert p.run(f'>"C:\\t\\x.b64" echo {text[:400]}')[2] == 0
+    assert p.run(f'>>"C:\\t\\x.b64" echo {text[400:]}')[2] == 0
+    out, _, code = p.run('certutil -decode "C:\\t\\x.b64" "C:\\t\\x.bin"')
+    assert code == 0 and f"Output Length = {len(payload)}" in out
+    assert (root / "t" / "x.bin").read_bytes() == payload
+    out, _, code = p.run('certutil -decode "C:\\t\\x.b64" "C:\\t\\x.bin"')
+    assert code == 0x80070050 and "ERROR_FILE_EXISTS" in out  # without -f an existing file is kept
+    assert p.run('certutil -f -decode "C:\\t\\x.b64" "C:\\t\\x.bin"')[2] == 0
+    assert p.run('del /f /q "C:\\t\\x.b64"')[2] == 0 and not (root / "t" / "x.b64").exists()
+    _, err, code = p.run('del "C:\\t\\x.b64"')
+    assert code == 0 and "Could Not Find C:\\t\\x.b64" in err
+    assert p.run('type nul> "C:\\t\\empty"')[2] == 0 and (root / "t" / "empty").read_bytes() == b""

@@ -60,6 +60,7 @@ class CmdShell:
         self._builtins: Dict[str, Callable[[Process, str, List[str]], Outcome]] = {
             "echo": self._echo, "exit": self._exit, "type": self._type, "ver": self._ver, "mkdir": self._mkdir,
             "md": self._mkdir, "cd": self._cd, "chdir": self._cd, "set": self._set,
+            "del": self._del, "erase": self._del,
         }
 
     # -- entry points --------------------------------------------------------------------------
@@ -293,6 +294,8 @@ class CmdShell:
             return 1
         code = 0
         for name in argv[1:]:
+            if name.lower() in ("nul", "nul:"):
+                continue  # the NUL device: nothing to print (`type nul > f` makes an empty file)
             try:
                 data = self.host.to_sandbox(name, proc.session.cwd).read_bytes()
             except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
@@ -374,6 +377,27 @@ class CmdShell:
             env[name] = value
         elif name in env:
             del env[name]
+        return 0
+
+    def _del(self, proc: Process, text: str, argv: List[str]) -> int:
+        """``del [/f] [/q] file...``: files only (no wildcards, no /s); a missing file is reported, exit 0 as cmd."""
+        names = [a for a in argv[1:] if not a.startswith("/")]
+        unknown = [a for a in argv[1:] if a.startswith("/") and a.lower() not in ("/f", "/q")]
+        if not names or unknown:
+            proc.err("The syntax of the command is incorrect.\n")
+            return 1
+        for name in names:
+            if any(c in name for c in "*?"):
+                proc.err("The syntax of the command is incorrect. (wildcards are not emulated)\n")
+                return 1
+            path = self.host.to_sandbox(name, proc.session.cwd)
+            if path.is_dir():
+                proc.err(f"{self.host.to_windows(path)}\\*, Are you sure (Y/N)? (deleting a directory is not emulated)\n")
+                return 1
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                proc.err(f"Could Not Find {self.host.to_windows(path)}\n")
         return 0
 
     def _is_dir(self, proc: Process, name: str) -> bool:

@@ -1,4 +1,4 @@
-"""The small system programs of an emulated host: hostname, whoami, shutdown, sc, cscript, wmic.
+"""The small system programs of an emulated host: hostname, whoami, shutdown, sc, cscript, wmic, certutil.
 
 Each answers the forms the product uses, with Windows' texts and exit codes,
 and any other form loudly (a usage text and a non-zero exit), so a command the
@@ -7,6 +7,8 @@ tool relies on can never pass here by accident.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import re
 import shutil
@@ -203,4 +205,43 @@ class Wmic:
             widths = [max(len(self.NAMES[p]), len(known[p])) + 2 for p in props]
             proc.out("".join(self.NAMES[p].ljust(w) for p, w in zip(props, widths)) + "\r\n"
                      + "".join(known[p].ljust(w) for p, w in zip(props, widths)) + "\r\n\r\n")
+        return 0
+
+
+class CertUtil:
+    """``certutil [-f] -decode <in> <out>``: base64 (PEM-style lines, headers optional) to bytes; nothing else."""
+
+    def __init__(self, host: Host):
+        self.host = host
+
+    def run(self, proc: Process, argv: List[str], line: str) -> int:
+        args = argv[1:]
+        force = bool(args) and args[0].lower() in ("-f", "/f")
+        if force:
+            args = args[1:]
+        if len(args) != 3 or args[0].lower() not in ("-decode", "/decode"):
+            proc.err("CertUtil: Unknown arg: (only -decode is emulated)\nCertUtil: The parameter is incorrect.\n")
+            return 0x80070057
+        src = self.host.to_sandbox(args[1], proc.session.cwd)
+        dst = self.host.to_sandbox(args[2], proc.session.cwd)
+        try:
+            raw = src.read_bytes()
+        except OSError:
+            proc.out("CertUtil: -decode command FAILED: 0x80070002 (WIN32: 2 ERROR_FILE_NOT_FOUND)\n"
+                     "CertUtil: The system cannot find the file specified.\n")
+            return 0x80070002
+        if dst.exists() and not force:
+            proc.out("CertUtil: -decode command FAILED: 0x80070050 (WIN32: 80 ERROR_FILE_EXISTS)\n"
+                     "CertUtil: The file exists.\n")
+            return 0x80070050
+        body = b"".join(l for l in raw.split() if not l.startswith(b"-----"))
+        try:
+            data = base64.b64decode(body, validate=True)
+        except (binascii.Error, ValueError):
+            proc.out("CertUtil: -decode command FAILED: 0x80090005 (-2146893819 NTE_BAD_DATA)\n"
+                     "CertUtil: Bad Data.\n")
+            return 0x80090005
+        dst.write_bytes(data)
+        proc.out(f"Input Length = {len(raw)}\nOutput Length = {len(data)}\n"
+                 "CertUtil: -decode command completed successfully.\n")
         return 0
