@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from .errors import ConfigError
+from .names import is_hostname
 
 _ENV_NAME = re.compile(r"^[a-z0-9_]+$")
 
@@ -109,8 +110,6 @@ def _puppet_environment(value: str) -> Optional[str]:
 
 
 def _domain(value: str) -> Optional[str]:
-    from .inventory.names import is_hostname  # leaf module, no cycle
-
     if value and not is_hostname(value):
         return "must be a DNS domain such as corp.example.com"
     return None

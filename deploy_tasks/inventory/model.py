@@ -7,7 +7,7 @@ from types import MappingProxyType
 from typing import Any, Mapping, Optional
 
 from ..errors import Problem
-from .names import certname
+from ..names import certname
 
 LOCAL = "local"
 

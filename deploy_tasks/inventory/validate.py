@@ -17,7 +17,7 @@ from ..errors import InventoryError, Problem
 from .. import settings as settings_mod
 from .graph import find_cycles
 from .model import Assignment, Component, Inventory, Parameter, Server
-from .names import (
+from ..names import (
     ARTIFACT_NAME,
     COMPONENT_NAME,
     PARAMETER_NAME,
