@@ -54,3 +54,31 @@ def certname(hostname: str, domain: str = "") -> str:
     if domain and "." not in name:
         name = f"{name}.{domain.lower()}"
     return name
+
+
+def closest(word: str, choices, cutoff: float = 0.6) -> str | None:
+    """The most similar of ``choices`` (case-insensitive), or None: the "did you mean" of every message."""
+    import difflib
+
+    lowered = {str(c).lower(): c for c in choices}
+    match = difflib.get_close_matches(str(word).lower(), list(lowered), n=1, cutoff=cutoff)
+    return lowered[match[0]] if match else None
+
+
+# Windows opens a device, not a file, for these base names whatever the extension (aux.zip, com1.tar.gz).
+WINDOWS_DEVICES = frozenset({"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"}
+                            | {f"{p}{n}" for p in ("COM", "LPT") for n in (*range(1, 10), "\u00b9", "\u00b2", "\u00b3")})
+
+
+def is_windows_device_name(name: str) -> bool:
+    """True when Windows reads the file name ``name`` as a device (CON, aux.zip, com1.tar.gz)."""
+    return name.split(".")[0].rstrip(" ").upper() in WINDOWS_DEVICES
+
+
+def file_name_problem(name: str) -> str | None:
+    """Why ``name`` is not a plain file name inside the release (an Artifact, the agent MSI), or None."""
+    if not ARTIFACT_NAME.match(name) or ".." in name:
+        return f"{name!r} must be a plain file name (letters, digits and . _ + -, no folders)"
+    if is_windows_device_name(name):
+        return f"{name!r} is a Windows device name ({name.split('.')[0].upper()}): Windows would open a device, not a file"
+    return None

@@ -56,14 +56,12 @@ def lab(tmp_path_factory, sshd, puppet_master):
         if row[0] == "deploy01":
             row[1] = "127.0.0.1"
     for row in sheets["Settings"][1]:
-        if row[0] == "puppet_agent_msi":
-            row[1] = str(msi)
         if row[0] == "package_port":
             row[1] = PORT
     workbook = write_workbook(tmp / "linux.xlsx", sheets)
     env = {k: v for k, v in os.environ.items() if not k.startswith("INVOKE_") and k != "SSH_AUTH_SOCK"}
     env.update({"INVOKE_DEPLOY_SSH_CONFIG": sshd.ssh_config, "INVOKE_DEPLOY_PACKAGE_ROOT": PACKAGE_ROOT,
-                "HOME": str(tmp)})
+                "INVOKE_DEPLOY_PUPPET_AGENT_MSI": str(msi), "HOME": str(tmp)})
     yield {"tmp": tmp, "msi": msi, "inventory": str(workbook), "env": env, "sshd": sshd}
     subprocess.run(["rm", "-rf", PACKAGE_ROOT])
 

@@ -104,7 +104,7 @@ def make_release(c, inventory=None, dest=None, size_mb=2, force=False):
     synthetic.write_release(inv, target, size_per_component=size << 20)
     console.say(f"wrote a synthetic release of {len(inv.components)} components ({size} MiB each, unpacked) "
                 f"and SHA256SUMS to {target}; next: inv extract-artifacts")
-    msi = settings.puppet_agent_msi
+    msi = settings.agent_msi_path
     if msi and not os.path.exists(msi):
         # bootstrap places this file on the package server; only the emulated hosts can "install" it
         from ..rehearsal.msi import write_fake_msi
