@@ -219,13 +219,13 @@ class Settings:
 
 
 def resolve(raw: Mapping[str, Any]) -> Settings:
-    """Type-check merged values (from any layer) into ``Settings``; unknown keys pass through."""
+    """Type-check merged values (from any layer) into ``Settings``; an unknown key is an error naming the closest."""
     values: dict = {}
     problems = []
     for key, value in raw.items():
         spec = BY_NAME.get(key)
         if spec is None:
-            values[key] = value
+            problems.append(unknown_key_problem(str(key), "setting"))
             continue
         try:
             values[key] = spec.coerce(value)
@@ -239,3 +239,62 @@ def resolve(raw: Mapping[str, Any]) -> Settings:
     for spec in SETTINGS:
         values.setdefault(spec.name, spec.default)
     return Settings(values)
+
+
+# -- checking what arrives from invoke.yaml and INVOKE_DEPLOY_* ------------------------------
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _kind(value: Any) -> str:
+    return "a mapping" if isinstance(value, dict) else "a list" if isinstance(value, (list, tuple)) else type(value).__name__
+
+
+def unknown_key_problem(key: str, where: str) -> str:
+    """One line naming a key that is not a setting, with the closest setting's name."""
+    near = closest(key, BY_NAME)
+    hint = f"did you mean {near}?" if near else "every setting is listed in inventory/README.md"
+    return f"{where}: {key!r} is not a setting ({hint})"
+
+
+def config_file_problems(data: Any, where: str, invoke_defaults: Mapping[str, Any]) -> list:
+    """Why a config file's content would crash Invoke's merge or names an unknown setting (empty when fine).
+
+    ``invoke_defaults`` is Invoke's own defaults: a section it keeps as a
+    mapping (run:, tasks:) given as a plain value would stop Invoke with a
+    traceback before any task runs, so it is named here instead.
+    """
+    if data is None:
+        return []
+    if not isinstance(data, dict):
+        return [f"{where}: the file holds {_kind(data)}; it must be a mapping of sections such as deploy:"]
+    problems = []
+    for section, value in data.items():
+        if section == "deploy":
+            if value is None:
+                continue
+            if not isinstance(value, dict):
+                problems.append(f"{where}: deploy is {_kind(value)}; it must be a mapping of settings (key: value)")
+                continue
+            for key, item in value.items():
+                if key not in BY_NAME:
+                    problems.append(unknown_key_problem(str(key), f"{where}: deploy"))
+                elif not isinstance(item, _SCALARS):
+                    problems.append(f"{where}: deploy.{key} is {_kind(item)}; a setting takes one value")
+        elif isinstance(invoke_defaults.get(section), dict) and not isinstance(value, (dict, type(None))):
+            problems.append(f"{where}: {section} is {_kind(value)}; Invoke expects a mapping there")
+    return problems
+
+
+def unknown_keys(values: Mapping[str, Any], environ: Mapping[str, str]) -> list:
+    """Keys under ``deploy`` (any config layer) and ``INVOKE_DEPLOY_*`` variables that name no setting.
+
+    Invoke ignores an env var for an undeclared key, so ``INVOKE_DEPLOY_MAX_PARALEL=5``
+    would pass silently: it is looked for here, in the environment itself.
+    """
+    problems = [unknown_key_problem(str(key), "deploy") for key in values if key not in BY_NAME]
+    for name in sorted(environ):
+        if name.startswith("INVOKE_DEPLOY_") and name[len("INVOKE_DEPLOY_"):].lower() not in BY_NAME:
+            near = closest(name[len("INVOKE_DEPLOY_"):].lower(), BY_NAME)
+            hint = f"did you mean INVOKE_DEPLOY_{near.upper()}?" if near else "every setting is listed in inventory/README.md"
+            problems.append(f"environment variable {name} names no setting ({hint})")
+    return problems
