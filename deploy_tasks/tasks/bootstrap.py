@@ -134,11 +134,12 @@ def bootstrap(c, inventory=None, only=None, dry_run=False):
     "inventory": INVENTORY_HELP,
     "source": "The generated environment to publish; default: <build_dir>/puppet/environments/<environment>.",
     "modules": "Product Puppet modules to ship in the environment's modules/ when it has none (default: puppet/modules).",
-    "rollback": "Switch the environment back to the version published before the current one.",
+    "rollback": "Switch the environment back one release in its history (again: one further back).",
+    "to": "With --rollback (or alone): switch to this published release (its name, e.g. production-1a2b..., or hash).",
     "dry_run": DRY_RUN_HELP,
 })
 @deploy_task
-def publish_config(c, inventory=None, source=None, modules=None, rollback=False, dry_run=False):
+def publish_config(c, inventory=None, source=None, modules=None, rollback=False, to=None, dry_run=False):
     """Publish the generated Puppet environment to the master (versioned, validated, atomic switch)."""
     from ..steps import publish, puppet_master, remote
 
@@ -147,6 +148,12 @@ def publish_config(c, inventory=None, source=None, modules=None, rollback=False,
     server = inv.puppet_master
     shell = _shell_for(server, settings, dry_run=dry_run)
     modules_dir = None
+    rollback = rollback or to is not None
+    if modules is not None and not os.path.isdir(modules):
+        raise DeployError(f"--modules {modules}: no such directory")
+    if rollback and (source is not None or modules is not None):
+        raise DeployError("--rollback switches between releases already on the master: it takes no --source "
+                          "or --modules")
     if not rollback:
         puppet_dir = settings.puppet_dir or os.path.join(settings.build_dir, "puppet")  # where generate-config writes
         source = source or os.path.join(puppet_dir, "environments", env)
@@ -166,16 +173,24 @@ def publish_config(c, inventory=None, source=None, modules=None, rollback=False,
     results: list = []
     step = "rollback" if rollback else "publish-config"
 
+    nothing: list = []  # "nothing to roll back" is said once, as the task's error, not as a failed step
+
     def body(r):
         layout = puppet_master.layout_for(remote.platform(shell))
         if rollback:
-            return publish.rollback(shell, layout, env, r)
+            try:
+                return publish.rollback(shell, layout, env, r, to=to)
+            except publish.NothingToRollBack as exc:
+                nothing.append(exc)
+                return r
         return publish.publish(shell, layout, env, source, modules_dir, r)
 
     try:
         _run_step(results, shell, step, body, set())
     finally:
         shell.close()
+    if nothing:
+        raise nothing[0]
     _summary(f"{step} (environment {env})" + (" (dry run)" if dry_run else ""), results, dry_run)
 
 
