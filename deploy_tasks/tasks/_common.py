@@ -111,10 +111,15 @@ def check_config_files() -> None:
 def load(c, path: Optional[str] = None, quiet: bool = False) -> Tuple[Inventory, settings_mod.Settings]:
     """Load and validate the inventory; layer its Settings sheet into ``c.config``; resolve settings."""
     inventory = load_inventory(inventory_path(c, path))
+    settings = resolve_settings(c, inventory)
+    # the domain may come from invoke.yaml or the environment, so this rule runs on resolved settings
+    clashes = inventory.certname_clashes(settings.domain)
+    if clashes:
+        raise InventoryError(clashes, source=inventory.source, warnings=inventory.warnings)
     if not quiet:
         for w in inventory.warnings:
             console.warn(str(w))
-    return inventory, resolve_settings(c, inventory)
+    return inventory, settings
 
 
 def resolve_settings(c, inventory: Optional[Inventory] = None, **flags: Any) -> settings_mod.Settings:
