@@ -432,7 +432,7 @@ def test_setting_keys_without_separators_and_controller_keys(tmp_path):
     wb.set_cell(data, "Settings", wb.row_of(data, "Settings", "Key", "max_parallel"), "Key", "MaxParallel")
     assert load_inventory(wb.write(tmp_path, data)).settings["max_parallel"] == 10
     data["Settings"][1].append(["inventory", "x.xlsx"])
-    _fails_at(tmp_path, data, f"Settings!A{len(data['Settings'][1]) + 1}", "belongs to the controller, not the workbook")
+    _fails_at(tmp_path, data, f"Settings!B{len(data['Settings'][1]) + 1}", "belongs to the controller, not the workbook")
 
 
 def test_dates_and_logical_values_where_numbers_or_text_belong(tmp_path):

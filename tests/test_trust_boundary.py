@@ -58,7 +58,7 @@ def test_a_path_setting_in_the_workbook_is_refused_and_says_where_to_set_it(tmp_
     data = wb.sheets()
     row = _setting_row(data, key, value)
     problems = _problems(tmp_path, data)
-    assert any(p.startswith(f"Settings!A{row}: setting {key!r} belongs to the controller") and "it is a path" in p
+    assert any(p.startswith(f"Settings!B{row}: setting {key!r} belongs to the controller") and "it is a path" in p
                and f"INVOKE_DEPLOY_{key.upper()}" in p and f"deploy.{key}" in p for p in problems), problems
 
 
@@ -70,6 +70,23 @@ def test_every_path_valued_setting_is_controller_only():
             assert spec.path and not spec.workbook, spec.name
         if spec.workbook:
             assert not spec.path, spec.name
+
+
+def test_an_old_workbook_with_artifact_source_is_refused_at_its_value_cell(tmp_path):
+    data = wb.sheets()
+    rows = data["Settings"][1]
+    rows.insert(3, ["artifact_source", "/root"])  # where the example had it: row 5
+    problems = _problems(tmp_path, data)
+    assert any(p.startswith("Settings!B5: setting 'artifact_source' belongs to the controller") for p in problems), \
+        problems
+
+
+def test_a_controller_setting_that_is_no_path_is_refused_at_its_key(tmp_path):
+    data = wb.sheets()
+    row = _setting_row(data, "extract_workers", 4)
+    problems = _problems(tmp_path, data)
+    assert any(p.startswith(f"Settings!A{row}: setting 'extract_workers' belongs to the controller")
+               and "it is a path" not in p for p in problems), problems
 
 
 def test_the_msi_path_in_the_sheet_points_to_the_msi_name_instead(tmp_path):

@@ -357,7 +357,8 @@ class _Builder:
             ref = sheet.ref(row, "Key")
             spec = settings_mod.BY_NAME.get(name)
             if spec is not None and not spec.workbook:
-                self._controller_setting(ref, spec)
+                # a path is refused where it is written: the Value cell
+                self._controller_setting(sheet.ref(row, "Value") if spec.path else ref, spec)
                 continue
             if spec is None:
                 self.error(ref, f"unknown setting {key!r}",

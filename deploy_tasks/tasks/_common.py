@@ -30,10 +30,11 @@ def deploy_task(func: Callable) -> Callable:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             raise Exit(code=0) from None
         except OSError as exc:
-            # a file the task was pointed at cannot be used: the user's to fix, not a crash of ours
-            where = f" ({exc.filename})" if exc.filename else ""
-            raise Exit(console.redact(f"{exc.strerror or exc}{where}: check the path and its permissions"),
-                       code=1) from None
+            # a path the task was given cannot be used (a file where a directory belongs, no permission):
+            # the user's to fix, said in one line
+            text = f"{exc.strerror or exc} ({exc.filename}): check the path and its permissions" if exc.filename \
+                else f"{type(exc).__name__}: {exc.strerror or exc}"
+            raise Exit(console.redact(text), code=1) from None
         except KeyboardInterrupt:
             raise Exit("interrupted; what finished is kept, re-run the same command to go on", code=130) from None
 

@@ -143,17 +143,17 @@ def publish_config(c, inventory=None, source=None, modules=None, rollback=False,
     """Publish the generated Puppet environment to the master (versioned, validated, atomic switch)."""
     from ..steps import publish, puppet_master, remote
 
-    inv, settings = load(c, inventory)
-    env = settings.environment
-    server = inv.puppet_master
-    shell = _shell_for(server, settings, dry_run=dry_run)
-    modules_dir = None
     rollback = rollback or to is not None
     if modules is not None and not os.path.isdir(modules):
         raise DeployError(f"--modules {modules}: no such directory")
     if rollback and (source is not None or modules is not None):
         raise DeployError("--rollback switches between releases already on the master: it takes no --source "
                           "or --modules")
+    inv, settings = load(c, inventory)
+    env = settings.environment
+    server = inv.puppet_master
+    shell = _shell_for(server, settings, dry_run=dry_run)
+    modules_dir = None
     if not rollback:
         puppet_dir = settings.puppet_dir or os.path.join(settings.build_dir, "puppet")  # where generate-config writes
         source = source or os.path.join(puppet_dir, "environments", env)
