@@ -57,14 +57,12 @@ def lab(tmp_path_factory, sshd, puppet_master):
         if row[0] == "deploy01":
             row[1] = "127.0.0.1"
     for row in sheets["Settings"][1]:
-        if row[0] == "puppet_agent_msi":
-            row[1] = str(msi)
         if row[0] == "package_port":
             row[1] = PORT
     workbook = write_workbook(tmp / "linux.xlsx", sheets)
     env = {k: v for k, v in os.environ.items() if not k.startswith("INVOKE_") and k != "SSH_AUTH_SOCK"}
     env.update({"INVOKE_DEPLOY_SSH_CONFIG": sshd.ssh_config, "INVOKE_DEPLOY_PACKAGE_ROOT": PACKAGE_ROOT,
-                "HOME": str(tmp)})
+                "INVOKE_DEPLOY_PUPPET_AGENT_MSI": str(msi), "HOME": str(tmp)})
     yield {"tmp": tmp, "msi": msi, "inventory": str(workbook), "env": env, "sshd": sshd}
     subprocess.run(["rm", "-rf", PACKAGE_ROOT])
 
@@ -267,7 +265,7 @@ def pub_env():
     name = f"pubtest_{RUN_ID}"
     yield name
     subprocess.run(f"rm -rf /etc/puppet/code/environments/{name} /etc/puppet/code/releases/{name}-* "
-                   f"/etc/puppet/code/releases/{name}.previous", shell=True)
+                   f"/etc/puppet/code/releases/{name}.previous /etc/puppet/code/releases/{name}.history", shell=True)
 
 
 def test_publish_then_rollback_on_the_real_master(lab, pub_env, tmp_path):
@@ -488,3 +486,111 @@ def test_bootstrap_and_publish_config_write_json_and_junit_reports(lab, pub_env,
     assert (suite.get("tests"), suite.get("failures"), suite.get("skipped")) == ("2", "1", "1")
     failure = suite.find("testcase/failure")
     assert failure.get("type") == "TransportError" and "connection refused" in failure.get("message")
+
+
+# -- publish-config: history, rollback, a dangling link, a real directory in the way ----------
+def _publish(lab, env_name, source, *extra):
+    return inv(lab, "publish-config", "--inventory", lab["inventory"], "--source", str(source), *extra,
+               INVOKE_DEPLOY_ENVIRONMENT=env_name)
+
+
+def _rollback(lab, env_name, *extra):
+    return inv(lab, "publish-config", "--inventory", lab["inventory"], "--rollback", *extra,
+               INVOKE_DEPLOY_ENVIRONMENT=env_name)
+
+
+def _three_releases(lab, env_name, tmp_path) -> list:
+    """Publish releases one, two, three; return their directories (oldest first)."""
+    source = write_environment(tmp_path / "env", "release one")
+    link = f"/etc/puppet/code/environments/{env_name}"
+    dirs = []
+    for message in ("release one", "release two", "release three"):
+        (source / "data" / "common.yaml").write_text(f'---\nmessage: "{message}"\n')
+        proc = _publish(lab, env_name, source)
+        assert proc.returncode == 0, proc.all
+        dirs.append(os.path.realpath(link))
+    return dirs
+
+
+def test_rollback_steps_back_through_the_history_and_never_forward(lab, pub_env, tmp_path):
+    one, two, three = _three_releases(lab, pub_env, tmp_path)
+    link = f"/etc/puppet/code/environments/{pub_env}"
+    proc = _rollback(lab, pub_env)
+    assert proc.returncode == 0, proc.all
+    assert f"switched {link} back to {two} (was {three})" in proc.stdout
+    proc = _rollback(lab, pub_env)
+    assert proc.returncode == 0, proc.all
+    assert f"switched {link} back to {one} (was {two})" in proc.stdout
+    assert os.path.realpath(link) == one
+    assert compiled_notifies(pub_env) == ["release one"]
+    # the oldest: nothing further back, said once, and the link stays where it is (no silent roll forward)
+    proc = _rollback(lab, pub_env)
+    assert proc.returncode == 1
+    assert proc.all.count("nothing to roll back") == 1, proc.all
+    assert os.path.basename(three) in proc.stderr  # the releases --to can pick
+    assert os.path.realpath(link) == one
+    # --to picks any published release, by name or by hash
+    proc = _rollback(lab, pub_env, "--to", os.path.basename(three))
+    assert proc.returncode == 0, proc.all
+    assert f"switched {link} back to {three} (was {one})" in proc.stdout
+    proc = _rollback(lab, pub_env, "--to", os.path.basename(two).split("-")[-1])
+    assert proc.returncode == 0 and os.path.realpath(link) == two, proc.all
+    proc = _rollback(lab, pub_env, "--to", "../../../etc")
+    assert proc.returncode == 1 and "no published release of environment" in proc.stderr
+    assert os.path.realpath(link) == two
+
+
+def test_a_dangling_environment_link_counts_as_no_current_release(lab, pub_env, tmp_path):
+    link = Path(f"/etc/puppet/code/environments/{pub_env}")
+    one = write_environment(tmp_path / "one", "release one")
+    assert _publish(lab, pub_env, one).returncode == 0
+    first = os.path.realpath(link)
+    link.unlink()
+    link.symlink_to(f"/nonexistent-{RUN_ID}/gone/{pub_env}")  # the target's parent is gone too
+    # rollback over it: the newest release still on the master
+    proc = _rollback(lab, pub_env)
+    assert proc.returncode == 0, proc.all
+    assert "which is gone: treated as no current release" in proc.stdout
+    assert os.path.realpath(link) == first
+    # publish over it: the missing directory is never recorded as the previous release
+    link.unlink()
+    link.symlink_to(f"/nonexistent-{RUN_ID}/gone/{pub_env}")
+    two = write_environment(tmp_path / "two", "release two")
+    proc = _publish(lab, pub_env, two)
+    assert proc.returncode == 0, proc.all
+    assert "previous:" not in proc.stdout and "nonexistent" not in Path(
+        f"/etc/puppet/code/releases/{pub_env}.history").read_text()
+    assert compiled_notifies(pub_env) == ["release two"]
+    proc = _rollback(lab, pub_env)
+    assert proc.returncode == 0, proc.all
+    assert os.path.realpath(link) == first
+
+
+def test_rollback_onto_a_real_directory_moves_it_aside(lab, pub_env, tmp_path):
+    link = Path(f"/etc/puppet/code/environments/{pub_env}")
+    one = write_environment(tmp_path / "one", "release one")
+    assert _publish(lab, pub_env, one).returncode == 0
+    first = os.path.realpath(link)
+    link.unlink()
+    (link / "manifests").mkdir(parents=True)
+    (link / "manifests" / "site.pp").write_text("# published by hand\n")
+    proc = _rollback(lab, pub_env)
+    assert proc.returncode == 0, proc.all
+    assert link.is_symlink() and os.path.realpath(link) == first
+    moved = [line for line in proc.stdout.splitlines() if "moved the directory that was at" in line]
+    assert moved, proc.stdout
+    aside = moved[0].split(" to ")[1].split(" (kept")[0]
+    assert Path(aside, "manifests", "site.pp").read_text() == "# published by hand\n"
+    assert not list(Path("/etc/puppet/code/environments").glob(f".{pub_env}*"))  # no stray link
+    subprocess.run(["rm", "-rf", aside])
+
+
+def test_publish_refuses_modules_that_do_not_exist(lab, pub_env, tmp_path):
+    source = write_environment(tmp_path / "env", "generated")
+    (source / "modules").mkdir()  # the environment ships modules: --modules used to be ignored then
+    proc = _publish(lab, pub_env, source, "--modules", f"/nonexistent-{RUN_ID}")
+    assert proc.returncode == 1
+    assert f"--modules /nonexistent-{RUN_ID}: no such directory" in proc.stderr
+    proc = _rollback(lab, pub_env, "--modules", f"/nonexistent-{RUN_ID}")
+    assert proc.returncode == 1 and "no such directory" in proc.stderr
+    assert not os.path.lexists(f"/etc/puppet/code/environments/{pub_env}")

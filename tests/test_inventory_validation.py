@@ -148,12 +148,13 @@ def e_missing_sheet(d):
 
 def e_unknown_setting(d):
     d["Settings"][1].append(["max_paralel", 4])
-    return "Settings!A14", "unknown setting 'max_paralel' (did you mean 'max_parallel'?)"
+    return f"Settings!A{len(d['Settings'][1]) + 1}", "unknown setting 'max_paralel' (did you mean 'max_parallel'?)"
 
 
 def e_bad_setting_value(d):
-    wb.set_cell(d, "Settings", wb.row_of(d, "Settings", "Key", "winrm_scheme"), "Value", "ftp")
-    return "Settings!B9", "winrm_scheme = 'ftp' must be one of https, http"
+    row = wb.row_of(d, "Settings", "Key", "winrm_scheme")
+    wb.set_cell(d, "Settings", row, "Value", "ftp")
+    return f"Settings!B{row}", "winrm_scheme = 'ftp' must be one of https, http"
 
 
 def e_mapping_unknown_host(d):
@@ -188,7 +189,8 @@ def e_parameters_bad_scope(d):
 
 def e_duplicate_setting(d):
     d["Settings"][1].append(["Max Parallel", 4])
-    return "Settings!A14", "setting 'max_parallel' is given twice (also Settings!A11)"
+    first = wb.row_of(d, "Settings", "Key", "max_parallel")
+    return f"Settings!A{len(d['Settings'][1]) + 1}", f"setting 'max_parallel' is given twice (also Settings!A{first})"
 
 
 def e_error_cell(d):
@@ -430,7 +432,7 @@ def test_setting_keys_without_separators_and_controller_keys(tmp_path):
     wb.set_cell(data, "Settings", wb.row_of(data, "Settings", "Key", "max_parallel"), "Key", "MaxParallel")
     assert load_inventory(wb.write(tmp_path, data)).settings["max_parallel"] == 10
     data["Settings"][1].append(["inventory", "x.xlsx"])
-    _fails_at(tmp_path, data, "Settings!A14", "belongs to the controller, not the workbook")
+    _fails_at(tmp_path, data, f"Settings!B{len(data['Settings'][1]) + 1}", "belongs to the controller, not the workbook")
 
 
 def test_dates_and_logical_values_where_numbers_or_text_belong(tmp_path):

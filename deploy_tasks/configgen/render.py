@@ -23,7 +23,7 @@ import yaml
 
 from ..errors import ConfigError
 from ..inventory.graph import dependency_groups
-from ..inventory.model import Component, Inventory, Server
+from ..inventory.model import Component, Inventory, Server, layered_parameters
 from .manifest import ArtifactManifest
 
 #: the example module's defined type, used when a component's Puppet Class is blank
@@ -141,28 +141,11 @@ def _check_tags(inventory: Inventory) -> None:
 
 
 def _index(inventory: Inventory):
-    """Parameters by scope and assignments by host, with where each value comes from."""
-    by_scope: dict = {}
-    for p in inventory.parameters:
-        by_scope.setdefault(p.scope, []).append(p)
+    """Parameters by scope and assignments by host."""
     by_host: dict = {}
     for a in inventory.mapping:
         by_host.setdefault(a.hostname.lower(), []).append(a)
-    return by_scope, by_host
-
-
-def _parameters(by_scope: dict, hostname: str, assignment) -> tuple[dict, dict]:
-    """Mapping columns > host: > component: > common; returns (values, {key: where})."""
-    values: dict = {}
-    where: dict = {}
-    for scope in ("common", f"component:{assignment.component}", f"host:{hostname}"):
-        for p in by_scope.get(scope, ()):
-            values[p.key] = p.value
-            where[p.key] = f"Parameters row {p.row} ({scope} {p.key})"
-    for key, value in assignment.params.items():
-        values[key] = value
-        where[key] = f"Mapping row {assignment.row}, column {key}"
-    return values, where
+    return inventory.parameters_by_scope(), by_host
 
 
 # -- rendering ------------------------------------------------------------------------
@@ -254,7 +237,7 @@ def render(inventory: Inventory, settings, manifest: Optional[ArtifactManifest] 
         where_values: dict = {}
         for a in assignments:
             c = components[a.component]
-            params, where = _parameters(by_scope, server.hostname, a)
+            params, where = layered_parameters(by_scope, a)
             entry = dict(fixed[c.name])
             entry["parameters"] = params
             node[COMPONENTS_KEY][c.name] = entry

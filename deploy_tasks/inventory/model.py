@@ -7,7 +7,7 @@ from types import MappingProxyType
 from typing import Any, Mapping, Optional
 
 from ..errors import Problem
-from .names import certname
+from ..names import certname
 
 LOCAL = "local"
 
@@ -130,14 +130,47 @@ class Inventory:
                 return a
         raise KeyError((hostname, component))
 
+    def certname_clashes(self, domain: str) -> list:
+        """Servers whose Puppet certname another server already has (WIN01 and win01.example.test), located."""
+        seen: dict = {}
+        problems = []
+        for server in self.servers:
+            name = server.certname(domain)
+            first = seen.setdefault(name, server)
+            if first is not server:
+                problems.append(Problem(
+                    f"Servers!A{server.row}",
+                    f"hostname {server.hostname!r} gets the Puppet certname {name}, as {first.hostname!r} "
+                    f"(Servers!A{first.row}) does" + (f" with domain {domain!r}" if domain else ""),
+                    "two hosts would share one certificate, node block and Hiera file: rename one of them"))
+        return problems
+
+    def parameters_by_scope(self) -> dict:
+        """The Parameters rows grouped by scope ("common", "component:<name>", "host:<Hostname>")."""
+        by_scope: dict = {}
+        for p in self.parameters:
+            by_scope.setdefault(p.scope, []).append(p)
+        return by_scope
+
     def parameters_for(self, hostname: str, component: str) -> dict:
         """A component's parameters on a host: Mapping columns > host: > component: > common."""
-        assignment = self.assignment(hostname, component)
-        merged: dict = {}
-        # scopes are stored canonically by validation: "host:<Hostname as in Servers>"
-        for scope in ("common", f"component:{component}", f"host:{assignment.hostname}"):
-            for p in self.parameters:
-                if p.scope == scope:
-                    merged[p.key] = p.value
-        merged.update(assignment.params)
-        return merged
+        return layered_parameters(self.parameters_by_scope(), self.assignment(hostname, component))[0]
+
+
+def layered_parameters(by_scope: Mapping[str, Any], assignment: Assignment) -> tuple:
+    """The one precedence of parameters: Mapping columns > host: > component: > common.
+
+    Returns (values, {key: where the value comes from}). ``by_scope`` is
+    ``Inventory.parameters_by_scope()``; scopes are stored canonically by
+    validation ("host:<Hostname as in Servers>").
+    """
+    values: dict = {}
+    where: dict = {}
+    for scope in ("common", f"component:{assignment.component}", f"host:{assignment.hostname}"):
+        for p in by_scope.get(scope, ()):
+            values[p.key] = p.value
+            where[p.key] = f"Parameters row {p.row} ({scope} {p.key})"
+    for key, value in assignment.params.items():
+        values[key] = value
+        where[key] = f"Mapping row {assignment.row}, column {key}"
+    return values, where

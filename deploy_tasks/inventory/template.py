@@ -68,17 +68,21 @@ def starter_sheets() -> dict:
 def write_workbook(path: str | os.PathLike, sheets: dict, starter_aids: bool = True, overwrite: bool = False) -> Path:
     """Write ``sheets`` to ``path`` as .xlsx or .xls (by its suffix)."""
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise ConfigError(f"{path} already exists; choose another path or delete it first")
-    if path.parent and not path.parent.exists():
-        path.parent.mkdir(parents=True)
     suffix = path.suffix.lower()
-    if suffix == ".xls":
-        _write_xls(path, sheets)
-    elif suffix in (".xlsx", ".xlsm"):
-        _write_xlsx(path, sheets, starter_aids)
-    else:
+    if suffix not in (".xls", ".xlsx", ".xlsm"):
         raise ConfigError(f"{path}: give the workbook a .xlsx or .xls name")
+    try:
+        if os.path.lexists(path) and not overwrite:
+            raise ConfigError(f"{path} already exists; choose another path or delete it first")
+        if path.parent and not path.parent.exists():
+            path.parent.mkdir(parents=True)
+        if suffix == ".xls":
+            _write_xls(path, sheets)
+        else:
+            _write_xlsx(path, sheets, starter_aids)
+    except OSError as exc:
+        raise ConfigError(f"cannot write the workbook {path}: {exc.strerror or exc} "
+                          f"({exc.filename or path}); choose a path you can write") from None
     return path
 
 

@@ -6,10 +6,9 @@ Nothing here raises on the first problem: each rule appends a located
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Optional
 
@@ -17,7 +16,7 @@ from ..errors import InventoryError, Problem
 from .. import settings as settings_mod
 from .graph import find_cycles
 from .model import Assignment, Component, Inventory, Parameter, Server
-from .names import (
+from ..names import (
     ARTIFACT_NAME,
     COMPONENT_NAME,
     PARAMETER_NAME,
@@ -25,7 +24,9 @@ from .names import (
     PUPPET_RESERVED,
     VERSION_TEXT,
     address_problem,
+    closest,
     is_hostname,
+    is_windows_device_name,
 )
 from .workbook import CellError, RawSheet, RawWorkbook, cell_ref, is_date
 
@@ -82,13 +83,6 @@ _SETTING_BY_LETTERS = {name.replace("_", ""): name for name in settings_mod.BY_N
 def _norm(text: str) -> str:
     """Headers and sheet names match ignoring case and white space (not punctuation: host_name is a parameter)."""
     return re.sub(r"\s+", "", text.lower())
-
-
-def closest(word: str, choices, cutoff: float = 0.6) -> Optional[str]:
-    """The most similar of ``choices`` (case-insensitive), or None."""
-    lowered = {str(c).lower(): c for c in choices}
-    match = difflib.get_close_matches(str(word).lower(), list(lowered), n=1, cutoff=cutoff)
-    return lowered[match[0]] if match else None
 
 
 def _did_you_mean(word: str, choices) -> Optional[str]:
@@ -362,8 +356,8 @@ class _Builder:
             ref = sheet.ref(row, "Key")
             spec = settings_mod.BY_NAME.get(name)
             if spec is not None and not spec.workbook:
-                self.error(ref, f"setting {name!r} belongs to the controller, not the workbook",
-                           f"set it in invoke.yaml (deploy.{name}), INVOKE_DEPLOY_{name.upper()} or a --flag")
+                # a path is refused where it is written: the Value cell
+                self._controller_setting(sheet.ref(row, "Value") if spec.path else ref, spec)
                 continue
             if spec is None:
                 self.error(ref, f"unknown setting {key!r}",
@@ -388,180 +382,28 @@ class _Builder:
                 self.error(sheet.ref(row, "Value"), f"{name} = {value!r} {exc}", spec.doc)
         return found
 
+    def _controller_setting(self, ref: str, spec) -> None:
+        where = f"set it in invoke.yaml (deploy.{spec.name}), INVOKE_DEPLOY_{spec.name.upper()} or a --flag"
+        if not spec.path:
+            self.error(ref, f"setting {spec.name!r} belongs to the controller, not the workbook", where)
+            return
+        if spec.name == "puppet_agent_msi":
+            where += "; for an MSI inside the release, give its file name as puppet_agent_msi_name"
+        self.error(ref, f"setting {spec.name!r} belongs to the controller, not the workbook: it is a path, "
+                   "and the workbook (which anyone may edit) never names a path on the controller", where)
+
     def servers(self, sheet: Optional[_Sheet]) -> list:
-        servers: list = []
         if sheet is None or not sheet.ok:
-            return servers
-        by_name: dict = {}
-        by_address: dict = {}
-        holders: dict = {role: [] for role in LINUX_ONLY_ROLES}  # rows, whatever else is wrong on them
-        for row, cells, _ in sheet.rows():
-            hostname = self.text(sheet, row, "Hostname", cells["Hostname"], required=True)
-            address = self.text(sheet, row, "Address", cells["Address"], required=True)
-            os_name = self.text(sheet, row, "OS", cells["OS"], required=True)
-            roles_text = self.text(sheet, row, "Roles", cells["Roles"]) or ""
-            port = self.port(sheet, row, "WinRM Port", cells.get("WinRM Port"))
-            notes = self.text(sheet, row, "Notes", cells.get("Notes")) or ""
-            ok = True
-            if hostname:
-                if hostname.endswith("."):
-                    self.error(sheet.ref(row, "Hostname"), f"hostname {hostname!r} ends with a dot",
-                               "write the host name without the trailing dot (the domain setting completes it)")
-                    ok = False
-                elif not is_hostname(hostname):
-                    self.error(sheet.ref(row, "Hostname"), f"hostname {hostname!r} is not a valid host name",
-                               "letters, digits and hyphens, dot-separated labels of at most 63 characters, "
-                               "not starting or ending with a hyphen")
-                    ok = False
-                elif hostname.lower() in by_name:
-                    self.error(sheet.ref(row, "Hostname"),
-                               f"hostname {hostname!r} is already used in {sheet.ref(by_name[hostname.lower()], 'Hostname')}",
-                               "host names are compared ignoring case")
-                    ok = False
-                else:
-                    by_name[hostname.lower()] = row
-            else:
-                ok = False
-            if address:
-                if address.lower() == "local":
-                    address = "local"
-                reason = address_problem(address)
-                if reason:
-                    self.error(sheet.ref(row, "Address"), reason)
-                    ok = False
-                elif address != "local" and address.lower() in by_address:
-                    self.warn(sheet.ref(row, "Address"),
-                              f"address {address!r} is also used in {sheet.ref(by_address[address.lower()], 'Address')}")
-                else:
-                    by_address[address.lower()] = row
-            else:
-                ok = False
-            if os_name:
-                os_name = os_name.lower()
-                if os_name not in OS_NAMES:
-                    self.error(sheet.ref(row, "OS"), f"OS {os_name!r} is not one of {', '.join(OS_NAMES)}",
-                               _did_you_mean(os_name, OS_NAMES) or "write the OS family only: windows or linux")
-                    ok = False
-            else:
-                ok = False
-            roles = []
-            if ";" in roles_text or "\n" in roles_text:
-                self.error(sheet.ref(row, "Roles"), f"roles {roles_text!r} must be separated by commas")
-                ok = False
-                roles_text = roles_text.replace(";", ",").replace("\n", ",")
-            for role in (r.strip().lower() for r in roles_text.split(",")):
-                if not role:
-                    continue
-                if role not in ROLES:
-                    self.error(sheet.ref(row, "Roles"), f"unknown role {role!r}",
-                               _did_you_mean(role, ROLES) or "known roles: " + ", ".join(ROLES))
-                    ok = False
-                elif role in LINUX_ONLY_ROLES and os_name == "windows":
-                    self.error(sheet.ref(row, "Roles"), f"role {role!r} needs a linux server")
-                    ok = False
-                elif role not in roles:
-                    roles.append(role)
-                    if role in holders:
-                        holders[role].append(row)
-            if port and os_name == "linux":
-                self.warn(sheet.ref(row, "WinRM Port"), "a WinRM port on a linux server is ignored")
-            if ok:
-                servers.append(Server(hostname, address, os_name, tuple(roles), port, notes, row))
-        for role in LINUX_ONLY_ROLES:
-            rows = holders[role]
-            if len(rows) != 1:
-                where = ", ".join(f"{sheet.title} row {r}" for r in rows) or f"{sheet.title} sheet"
-                self.error(where, f"exactly one linux server must have the role {role!r}, found {len(rows)}",
-                           "the Roles column is a comma list; one server may hold both puppet-master and package-server")
-        return servers
+            return []
+        return _ServerRules(self, sheet).check()
 
     def problems_in(self, title: str) -> bool:
         return any(p.where.startswith(f"{title}!") or p.where.startswith(f"'{title}'!") for p in self.problems)
 
     def components(self, sheet: Optional[_Sheet]) -> list:
-        components: list = []
         if sheet is None or not sheet.ok:
-            return components
-        rows: dict = {}
-        pending = []
-        for row, cells, _ in sheet.rows():
-            name = self.text(sheet, row, "Component", cells["Component"], required=True)
-            version_cell = cells["Version"]
-            version = self.text(sheet, row, "Version", version_cell, required=True)
-            artifact = self.text(sheet, row, "Artifact", cells["Artifact"], required=True)
-            deps_text = self.text(sheet, row, "Depends On", cells["Depends On"]) or ""
-            pclass = self.text(sheet, row, "Puppet Class", cells.get("Puppet Class")) or ""
-            timeout = self.positive_int(sheet, row, "Timeout (s)", cells.get("Timeout (s)"))
-            description = self.text(sheet, row, "Description", cells.get("Description")) or ""
-            ok = name is not None and version is not None and artifact is not None
-            named = False  # the row defines this name (even if another cell of it is wrong)
-            if name:
-                if not COMPONENT_NAME.match(name):
-                    suggestion = re.sub(r"[^a-z0-9_]+", "_", name.lower()).strip("_")
-                    self.error(sheet.ref(row, "Component"),
-                               f"component name {name!r} must match ^[a-z][a-z0-9_]*$ "
-                               "(it becomes a Puppet class name, a tag and part of command lines)",
-                               f"for example {suggestion!r}" if COMPONENT_NAME.match(suggestion or "-") else None)
-                    ok = False
-                elif name in PUPPET_RESERVED:
-                    self.error(sheet.ref(row, "Component"), f"component name {name!r} is a Puppet reserved word",
-                               "choose another name")
-                    ok = False
-                elif name in rows:
-                    self.error(sheet.ref(row, "Component"), f"component {name!r} is already defined in {rows[name]}")
-                    ok = False
-                else:
-                    rows[name] = sheet.ref(row, "Component")
-                    named = True
-            if version:
-                if isinstance(version_cell, (int, float)) and not isinstance(version_cell, bool):
-                    self.warn(sheet.ref(row, "Version"),
-                              f"version {version!r} is stored as a number, so 1.10 would read as 1.1",
-                              "format the Version column as text and retype the version")
-                if not VERSION_TEXT.match(version):
-                    self.error(sheet.ref(row, "Version"), f"version {version!r} may hold only letters, digits and . _ + -")
-                    ok = False
-            if artifact and (not ARTIFACT_NAME.match(artifact) or ".." in artifact):
-                self.error(sheet.ref(row, "Artifact"), f"artifact {artifact!r} must be a plain file name",
-                           "letters, digits and . _ + -, no folders; the release directory holds the file")
-                ok = False
-            if pclass and (not PUPPET_CLASS.match(pclass)
-                           or any(seg in PUPPET_RESERVED for seg in pclass.strip(":").split("::"))):
-                self.error(sheet.ref(row, "Puppet Class"), f"puppet class {pclass!r} is not a valid class name",
-                           "segments of lowercase letters, digits and _, joined by ::, for example product::zeo")
-                ok = False
-            deps = []
-            if ";" in deps_text or "\n" in deps_text:
-                self.error(sheet.ref(row, "Depends On"), f"dependencies {deps_text!r} must be separated by commas")
-                ok = False
-            for dep in (d.strip() for d in re.split(r"[,;\n]", deps_text)):
-                if dep and dep not in deps:
-                    deps.append(dep)
-            if named:  # rows with other problems still take part in the dependency checks
-                pending.append((ok, row, name, version, artifact, deps, pclass.lstrip(":"), timeout, description))
-        known = set(rows)
-        graph: dict = {}
-        row_of: dict = {}
-        for ok, row, name, version, artifact, deps, pclass, timeout, description in pending:
-            good = []
-            for dep in deps:
-                ref = sheet.ref(row, "Depends On")
-                if dep == name:
-                    self.error(ref, f"component {name!r} depends on itself")
-                elif dep not in known:
-                    self.error(ref, f"{name!r} depends on unknown component {dep!r}",
-                               _did_you_mean(dep, known) or "add it to the Components sheet")
-                else:
-                    good.append(dep)
-            graph[name] = good
-            row_of[name] = row
-            if ok:
-                components.append(Component(name, version, artifact, tuple(good), pclass, timeout, description, row))
-        for cycle in find_cycles(graph):
-            where = ", ".join(sheet.ref(row_of[n], "Depends On") for n in cycle[:-1])
-            self.error(f"{sheet.ref(row_of[cycle[0]], 'Depends On')}",
-                       "dependency cycle " + " -> ".join(cycle), f"declared in {where}; remove one of these dependencies")
-        return components
+            return []
+        return _ComponentRules(self, sheet).check()
 
     def mapping(self, sheet: Optional[_Sheet], servers: list, components: list, server_names: set, component_names: set) -> list:
         result: list = []
@@ -670,9 +512,294 @@ class _Builder:
         return result
 
 
+# -- the Servers sheet ------------------------------------------------------------------
+@dataclass
+class _ServerRow:
+    """One Servers row as read; ``ok`` stays True while no rule found a problem on it."""
+
+    row: int
+    hostname: Optional[str]
+    address: Optional[str]
+    os_name: Optional[str]
+    roles_text: str
+    port: Optional[int]
+    notes: str
+    roles: list = field(default_factory=list)
+    ok: bool = True
+
+    def server(self) -> Server:
+        return Server(self.hostname, self.address, self.os_name, tuple(self.roles), self.port, self.notes, self.row)
+
+
+class _ServerRules:
+    """The Servers sheet's rules: each row on its own, then names, addresses and roles across rows."""
+
+    def __init__(self, b: _Builder, sheet: _Sheet):
+        self.b = b
+        self.sheet = sheet
+        self.by_name: dict = {}  # lowercased hostname -> row
+        self.by_address: dict = {}  # lowercased address -> row
+        self.holders: dict = {role: [] for role in LINUX_ONLY_ROLES}  # rows, whatever else is wrong on them
+
+    def check(self) -> list:
+        servers = []
+        for row, cells, _ in self.sheet.rows():
+            r = self.read(row, cells)
+            self.hostname(r)
+            self.address(r)
+            self.os(r)
+            self.roles(r)
+            if r.port and r.os_name == "linux":
+                self.b.warn(self.sheet.ref(r.row, "WinRM Port"), "a WinRM port on a linux server is ignored")
+            if r.ok:
+                servers.append(r.server())
+        self.one_holder_per_role()
+        return servers
+
+    def read(self, row: int, cells: dict) -> _ServerRow:
+        b, sheet = self.b, self.sheet
+        return _ServerRow(
+            row=row,
+            hostname=b.text(sheet, row, "Hostname", cells["Hostname"], required=True),
+            address=b.text(sheet, row, "Address", cells["Address"], required=True),
+            os_name=b.text(sheet, row, "OS", cells["OS"], required=True),
+            roles_text=b.text(sheet, row, "Roles", cells["Roles"]) or "",
+            port=b.port(sheet, row, "WinRM Port", cells.get("WinRM Port")),
+            notes=b.text(sheet, row, "Notes", cells.get("Notes")) or "",
+        )
+
+    def _error(self, r: _ServerRow, header: str, message: str, hint: Optional[str] = None) -> None:
+        self.b.error(self.sheet.ref(r.row, header), message, hint)
+        r.ok = False
+
+    def hostname(self, r: _ServerRow) -> None:
+        name = r.hostname
+        if not name:
+            r.ok = False
+        elif name.endswith("."):
+            self._error(r, "Hostname", f"hostname {name!r} ends with a dot",
+                        "write the host name without the trailing dot (the domain setting completes it)")
+        elif not is_hostname(name):
+            self._error(r, "Hostname", f"hostname {name!r} is not a valid host name",
+                        "letters, digits and hyphens, dot-separated labels of at most 63 characters, "
+                        "not starting or ending with a hyphen")
+        elif name.lower() in self.by_name:
+            self._error(r, "Hostname",
+                        f"hostname {name!r} is already used in {self.sheet.ref(self.by_name[name.lower()], 'Hostname')}",
+                        "host names are compared ignoring case")
+        else:
+            self.by_name[name.lower()] = r.row
+
+    def address(self, r: _ServerRow) -> None:
+        if not r.address:
+            r.ok = False
+            return
+        if r.address.lower() == "local":
+            r.address = "local"
+        reason = address_problem(r.address)
+        if reason:
+            self._error(r, "Address", reason)
+        elif r.address != "local" and r.address.lower() in self.by_address:
+            self.b.warn(self.sheet.ref(r.row, "Address"), f"address {r.address!r} is also used in "
+                        f"{self.sheet.ref(self.by_address[r.address.lower()], 'Address')}")
+        else:
+            self.by_address[r.address.lower()] = r.row
+
+    def os(self, r: _ServerRow) -> None:
+        if not r.os_name:
+            r.ok = False
+            return
+        r.os_name = r.os_name.lower()
+        if r.os_name not in OS_NAMES:
+            self._error(r, "OS", f"OS {r.os_name!r} is not one of {', '.join(OS_NAMES)}",
+                        _did_you_mean(r.os_name, OS_NAMES) or "write the OS family only: windows or linux")
+
+    def roles(self, r: _ServerRow) -> None:
+        text = r.roles_text
+        if ";" in text or "\n" in text:
+            self._error(r, "Roles", f"roles {text!r} must be separated by commas")
+            text = text.replace(";", ",").replace("\n", ",")
+        for role in (part.strip().lower() for part in text.split(",")):
+            if not role:
+                continue
+            if role not in ROLES:
+                self._error(r, "Roles", f"unknown role {role!r}",
+                            _did_you_mean(role, ROLES) or "known roles: " + ", ".join(ROLES))
+            elif role in LINUX_ONLY_ROLES and r.os_name == "windows":
+                self._error(r, "Roles", f"role {role!r} needs a linux server")
+            elif role not in r.roles:
+                r.roles.append(role)
+                if role in self.holders:
+                    self.holders[role].append(r.row)
+
+    def one_holder_per_role(self) -> None:
+        title = self.sheet.title
+        for role in LINUX_ONLY_ROLES:
+            rows = self.holders[role]
+            if len(rows) != 1:
+                where = ", ".join(f"{title} row {row}" for row in rows) or f"{title} sheet"
+                self.b.error(where, f"exactly one linux server must have the role {role!r}, found {len(rows)}",
+                             "the Roles column is a comma list; one server may hold both puppet-master and "
+                             "package-server")
+
+
+# -- the Components sheet -----------------------------------------------------------------
+@dataclass
+class _ComponentRow:
+    """One Components row as read; ``named`` when the row defines its name (even with other problems)."""
+
+    row: int
+    name: Optional[str]
+    version: Optional[str]
+    version_cell: Any
+    artifact: Optional[str]
+    depends_text: str
+    puppet_class: str
+    timeout: Optional[int]
+    description: str
+    depends_on: list = field(default_factory=list)
+    ok: bool = True
+    named: bool = False
+
+    def component(self, depends_on: list) -> Component:
+        return Component(self.name, self.version, self.artifact, tuple(depends_on), self.puppet_class.lstrip(":"),
+                         self.timeout, self.description, self.row)
+
+
+class _ComponentRules:
+    """The Components sheet's rules: each row's cells, then dependencies (unknown, self, cycles) across rows."""
+
+    def __init__(self, b: _Builder, sheet: _Sheet):
+        self.b = b
+        self.sheet = sheet
+        self.defined: dict = {}  # name -> cell that defines it
+
+    def check(self) -> list:
+        named = []
+        for row, cells, _ in self.sheet.rows():
+            r = self.read(row, cells)
+            self.name(r)
+            self.version(r)
+            self.artifact(r)
+            self.puppet_class(r)
+            self.dependencies(r)
+            if r.named:  # rows with other problems still take part in the dependency checks
+                named.append(r)
+        return self.resolve_dependencies(named)
+
+    def read(self, row: int, cells: dict) -> _ComponentRow:
+        b, sheet = self.b, self.sheet
+        return _ComponentRow(
+            row=row,
+            name=b.text(sheet, row, "Component", cells["Component"], required=True),
+            version=b.text(sheet, row, "Version", cells["Version"], required=True),
+            version_cell=cells["Version"],
+            artifact=b.text(sheet, row, "Artifact", cells["Artifact"], required=True),
+            depends_text=b.text(sheet, row, "Depends On", cells["Depends On"]) or "",
+            puppet_class=b.text(sheet, row, "Puppet Class", cells.get("Puppet Class")) or "",
+            timeout=b.positive_int(sheet, row, "Timeout (s)", cells.get("Timeout (s)")),
+            description=b.text(sheet, row, "Description", cells.get("Description")) or "",
+        )
+
+    def _error(self, r: _ComponentRow, header: str, message: str, hint: Optional[str] = None) -> None:
+        self.b.error(self.sheet.ref(r.row, header), message, hint)
+        r.ok = False
+
+    def name(self, r: _ComponentRow) -> None:
+        if r.name is None or r.version is None or r.artifact is None:
+            r.ok = False
+        name = r.name
+        if not name:
+            return
+        if not COMPONENT_NAME.match(name):
+            suggestion = re.sub(r"[^a-z0-9_]+", "_", name.lower()).strip("_")
+            self._error(r, "Component", f"component name {name!r} must match ^[a-z][a-z0-9_]*$ "
+                        "(it becomes a Puppet class name, a tag and part of command lines)",
+                        f"for example {suggestion!r}" if COMPONENT_NAME.match(suggestion or "-") else None)
+        elif name in PUPPET_RESERVED:
+            self._error(r, "Component", f"component name {name!r} is a Puppet reserved word", "choose another name")
+        elif is_windows_device_name(name):
+            self._error(r, "Component", f"component name {name!r} is a Windows device name "
+                        "(it becomes a folder on the Windows hosts, and Windows would open a device)",
+                        "choose another name")
+        elif name in self.defined:
+            self._error(r, "Component", f"component {name!r} is already defined in {self.defined[name]}")
+        else:
+            self.defined[name] = self.sheet.ref(r.row, "Component")
+            r.named = True
+
+    def version(self, r: _ComponentRow) -> None:
+        if not r.version:
+            return
+        cell = r.version_cell
+        if isinstance(cell, (int, float)) and not isinstance(cell, bool):
+            self.b.warn(self.sheet.ref(r.row, "Version"),
+                        f"version {r.version!r} is stored as a number, so 1.10 would read as 1.1",
+                        "format the Version column as text and retype the version")
+        if not VERSION_TEXT.match(r.version):
+            self._error(r, "Version", f"version {r.version!r} may hold only letters, digits and . _ + -")
+
+    def artifact(self, r: _ComponentRow) -> None:
+        artifact = r.artifact
+        if not artifact:
+            return
+        if not ARTIFACT_NAME.match(artifact) or ".." in artifact:
+            self._error(r, "Artifact", f"artifact {artifact!r} must be a plain file name",
+                        "letters, digits and . _ + -, no folders; the release directory holds the file")
+        elif is_windows_device_name(artifact):
+            self._error(r, "Artifact", f"artifact {artifact!r} is a Windows device name "
+                        f"({artifact.split('.')[0].upper()}): Windows would open a device, not the file",
+                        "rename the artifact")
+
+    def puppet_class(self, r: _ComponentRow) -> None:
+        pclass = r.puppet_class
+        if pclass and (not PUPPET_CLASS.match(pclass)
+                       or any(seg in PUPPET_RESERVED for seg in pclass.strip(":").split("::"))):
+            self._error(r, "Puppet Class", f"puppet class {pclass!r} is not a valid class name",
+                        "segments of lowercase letters, digits and _, joined by ::, for example product::zeo")
+
+    def dependencies(self, r: _ComponentRow) -> None:
+        text = r.depends_text
+        if ";" in text or "\n" in text:
+            self._error(r, "Depends On", f"dependencies {text!r} must be separated by commas")
+        for dep in (d.strip() for d in re.split(r"[,;\n]", text)):
+            if dep and dep not in r.depends_on:
+                r.depends_on.append(dep)
+
+    def resolve_dependencies(self, named: list) -> list:
+        """Components whose rows are clean, with known dependencies; unknown ones and cycles reported."""
+        sheet = self.sheet
+        components = []
+        graph: dict = {}
+        row_of: dict = {}
+        for r in named:
+            ref = sheet.ref(r.row, "Depends On")
+            good = []
+            for dep in r.depends_on:
+                if dep == r.name:
+                    self.b.error(ref, f"component {r.name!r} depends on itself")
+                elif dep not in self.defined:
+                    self.b.error(ref, f"{r.name!r} depends on unknown component {dep!r}",
+                                 _did_you_mean(dep, self.defined) or "add it to the Components sheet")
+                else:
+                    good.append(dep)
+            graph[r.name] = good
+            row_of[r.name] = r.row
+            if r.ok:
+                components.append(r.component(good))
+        for cycle in find_cycles(graph):
+            where = ", ".join(sheet.ref(row_of[n], "Depends On") for n in cycle[:-1])
+            self.b.error(f"{sheet.ref(row_of[cycle[0]], 'Depends On')}", "dependency cycle " + " -> ".join(cycle),
+                         f"declared in {where}; remove one of these dependencies")
+        return components
+
+
 def build_inventory(raw: RawWorkbook) -> Inventory:
     """Validate ``raw`` into an Inventory, or raise InventoryError with every problem located."""
     b = _Builder(raw)
+    if raw.lock_file:
+        b.warn("workbook", f"the workbook is open in Excel or LibreOffice (lock file {raw.lock_file} beside it): "
+               "changes not saved yet are not in what was read", "save it (or close it) and run again")
     sheets = {spec.name: b.sheet(spec) for spec in SCHEMA}
     for title, row, col in sorted(raw.uncomputed_formulas):
         if any(sh is not None and sh.title == title for sh in sheets.values()):

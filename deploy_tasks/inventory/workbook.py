@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import stat
 import zipfile
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 from ..errors import WorkbookFormatError
 
@@ -50,6 +51,7 @@ class RawWorkbook:
     # (title, row, column), 1-based: formulas saved without a cached value (tools that
     # write .xlsx without computing, openpyxl among them); such a cell reads as blank
     uncomputed_formulas: frozenset = frozenset()
+    lock_file: Optional[str] = None  # the workbook is open in Excel or LibreOffice (edits may be unsaved)
 
     def is_uncomputed_formula(self, title: str, row: int, col: int) -> bool:
         """True when the (1-based) cell holds a formula whose value was never computed."""
@@ -58,15 +60,7 @@ class RawWorkbook:
 
 def sniff_format(path: str) -> str:
     """Return "xlsx" or "xls" from the file's content, or raise WorkbookFormatError."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(512)
-    except FileNotFoundError:
-        raise WorkbookFormatError(path, "file not found; pass --inventory PATH or set deploy.inventory in invoke.yaml") from None
-    except IsADirectoryError:
-        raise WorkbookFormatError(path, "is a directory, not a workbook") from None
-    except OSError as exc:
-        raise WorkbookFormatError(path, f"cannot be read: {exc.strerror}") from None
+    head = _read_head(path)
     if not head:
         raise WorkbookFormatError(path, "the file is empty; save the workbook from Excel or LibreOffice as .xlsx")
     if head.startswith(ZIP_MAGIC):
@@ -90,6 +84,43 @@ def sniff_format(path: str) -> str:
     )
 
 
+def _read_head(path: str, size: int = 512) -> bytes:
+    """The first bytes of a regular file; a FIFO or a device is refused, never read (a FIFO would block)."""
+    try:
+        # O_NONBLOCK: opening a FIFO without a writer returns at once instead of waiting for one
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise WorkbookFormatError(path, "file not found; pass --inventory PATH or set deploy.inventory in invoke.yaml") from None
+    except IsADirectoryError:
+        raise WorkbookFormatError(path, "is a directory, not a workbook") from None
+    except OSError as exc:
+        raise WorkbookFormatError(path, f"cannot be read: {exc.strerror}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise WorkbookFormatError(path, "is a directory, not a workbook")
+        if not stat.S_ISREG(mode):
+            kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                    else "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
+            raise WorkbookFormatError(path, f"is {kind}, not a workbook file; pass the path of the .xlsx or .xls file")
+        try:
+            return os.read(fd, size)
+        except OSError as exc:
+            raise WorkbookFormatError(path, f"cannot be read: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def lock_file_beside(path: str) -> Optional[str]:
+    """The lock file Excel (``~$name``) or LibreOffice (``.~lock.name#``) keeps beside an open workbook, or None."""
+    folder, name = os.path.split(os.path.abspath(path))
+    # Excel shortens long names by their first two characters (~$ample.xlsx for example.xlsx)
+    for candidate in (f"~${name}", f"~${name[2:]}", f".~lock.{name}#"):
+        if len(candidate) > 2 and os.path.lexists(os.path.join(folder, candidate)):
+            return os.path.join(folder, candidate)
+    return None
+
+
 def _ole2_holds(path: str, stream: str) -> bool:
     """True when the OLE2 file's directory names ``stream`` (an encrypted .xlsx is an OLE2 file
     with an EncryptedPackage stream); a cheap scan of the bytes for the UTF-16 name."""
@@ -106,9 +137,9 @@ def read_workbook(path: str | os.PathLike) -> RawWorkbook:
     path = os.fspath(path)
     fmt = sniff_format(path)
     try:
-        if fmt == "xlsx":
-            return _read_xlsx(path)
-        return _read_xls(path)
+        raw = _read_xlsx(path) if fmt == "xlsx" else _read_xls(path)
+        raw.lock_file = lock_file_beside(path)
+        return raw
     except WorkbookFormatError:
         raise
     except Exception as exc:  # the libraries raise anything from KeyError to struct.error on corrupt files

@@ -51,7 +51,7 @@ def base_url(server, settings) -> str:
 
 def agent_msi_url(server, settings) -> str:
     """The URL the Windows nodes install the Puppet agent from."""
-    return f"{base_url(server, settings)}/{AGENT_DIR}/{os.path.basename(settings.puppet_agent_msi)}"
+    return f"{base_url(server, settings)}/{AGENT_DIR}/{os.path.basename(settings.agent_msi_path)}"
 
 
 def site_config(root: str, settings) -> str:
@@ -76,7 +76,7 @@ def run(shell, server, settings, result: StepResult) -> StepResult:
         target = f"{agent_dir}/{os.path.basename(msi)}"
         result.note(remote.upload(shell, data, target), f"placed the agent MSI at {target}")
     else:
-        result.details.append("no agent MSI placed (setting puppet_agent_msi is blank)")
+        result.details.append("no agent MSI placed (settings puppet_agent_msi and puppet_agent_msi_name are blank)")
 
     site_changed = install_site(shell, text)
     result.note(site_changed, f"wrote {SITE_FILE} (port {settings.package_port}, root {root})")
@@ -92,12 +92,13 @@ def run(shell, server, settings, result: StepResult) -> StepResult:
 
 
 def _agent_msi(settings) -> Optional[str]:
-    path = settings.puppet_agent_msi
+    path = settings.agent_msi_path
     if not path:
         return None
     if not os.path.isfile(path):
-        raise ConfigError(f"the Puppet agent MSI {path} does not exist (setting puppet_agent_msi in the "
-                          f"Settings sheet or INVOKE_DEPLOY_PUPPET_AGENT_MSI): download it or fix the path")
+        raise ConfigError(f"the Puppet agent MSI {path} does not exist (puppet_agent_msi in invoke.yaml or "
+                          f"INVOKE_DEPLOY_PUPPET_AGENT_MSI, or puppet_agent_msi_name inside artifact_source): "
+                          f"download it or fix the setting")
     return path
 
 

@@ -5,11 +5,15 @@ from __future__ import annotations
 from invoke import Collection
 
 from .. import settings
+from ._common import check_config_files
 from . import artifacts as _artifacts
 from . import bootstrap as _bootstrap
 from . import configgen as _configgen
 from . import fleet as _fleet
 from . import inventory as _inventory
+
+# Invoke reads invoke.yaml after importing this module and before any task: a broken file is named here.
+check_config_files()
 
 ns = Collection()
 for _module in (_inventory, _artifacts, _configgen, _bootstrap):

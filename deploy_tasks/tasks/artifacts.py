@@ -122,7 +122,7 @@ def _synthetic_agent_msi(settings) -> None:
     from ..artifacts import synthetic
     from ..artifacts.msi import msi_problem
 
-    msi = settings.puppet_agent_msi
+    msi = settings.agent_msi_path
     if not msi:
         return
     stale = os.path.exists(msi) and synthetic.is_synthetic_msi(msi) and msi_problem(msi)  # an older fake

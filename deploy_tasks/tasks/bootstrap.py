@@ -102,15 +102,22 @@ def bootstrap(c, inventory=None, only=None, dry_run=False):
     "inventory": INVENTORY_HELP,
     "source": "The generated environment to publish; default: <build_dir>/puppet/environments/<environment>.",
     "modules": "Product Puppet modules to ship in the environment's modules/ when it has none (default: puppet/modules).",
-    "rollback": "Switch the environment back to the version published before the current one.",
+    "rollback": "Switch the environment back one release in its history (again: one further back).",
+    "to": "With --rollback (or alone): switch to this published release (its name, e.g. production-1a2b..., or hash).",
     "dry_run": DRY_RUN_HELP,
 })
 @deploy_task
-def publish_config(c, inventory=None, source=None, modules=None, rollback=False, dry_run=False):
+def publish_config(c, inventory=None, source=None, modules=None, rollback=False, to=None, dry_run=False):
     """Publish the generated Puppet environment to the master (versioned, validated, atomic switch)."""
     from ..steps import publish, puppet_master, remote
     from ._run import run_units
 
+    rollback = rollback or to is not None
+    if modules is not None and not os.path.isdir(modules):
+        raise DeployError(f"--modules {modules}: no such directory")
+    if rollback and (source is not None or modules is not None):
+        raise DeployError("--rollback switches between releases already on the master: it takes no --source "
+                          "or --modules")
     inv, settings = load(c, inventory)
     env = settings.environment
     server = inv.puppet_master
@@ -133,10 +140,16 @@ def publish_config(c, inventory=None, source=None, modules=None, rollback=False,
         console.say("dry run: checks run, nothing is changed; commands that would run are printed")
     step = "rollback" if rollback else "publish-config"
 
+    nothing: list = []  # "nothing to roll back" is said once, as the task's error, not as a failed step
+
     def body(shell, r):
         layout = puppet_master.layout_for(remote.platform(shell))
         if rollback:
-            return publish.rollback(shell, layout, env, r)
+            try:
+                return publish.rollback(shell, layout, env, r, to=to)
+            except publish.NothingToRollBack as exc:
+                nothing.append(exc)
+                return r
         return publish.publish(shell, layout, env, source, modules_dir, r)
 
     shells = _Shells(settings, dry_run)
@@ -145,6 +158,8 @@ def publish_config(c, inventory=None, source=None, modules=None, rollback=False,
                   title=f"{step} (environment {env})" + (" (dry run)" if dry_run else ""), dry_run=dry_run)
     finally:
         shells.close()
+    if nothing:
+        raise nothing[0]
 
 
 TASKS = (bootstrap, publish_config)
