@@ -7,6 +7,7 @@ from types import MappingProxyType
 from typing import Any, Mapping, Optional
 
 from ..errors import Problem
+from .health import HealthCheck
 from .names import certname
 
 LOCAL = "local"
@@ -56,6 +57,7 @@ class Component:
     timeout_s: Optional[int] = None
     description: str = ""
     row: int = 0
+    health_check: Optional[HealthCheck] = None  # the Health Check column; None: no check
 
 
 @dataclass(frozen=True)
