@@ -243,3 +243,18 @@ class HealthCheckFailed(DeployError):
 
     def __reduce__(self):
         return (type(self), (self.host, self.component, self.check, self.reason, self.output, self.command))
+
+
+class PreflightFailed(DeployError):
+    """The pre-flight of a deploy found problems; nothing was changed. Carries every problem (and what was skipped)."""
+
+    def __init__(self, problems, skipped=()):
+        self.problems = tuple(problems)
+        self.skipped = tuple(skipped)
+        n = len(self.problems)
+        lines = [f"pre-flight found {n} problem{'s' if n != 1 else ''}; nothing was changed:"]
+        lines += [f"  - {p}" for p in self.problems]
+        if self.skipped:
+            lines.append("not checked:")
+            lines += [f"  - {s}" for s in self.skipped]
+        super().__init__("\n".join(lines))
