@@ -46,6 +46,14 @@ from ..transports.wincmd import cmd_line
 
 ENVIRONMENT, ARTIFACT, WINRM, AGENT, CATALOG = "environment", "artifact", "winrm", "agent", "catalog"
 PUPPET_PORT = 8140
+#: what each check proves, for a deploy that skips the pre-flight to say what it did not prove
+CHECKS = {
+    ENVIRONMENT: "the environment published on the Puppet master is the generated one (sha256 of every file)",
+    ARTIFACT: "the package server serves every artifact with the manifest's sha256",
+    WINRM: "every target host answers over WinRM",
+    AGENT: "every target host's Puppet agent holds the certificate the master signed",
+    CATALOG: "every target node's catalog compiles on the master with its own facts (noop run)",
+}
 _FINGERPRINT = re.compile(r"\(SHA256\)\s+((?:[0-9A-Fa-f]{2}:){31}[0-9A-Fa-f]{2})")
 MAX_LISTED = 8  # file names listed per environment problem
 
@@ -488,7 +496,7 @@ def preflight(inventory, settings, targets: Mapping[str, Sequence[str]], *, mast
     if ca is None and master is not None:
         try:
             ca = MasterCA.from_master(master, inventory, settings)
-        except DeployError as exc:
+        except (DeployError, ValueError, ssl.SSLError) as exc:  # ValueError/SSLError: not a PEM certificate
             result.problems.append(Problem(AGENT, f"the master's CA certificate could not be read: {exc}",
                                            "check the Puppet master (inv bootstrap --only puppet-master)",
                                            host=inventory.puppet_master.hostname))
