@@ -289,3 +289,33 @@ def test_a_stale_published_environment_names_its_files(lab, tmp_path):
     elsewhere = resolve({**lab["inventory"].settings, "environment": f"nope_{RUN}"})
     missing = pf.check_environment(lab["shell"], elsewhere, str(lab["source"]))
     assert "is not published on the master" in str(missing.problems[0])
+
+
+def test_a_package_server_that_does_not_answer_is_one_problem(example_xlsx, tmp_path):
+    inv = load_inventory(example_xlsx)
+    settings = resolve({**inv.settings})
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    comps = {c.name: {"version": c.version, "artifact": c.artifact, "sha256": "ab" * 32,
+                      "path": f"production/{c.name}/{c.version}/{c.artifact}"} for c in inv.components}
+    (repo / "manifest.json").write_text(json.dumps({"format": 1, "environment": "production", "components": comps}))
+    port = _free_port()  # nothing listens there
+    result = pf.check_artifacts(inv, settings, [c.name for c in inv.components], load_manifest(repo),
+                                base_url=f"http://127.0.0.1:{port}", timeout=5)
+    assert len(result.problems) == 1 and result.problems[0].host == "deploy01"
+    assert f"the package server at http://127.0.0.1:{port} did not answer" in result.problems[0].message
+    assert result.skipped and "not verified: the package server is down" in result.skipped[0].reason
+
+
+def test_what_cannot_be_checked_is_said(example_xlsx, tmp_path):
+    inv = load_inventory(example_xlsx)
+    settings = resolve({**inv.settings})
+    none = pf.check_artifacts(inv, settings, ["zeo_server"], None)
+    assert not none.problems and "no artifact manifest" in none.skipped[0].reason
+    (tmp_path / "manifests").mkdir()
+    (tmp_path / "manifests" / "site.pp").write_text("node default {}\n")
+    env = pf.check_environment(None, settings, str(tmp_path))
+    assert not env.problems and env.skipped[0].check == "environment"
+    gone = pf.check_environment(None, settings, str(tmp_path / "nope"))
+    assert "does not exist: run `inv generate-config` first" in gone.problems[0].message
+    assert set(pf.CHECKS) == {"environment", "artifact", "winrm", "agent", "catalog"}
