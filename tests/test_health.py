@@ -110,6 +110,20 @@ def test_example_checks_what_the_product_module_creates(example_xlsx, example_xl
     assert example.COMPONENTS[0][6] is None  # Health Check sits before Description, as in the schema
 
 
+def test_every_column_is_documented_and_has_a_note():
+    from pathlib import Path
+
+    from deploy_tasks.inventory.template import HEADER_NOTES
+    from deploy_tasks.inventory.validate import SCHEMA
+
+    readme = (Path(__file__).resolve().parent.parent / "inventory" / "README.md").read_text()
+    for spec in SCHEMA:
+        section = readme.split(f"## {spec.name}", 1)[1].split("\n## ", 1)[0]
+        for column in spec.columns:
+            assert f"| {column.header} |" in section, f"{spec.name}: column {column.header} is not in inventory/README.md"
+            assert (spec.name, column.header) in HEADER_NOTES, f"{spec.name}: column {column.header} has no note"
+
+
 # -- reading Windows' output --------------------------------------------------------------------------------
 
 SC_RUNNING = """
