@@ -319,3 +319,20 @@ def test_what_cannot_be_checked_is_said(example_xlsx, tmp_path):
     gone = pf.check_environment(None, settings, str(tmp_path / "nope"))
     assert "does not exist: run `inv generate-config` first" in gone.problems[0].message
     assert set(pf.CHECKS) == {"environment", "artifact", "winrm", "agent", "catalog"}
+
+
+@pytest.mark.integration
+def test_a_sound_plan_passes(lab):
+    inv = lab["inventory"]
+    targets = pf.targets_for(inv, hosts=[NAMES["PFOK"]])
+    pool = _pool(lab)
+    try:
+        result = pf.preflight(inv, lab["settings"], targets, master=lab["shell"], winrm_pool=pool,
+                              manifest=lab["manifest"], environment_dir=str(lab["source"]))
+        shells = pool.shells_opened
+    finally:
+        pool.close()
+    assert result.ok and not result.skipped, "\n".join(map(str, result.problems + result.skipped))
+    result.raise_for_problems()
+    assert len([line for line in result.passed if line.startswith("artifact ")]) == len(COMPONENTS)
+    assert shells == 1  # the host's two commands shared one shell
