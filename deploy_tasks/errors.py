@@ -219,3 +219,42 @@ class CommandTimedOut(RemoteCommandError):
         super().__init__(host, command, -1, output,
                          f"did not finish within {timeout:g} s and was terminated; raise command_timeout_s "
                          f"or the step's timeout if it needs longer")
+
+
+class HealthCheckFailed(DeployError):
+    """A component's health check (Components sheet, Health Check) did not pass on a host after its deploy.
+
+    ``output`` is what the check printed (``sc query``, the ``netstat`` rows for the port, the command's
+    output), so a report can show it beside the step.
+    """
+
+    def __init__(self, host: str, component: str, check: str, reason: str, output: str = "", command: str = ""):
+        self.host = host
+        self.component = component
+        self.check = check
+        self.reason = reason
+        self.output = output
+        self.command = command
+        text = f"{host}: component {component}: health check {check} failed: {reason}"
+        if output.strip():
+            tail = "\n".join(output.strip().splitlines()[-15:])
+            text += "\n" + "\n".join("    " + line for line in tail.splitlines())
+        super().__init__(text)
+
+    def __reduce__(self):
+        return (type(self), (self.host, self.component, self.check, self.reason, self.output, self.command))
+
+
+class PreflightFailed(DeployError):
+    """The pre-flight of a deploy found problems; nothing was changed. Carries every problem (and what was skipped)."""
+
+    def __init__(self, problems, skipped=()):
+        self.problems = tuple(problems)
+        self.skipped = tuple(skipped)
+        n = len(self.problems)
+        lines = [f"pre-flight found {n} problem{'s' if n != 1 else ''}; nothing was changed:"]
+        lines += [f"  - {p}" for p in self.problems]
+        if self.skipped:
+            lines.append("not checked:")
+            lines += [f"  - {s}" for s in self.skipped]
+        super().__init__("\n".join(lines))

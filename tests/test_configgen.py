@@ -166,7 +166,7 @@ def test_custom_puppet_class_is_declared_tagged_and_gets_class_parameters(tmp_pa
 
 def test_component_named_like_a_shared_tag_is_refused(tmp_path):
     def rename(rows):
-        rows.append(["product", "1.0", "product-1.0.zip", "", "", None, "clashes with the module name"])
+        rows.append(["product", "1.0", "product-1.0.zip", "", "", None, None, "clashes with the module name"])
         return rows
     inv = load_inventory(write_example_variant(tmp_path / "t.xlsx", components=rename))
     with pytest.raises(ConfigError, match=r"Components row 36: component name 'product' is a tag"):

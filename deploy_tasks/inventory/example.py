@@ -71,9 +71,24 @@ _COMPONENTS = [
     ("health_dashboard", "0.9.7", "monitoring_agent, web_frontend, reporting", "operations dashboard"),
 ]
 
-# Component, Version, Artifact, Depends On, Puppet Class, Timeout (s), Description
+# Health checks the rehearsal fleet can pass: the product module keeps each component's Windows service
+# Product_<component> running (puppet/modules/product), and the emulated apply records it, so `sc query`
+# answers RUNNING; parameters.json is a file the module writes. No port: the emulated services listen nowhere.
+_HEALTH = {
+    "zeo_server": "service:Product_zeo_server",
+    "zope_instance_1": "service:Product_zope_instance_1",
+    "zope_instance_2": "service:Product_zope_instance_2",
+    "zope_instance_3": "service:Product_zope_instance_3",
+    "zope_instance_4": "service:Product_zope_instance_4",
+    "search_engine": "service:Product_search_engine",
+    "web_frontend": "service:Product_web_frontend",
+    "api_gateway": "cmd:type C:\\Product\\api_gateway\\etc\\parameters.json",
+}
+
+# Component, Version, Artifact, Depends On, Puppet Class, Timeout (s), Health Check, Description
 COMPONENTS = [
-    (name, version, f"{name}-{version}.zip", deps, "", 900 if name.startswith("zope_instance") else None, desc)
+    (name, version, f"{name}-{version}.zip", deps, "", 900 if name.startswith("zope_instance") else None,
+     _HEALTH.get(name), desc)
     for name, version, deps, desc in _COMPONENTS
 ]
 

@@ -8,6 +8,7 @@ from typing import Any, Mapping, Optional
 
 from ..errors import Problem
 from ..names import certname
+from .health import HealthCheck
 
 LOCAL = "local"
 
@@ -56,6 +57,7 @@ class Component:
     timeout_s: Optional[int] = None
     description: str = ""
     row: int = 0
+    health_check: Optional[HealthCheck] = None  # the Health Check column; None: no check
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,8 @@ HEADER_NOTES = {
     ("Components", "Depends On"): "Comma list of components that must be deployed first.",
     ("Components", "Puppet Class"): "Blank: the product module's component type titled by the component.",
     ("Components", "Timeout (s)"): "Longest the component's deploy may take; blank: command_timeout_s.",
+    ("Components", "Health Check"): "Optional, checked after the component deployed: service:<name> (running), "
+                                    "port:<n> (TCP listening) or cmd:<command> (exits 0).",
     ("Components", "Description"): "Free text.",
     ("Mapping", "Hostname"): "A Windows server from the Servers sheet.",
     ("Mapping", "Component"): "A component from the Components sheet. Add columns to the right: each header is a parameter of that component on that host.",

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Optional
 
 from ..errors import InventoryError, Problem
 from .. import settings as settings_mod
 from .graph import find_cycles
+from . import health
 from .model import Assignment, Component, Inventory, Parameter, Server
 from ..names import (
     ARTIFACT_NAME,
@@ -70,7 +71,7 @@ SCHEMA = (
     SheetSpec("Components", (
         Column("Component"), Column("Version"), Column("Artifact"), Column("Depends On"),
         Column("Puppet Class", required=False), Column("Timeout (s)", required=False, aliases=("Timeout",)),
-        Column("Description", required=False),
+        Column("Health Check", required=False), Column("Description", required=False),
     )),
     SheetSpec("Mapping", (Column("Hostname"), Column("Component")), extra_columns=True),
     SheetSpec("Parameters", (Column("Scope"), Column("Key"), Column("Value")), required=False),
@@ -812,6 +813,7 @@ def build_inventory(raw: RawWorkbook) -> Inventory:
     settings = b.settings(sheets["Settings"])
     servers = b.servers(sheets["Servers"])
     components = b.components(sheets["Components"])
+    components = _health_checks(b, sheets["Components"], components)
     # names that exist but whose row has its own problem: references to them are not re-reported
     server_names = _names_in(sheets["Servers"], "Hostname", lower=True)
     component_names = _names_in(sheets["Components"], "Component")
@@ -828,6 +830,23 @@ def build_inventory(raw: RawWorkbook) -> Inventory:
         settings=MappingProxyType(settings),
         warnings=tuple(b.warnings),
     )
+
+
+def _health_checks(b: _Builder, sheet: Optional[_Sheet], components: list) -> list:
+    """The optional Health Check column: each spec parsed onto its component, a bad one reported at its cell."""
+    if sheet is None or not sheet.ok or "Health Check" not in sheet.col_index:
+        return components
+    checks: dict = {}
+    for row, cells, _ in sheet.rows():
+        text = b.text(sheet, row, "Health Check", cells.get("Health Check"))
+        try:
+            check = health.parse(text)
+        except ValueError as exc:
+            b.error(sheet.ref(row, "Health Check"), str(exc), f"write {health.FORMS}, or leave it blank")
+            continue
+        if check is not None:
+            checks[row] = check
+    return [replace(c, health_check=checks[c.row]) if c.row in checks else c for c in components]
 
 
 def _names_in(sheet: Optional[_Sheet], header: str, lower: bool = False) -> Optional[set]:

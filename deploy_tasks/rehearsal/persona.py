@@ -36,7 +36,7 @@ from .power import RebootTimer
 from .powershell import PowerShell
 from .process import (DEFAULT_PROFILE_DIR, EXIT_NOT_RECOGNIZED, EXIT_TERMINATED, PROFILE_DIR, Command,  # noqa: F401
                       Environment, Host, Process, Program, Session, codec_for, decode, now)
-from .programs import CertUtil, CScript, Hostname, ServiceControl, Shutdown, Whoami, Wmic
+from .programs import CertUtil, CScript, Hostname, Netstat, ServiceControl, Shutdown, Whoami, Wmic
 from .puppet import PuppetAgent
 from .state import HostState
 
@@ -44,7 +44,7 @@ from .state import HostState
 PROGRAMS: Dict[str, Callable[[Host], Program]] = {
     "cmd": CmdShell, "hostname": Hostname, "whoami": Whoami, "msiexec": MsiExec, "sc": ServiceControl,
     "shutdown": Shutdown, "cscript": CScript, "wmic": Wmic, "powershell": PowerShell, "puppet": PuppetAgent,
-    "certutil": CertUtil,
+    "certutil": CertUtil, "netstat": Netstat,
 }
 
 SYSTEM32 = r"C:\Windows\System32"
@@ -52,7 +52,7 @@ POWERSHELL_DIR = r"C:\Windows\System32\WindowsPowerShell\v1.0"
 _BASE_PATH = [SYSTEM32, r"C:\Windows", r"C:\Windows\System32\Wbem", POWERSHELL_DIR]
 _SYSTEM_EXES = {
     SYSTEM32: ("cmd.exe", "hostname.exe", "whoami.exe", "msiexec.exe", "sc.exe", "shutdown.exe", "cscript.exe",
-               "certutil.exe"),
+               "certutil.exe", "netstat.exe"),
     SYSTEM32 + r"\Wbem": ("wmic.exe",),
     POWERSHELL_DIR: ("powershell.exe",),
 }

@@ -1,4 +1,4 @@
-"""The small system programs of an emulated host: hostname, whoami, shutdown, sc, cscript, wmic, certutil.
+"""The small system programs of an emulated host: hostname, whoami, shutdown, sc, cscript, wmic, certutil, netstat.
 
 Each answers the forms the product uses, with Windows' texts and exit codes,
 and any other form loudly (a usage text and a non-zero exit), so a command the
@@ -244,4 +244,32 @@ class CertUtil:
         dst.write_bytes(data)
         proc.out(f"Input Length = {len(raw)}\nOutput Length = {len(data)}\n"
                  "CertUtil: -decode command completed successfully.\n")
+        return 0
+
+
+class Netstat:
+    """``netstat -an`` from the host's socket model: a running emulated service with a ``port`` listens on
+    both stacks (0.0.0.0 and [::]); ``netstat_rows`` in the host state adds other rows (proto, local, foreign,
+    state). Header and columns as Windows Server 2012 R2 prints them."""
+
+    HEADER = "\nActive Connections\n\n  Proto  Local Address          Foreign Address        State\n"
+
+    def __init__(self, host: Host):
+        self.host = host
+
+    @staticmethod
+    def row(proto: str, local: str, foreign: str, state: str = "") -> str:
+        return f"  {proto:<7}{local:<23}{foreign:<23}{state}".rstrip() + "\n"
+
+    def run(self, proc: Process, argv: List[str], line: str) -> int:
+        if sorted(a.lower() for a in argv[1:]) not in (["-an"], ["-a", "-n"], ["-na"]):
+            proc.err("(only netstat -an is emulated)\n")
+            return 1
+        state = self.host.state()
+        lines = [self.row(*r) for r in state.get("netstat_rows", [])]
+        for info in state.get("services", {}).values():
+            if info.get("state") == "running" and info.get("port"):
+                lines.append(self.row("TCP", f"0.0.0.0:{info['port']}", "0.0.0.0:0", "LISTENING"))
+                lines.append(self.row("TCP", f"[::]:{info['port']}", "[::]:0", "LISTENING"))
+        proc.out(self.HEADER + "".join(lines))
         return 0
