@@ -95,8 +95,8 @@ def attribute(output: str, components: Sequence[str], classes: Optional[Dict[str
             continue
         names = [carried[m.lower()] for m in _PRODUCT.findall(line) if m.lower() in carried]
         if not names:
-            path = line.split(":", 2)[1] if line.count(":") >= 2 else ""
-            names = [comp for cls, comp in by_class.items() if f"/{cls}/" in path.lower() + "/"]
+            low = line.lower()
+            names = [comp for cls, comp in by_class.items() if f"/{cls}/" in low or f"class[{cls}]" in low]
         if not names:
             names = [carried[m.lower()] for m in _TIMING.findall(line) if m.lower() in carried]
         if not names:
