@@ -472,13 +472,10 @@ class Deployment:
     def _why_not_started(self, step: Step) -> str:
         if self._cancelled:
             return f"not started: the deploy was cancelled ({self._cancelled})"
-        blocker = self._failed_dependency(step)
-        if blocker:
-            return blocker
         failed = [r for r in self.records.values() if r.status == outcome.FAILED and r.group < step.group]
-        if failed:
+        if failed and self.schedule == "waves" and not self.continue_on_error:
             return f"not started: group {failed[0].group} did not succeed ({failed[0].id} failed)"
-        return "not started"
+        return self._failed_dependency(step) or "not started"
 
     def _save(self) -> None:
         if not self.state_path:
