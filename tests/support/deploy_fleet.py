@@ -12,7 +12,7 @@ import subprocess
 import threading
 from datetime import datetime
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from deploy_tasks.inventory.template import example_sheets, write_workbook
 from deploy_tasks.rehearsal import msi as msilib
@@ -47,14 +47,14 @@ def certname(hostname: str, tag: str = "dep") -> str:
 
 
 def install_agents(fleet, tmp_path: Path, master: str = "127.0.0.1", environment: str = "production",
-                   tag: str = "dep") -> Dict[str, str]:
+                   tag: str = "dep", certnames: Optional[Dict[str, str]] = None) -> Dict[str, str]:
     """Install the agent MSI on every host of ``fleet`` with msiexec; returns hostname -> certname."""
     server = PackageServer(tmp_path / "agent-packages")
     msilib.write_fake_msi(tmp_path / "agent-packages" / "puppet-agent-7.23.0-x64.msi")
     names = {}
     try:
         for host in fleet.hosts.values():
-            cert = certname(host.hostname, tag)
+            cert = (certnames or {}).get(host.hostname) or certname(host.hostname, tag)
             argv = ["msiexec", "/qn", "/norestart", "/i", server.url + "/puppet-agent-7.23.0-x64.msi",
                     f"PUPPET_SERVER={master}", f"PUPPET_AGENT_CERTNAME={cert}",
                     f"PUPPET_AGENT_ENVIRONMENT={environment}", "/l*v", r"C:\Windows\Temp\agent.log"]
