@@ -376,3 +376,49 @@ def test_inv_deploy_group_writes_the_reports(winrm_fleet, agents, tmp_path):
     log = (tmp_path / "reports" / "logs" / "deploy-ZDB01.log").read_text()
     assert "--tags zeo_server,monitoring_agent" in log and "emulated fault" in log
     assert "ZDB01" in out and "zeo_server" in out  # the summary table
+
+
+# -- the integrator's hooks ---------------------------------------------------------------------
+def test_preflight_runs_before_anything_and_a_narrowed_run_names_missing_dependencies(tmp_path):
+    from deploy_tasks.errors import DeployError
+
+    class Refused(DeployError):
+        pass
+
+    seen, warnings = [], []
+
+    def preflight(steps):
+        seen.extend(steps)
+        raise Refused("ZDB01: the agent is not signed")
+
+    def connect(host):
+        raise AssertionError(f"{host} contacted before the pre-flight passed")
+
+    with pytest.raises(Refused):
+        Deployment(plan_steps(EXAMPLE, PLAN, groups=[2]), connect, preflight=preflight, warn=warnings.append,
+                   state_path=str(tmp_path / "state.json"), handle_signals=False).run()
+    assert {s.group for s in seen} == {2}
+    assert warnings[0].startswith("18 dependency step(s) outside this run are not recorded as succeeded")
+    assert not (tmp_path / "state.json").exists()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("winrm_fleet", [timing()], indirect=True)
+def test_a_failing_health_check_fails_its_step(winrm_fleet, agents, tmp_path):
+    from deploy_tasks.errors import DeployError
+
+    checked = []
+
+    def health_check(transport, host, component):
+        checked.append((host, component))
+        result = transport.run("sc query Product_" + component, check=False)
+        if component == "static_assets":
+            raise DeployError(f"{host}: service Product_{component} is not running:\n{result.output}")
+
+    steps = [s for s in ALL_STEPS if s.host == "ZWEB01" and s.group == 1]
+    result = deploy(winrm_fleet, tmp_path, steps=steps, health_check=health_check)
+    status = {r.component: r for r in result.steps}
+    assert checked == [("ZWEB01", "python_runtime"), ("ZWEB01", "log_shipper"), ("ZWEB01", "static_assets")]
+    assert status["static_assets"].status == "failed" and "health check failed" in status["static_assets"].error
+    assert "1060" in status["static_assets"].error or "does not exist" in status["static_assets"].error
+    assert status["python_runtime"].status == "changed"

@@ -46,7 +46,7 @@ def deploy(c, inventory=None, group=None, schedule="waves", continue_on_error=Fa
     from ..plan import make_plan
     from ..report import deploy as report
     from ..report.live import ConsoleReporter
-    from ..runner.deploy import Deployment, batches_by_group, plan_steps
+    from ..runner.deploy import Deployment, batches_by_group, load_state, plan_steps
     from ..steps.deploy import puppet_command
 
     inv, settings = load(c, inventory)
@@ -63,6 +63,12 @@ def deploy(c, inventory=None, group=None, schedule="waves", continue_on_error=Fa
         raise ConfigError("nothing to deploy: no mapped (host, component) matches the selection")
     if dry_run:
         console.say(f"dry run ({schedule}): the Puppet runs, per group and host; nobody is contacted")
+        if resume:
+            done = {sid for sid, rec in load_state(state_path(settings, state)).items() if rec.ok}
+            kept = [s for s in steps if s.id not in done]
+            if len(kept) < len(steps):
+                console.say(f"--resume: {len(steps) - len(kept)} step(s) recorded as succeeded are left out")
+            steps = kept
         for g, host, comps in batches_by_group(steps):
             console.say(f"group {g}  {host}  {puppet_command(comps)}")
         if schedule == "dag":
@@ -80,7 +86,7 @@ def deploy(c, inventory=None, group=None, schedule="waves", continue_on_error=Fa
         resume=resume, state_path=state_path(settings, state),
         max_parallel=int(max_parallel or settings.max_parallel), retries=settings.retries, grace=float(grace),
         listeners=[reporter], classes={comp.name: comp.puppet_class for comp in inv.components},
-        environment=settings.environment,
+        environment=settings.environment, warn=console.warn,
         # integration hooks, wired by the pre-flight and health-check modules when they land
         preflight=None, health_check=None)
     try:
