@@ -9,6 +9,7 @@ from ._common import check_config_files
 from . import artifacts as _artifacts
 from . import bootstrap as _bootstrap
 from . import configgen as _configgen
+from . import deploy as _deploy
 from . import fleet as _fleet
 from . import inventory as _inventory
 
@@ -16,7 +17,7 @@ from . import inventory as _inventory
 check_config_files()
 
 ns = Collection()
-for _module in (_inventory, _artifacts, _configgen, _bootstrap):
+for _module in (_inventory, _artifacts, _configgen, _bootstrap, _deploy):
     for _task in _module.TASKS:
         ns.add_task(_task)
 ns.add_collection(_fleet.COLLECTION)

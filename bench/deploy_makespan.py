@@ -1,0 +1,237 @@
+"""Benchmark: inv deploy's makespan on the TIMING-MODEL fleet, waves and dag, against their lower bounds and the seed's method.
+
+    PYTHONPATH=. /work/main/.venv/bin/python bench/deploy_makespan.py [--hosts 6,60] [--overhead 1.0] [--per-component 0.1]
+
+The fleet runs in a child process (as `inv fleet.up` runs it). Its persona is the
+timing model (deploy_tasks/rehearsal/puppet.py, mode "timing"): a Puppet run costs
+``--overhead`` seconds plus ``--per-component`` seconds for each tagged component
+(the overhead is added by this script's persona wrapper). Pass the figures measured
+on the real-agent fleet (the journal of tests/test_deploy_real.py: run duration
+against component count); both are printed with the results.
+
+The inventory: the example's 34 components in 6 groups; host i plays the role of
+example host i mod 6 (so every host carries that host's components).
+
+Methods, each measured in the same run:
+- waves: deploy_tasks.runner.deploy.Deployment, schedule waves (one run per host per group)
+- dag: the same, schedule dag
+- seed: the seed's method: a wave barrier, one Puppet run per component, a new
+  pywinrm Session (shell, connection, NTLM handshake) per command
+
+Lower bounds: waves = sum over groups of the slowest host's run (overhead + its
+components); dag = max(critical path of the component DAG with one run per step,
+the busiest host's single run). Also printed: the controller's CPU time per step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def addresses(n: int):
+    return [(f"BENCH{i:03d}", f"127.0.{20 + i // 250}.{1 + i % 250}") for i in range(n)]
+
+
+# -- the child: a timing-model fleet with a per-run overhead -----------------------------------
+def serve(args) -> None:
+    import http.server
+    import threading
+
+    from deploy_tasks.rehearsal import msi as msilib
+    from deploy_tasks.rehearsal.faults import FleetSpec
+    from deploy_tasks.rehearsal.fleet import Fleet
+    from deploy_tasks.rehearsal.persona import WindowsPersona
+
+    overhead = args.overhead
+
+    def persona(*a):
+        p = WindowsPersona(*a)
+        timed = p.puppet._timing_run
+
+        def with_overhead(ctx, opts):
+            if ctx.sleep(overhead):
+                return 1
+            return timed(ctx, opts)
+
+        p.puppet._timing_run = with_overhead
+        return p
+
+    root = Path(args.root)
+    spec = FleetSpec(mode="timing", timing_default_s=args.per_component)
+    fleet = Fleet(addresses(args.n), root / "fleet", spec, persona_factory=persona, http_port=0, https_port=0)
+    fleet.start()
+    msilib.write_fake_msi(root / "pkgs" / "agent.msi")
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, directory=str(root / "pkgs"), **kw)
+
+        def log_message(self, *a):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/agent.msi"
+    for host in fleet.hosts.values():
+        line = subprocess.list2cmdline(["msiexec", "/qn", "/i", url, "PUPPET_SERVER=127.0.0.1",
+                                        f"PUPPET_AGENT_CERTNAME={host.hostname.lower()}.bench.test"])
+        assert host.persona.run(line)[2] == 0
+    httpd.shutdown()
+    fleet.write_json(root / "fleet.json")
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
+    sys.stdin.read()
+    fleet.stop()
+
+
+# -- the controller ----------------------------------------------------------------------------
+def steps_for(n: int):
+    from deploy_tasks.inventory import load_inventory
+    from deploy_tasks.plan import make_plan
+    from deploy_tasks.runner.deploy import Step
+
+    inv = load_inventory(ROOT / "inventory" / "example.xlsx")
+    plan = make_plan(inv)
+    example_hosts = [s.hostname for s in inv.windows_servers]
+    hosts = [h for h, _ in addresses(n)]
+    role = {h: example_hosts[i % len(example_hosts)] for i, h in enumerate(hosts)}
+    carriers = {c.name: [h for h in hosts if role[h] in c.hosts] for w in plan.waves for c in w.components}
+    steps = []
+    for w in plan.waves:
+        for c in w.components:
+            deps = tuple(f"{h}/{d}" for d in c.depends_on for h in carriers[d])
+            steps += [Step(h, c.name, w.group, deps, 600.0) for h in carriers[c.name]]
+    return steps, plan
+
+
+def bounds(steps, plan, o: float, c: float):
+    per = {}
+    for s in steps:
+        per.setdefault((s.group, s.host), 0)
+        per[(s.group, s.host)] += 1
+    waves = sum(max(o + k * c for (g, _), k in per.items() if g == w.group) for w in plan.waves)
+    busiest = {}
+    for s in steps:
+        busiest[s.host] = busiest.get(s.host, 0) + 1
+    critical = len(plan.waves) * (o + c)
+    dag = max(critical, max(o + k * c for k in busiest.values()))
+    return waves, dag
+
+
+def cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def measure(label, fn, steps):
+    c0, t0 = cpu(), time.monotonic()
+    ok = fn()
+    return {"method": label, "seconds": time.monotonic() - t0, "cpu_ms_per_step": 1000 * (cpu() - c0) / len(steps),
+            "ok": ok}
+
+
+def run_size(n: int, args) -> list:
+    from deploy_tasks.runner import Runner, Unit
+    from deploy_tasks.runner.deploy import Deployment
+    from deploy_tasks.transports import winrm as w
+
+    with tempfile.TemporaryDirectory(prefix="deploy-bench-") as tmp:
+        child = subprocess.Popen([sys.executable, __file__, "--serve", "--root", tmp, "--n", str(n),
+                                  "--overhead", str(args.overhead), "--per-component", str(args.per_component)],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                 env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        try:
+            assert child.stdout.readline().strip() == "ready"
+            info = json.loads((Path(tmp) / "fleet.json").read_text())
+            ports = {h["hostname"].upper(): (h["address"], h["https_port"]) for h in info["hosts"]}
+            options = w.WinRMOptions(transport="ntlm", scheme="https", ca_path=info["ca_cert"])
+            credential = w.Credential(info["username"], info["password"])
+
+            def connect(host):
+                address, port = ports[host.upper()]
+                return w.WinRMTransport(host, address, options, port=port, credential=credential)
+
+            steps, plan = steps_for(n)
+            results = []
+            for schedule in ("waves", "dag"):
+                def go(schedule=schedule):
+                    return Deployment(steps, connect, schedule=schedule, max_parallel=n, handle_signals=False,
+                                      retries=0).run().ok
+                results.append(measure(schedule, go, steps))
+
+            import winrm
+
+            def seed_unit(step):
+                def fn(ctx):
+                    address, port = ports[step.host.upper()]
+                    session = winrm.Session(f"https://{address}:{port}/wsman", auth=(info["username"], info["password"]),
+                                            transport="ntlm", server_cert_validation="validate",
+                                            ca_trust_path=info["ca_cert"])
+                    r = session.run_cmd("puppet", ["agent", "--test", "--detailed-exitcodes", "--tags", step.component])
+                    if r.status_code not in (0, 2):
+                        raise RuntimeError(f"{step.id}: exit {r.status_code}")
+                return fn
+
+            def seed():
+                ok = True
+                for wave in plan.waves:
+                    units = [Unit(s.host, s.component, seed_unit(s), key=s.id) for s in steps if s.group == wave.group]
+                    ok = Runner("seed", max_parallel=n, handle_signals=False).run(units).ok and ok
+                return ok
+
+            results.append(measure("seed", seed, steps))
+            wb, db = bounds(steps, plan, args.overhead, args.per_component)
+            for r in results:
+                r["bound"] = db if r["method"] == "dag" else wb
+                r.update(hosts=n, steps=len(steps))
+            return results
+        finally:
+            child.stdin.close()
+            child.wait(timeout=60)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--hosts", default="6,60")
+    # measured on the real-agent fleet (tests/test_deploy_real.py, 2026-11-29: journal run durations, first run
+    # of each host left out as it downloads the certificate; least squares over 18 runs of 1-3 components)
+    p.add_argument("--overhead", type=float, default=2.47, help="seconds per Puppet run (measured on the real-agent fleet)")
+    p.add_argument("--per-component", type=float, default=0.17, help="seconds per component in a run (measured likewise)")
+    p.add_argument("--scale", type=float, default=1.0, help="multiply both times (shorter runs; the fixed WinRM cost per run then weighs more)")
+    p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--root", help=argparse.SUPPRESS)
+    p.add_argument("--n", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.serve:
+        serve(args)
+        return 0
+    measured = (args.overhead, args.per_component)
+    args.overhead *= args.scale
+    args.per_component *= args.scale
+    print(f"timing model: {measured[0]:g} s per Puppet run + {measured[1]:g} s per component (measured on the "
+          f"real-agent fleet), scaled by {args.scale:g}: {args.overhead:g} s + {args.per_component:g} s")
+    print(f"{'hosts':>5} {'steps':>5} {'method':>6} {'makespan':>9} {'bound':>7} {'ratio':>6} {'cpu ms/step':>11}  ok")
+    for n in [int(x) for x in args.hosts.split(",")]:
+        rows = run_size(n, args)
+        by = {r["method"]: r for r in rows}
+        for r in rows:
+            print(f"{r['hosts']:>5} {r['steps']:>5} {r['method']:>6} {r['seconds']:>8.2f}s {r['bound']:>6.2f}s "
+                  f"{r['seconds'] / r['bound']:>6.2f} {r['cpu_ms_per_step']:>11.1f}  {r['ok']}")
+        print(f"{n:>5}       dag/waves {by['dag']['seconds'] / by['waves']['seconds']:.2f}   "
+              f"seed/waves {by['seed']['seconds'] / by['waves']['seconds']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
