@@ -274,8 +274,12 @@ def state_of(tmp_path) -> dict:
         return {}
 
 
-def start_deploy(fleet, tmp_path, *args):
+def start_deploy(fleet, tmp_path, *args, prove=False):
     workbook = fleet_workbook(fleet, tmp_path / "fleet.xlsx")
+    if not prove:
+        # the timing-model fleet has no Puppet master, package server or services: nothing for pre-flight or
+        # health checks to prove (tests/test_preflight.py, tests/test_health.py, test_deploy_real.py do)
+        args = (*args, "--skip-preflight", "--skip-health-checks")
     return subprocess.Popen([INV, "-r", str(ROOT), "deploy", *args], cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=inv_env(fleet, tmp_path, workbook),
                             stdin=subprocess.DEVNULL)
@@ -422,3 +426,19 @@ def test_a_failing_health_check_fails_its_step(winrm_fleet, agents, tmp_path):
     assert status["static_assets"].status == "failed" and "health check failed" in status["static_assets"].error
     assert "1060" in status["static_assets"].error or "does not exist" in status["static_assets"].error
     assert status["python_runtime"].status == "changed"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("winrm_fleet", [timing()], indirect=True)
+def test_inv_deploy_proves_the_plan_first_and_changes_nothing_when_it_cannot(winrm_fleet, agents, tmp_path):
+    # No generated environment, no artifact manifest, no package server here: the task's pre-flight says so,
+    # every problem at once, and no host sees a Puppet run.
+    counts = run_counts(winrm_fleet)
+    proc = start_deploy(winrm_fleet, tmp_path, "--group", "1", prove=True)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, out + err
+    assert "pre-flight: proving the plan" in out
+    assert "[environment]" in err or "[artifact]" in err, err
+    assert run_counts(winrm_fleet) == counts
+    assert not (tmp_path / "build" / "state" / "deploy-production.json").exists() or all(
+        s["status"] != "changed" for s in state_of(tmp_path).values())

@@ -38,10 +38,13 @@ def state_path(settings, given: Optional[str] = None) -> str:
     "max_parallel": "Most hosts worked on at once (default: the max_parallel setting).",
     "grace": "Seconds running Puppet runs get to finish after SIGINT/SIGTERM (default 300).",
     "state": "The state file (default: <build_dir>/state/deploy-<environment>.json).",
+    "skip_preflight": "Do not prove the plan before changing anything (says what it did not prove).",
+    "skip_health_checks": "Do not run the Components sheet's Health Check after each component (says so).",
 })
 @deploy_task
 def deploy(c, inventory=None, group=None, schedule="waves", continue_on_error=False, resume=False, dry_run=False,
-           hosts=None, components=None, max_parallel=None, grace=300, state=None):
+           hosts=None, components=None, max_parallel=None, grace=300, state=None, skip_preflight=False,
+           skip_health_checks=False):
     """Deploy the components onto the Windows hosts with Puppet, group by group; resumable."""
     from ..plan import make_plan
     from ..report import deploy as report
@@ -87,8 +90,14 @@ def deploy(c, inventory=None, group=None, schedule="waves", continue_on_error=Fa
         max_parallel=int(max_parallel or settings.max_parallel), retries=settings.retries, grace=float(grace),
         listeners=[reporter], classes={comp.name: comp.puppet_class for comp in inv.components},
         environment=settings.environment, warn=console.warn,
-        # integration hooks, wired by the pre-flight and health-check modules when they land
-        preflight=None, health_check=None)
+        preflight=None if skip_preflight else _preflight(inv, settings, pool),
+        health_check=None if skip_health_checks else _health_check(inv))
+    if skip_preflight:
+        from ..steps.preflight import CHECKS
+
+        console.warn("--skip-preflight: not proven before changing hosts: " + "; ".join(CHECKS.values()))
+    if skip_health_checks:
+        console.warn("--skip-health-checks: the Components sheet's health checks do not run")
     try:
         result = deployment.run()
     finally:
@@ -98,6 +107,56 @@ def deploy(c, inventory=None, group=None, schedule="waves", continue_on_error=Fa
     report.finish(result, title, settings.reports_dir)
     if not result.ok:
         raise RunFailed(report.summary(result), result, exit_code=130 if result.cancelled else 1)
+
+
+def _preflight(inv, settings, pool):
+    """The hook the deployment calls before it contacts a host to change it: every problem at once, or go."""
+
+    def run(steps) -> None:
+        from ..configgen import load_manifest
+        from ..steps import preflight as pf
+        from ..transports.ssh import shell_for
+
+        targets: dict = {}
+        for step in steps:
+            targets.setdefault(step.host, []).append(step.component)
+        puppet_dir = settings.puppet_dir or os.path.join(settings.build_dir, "puppet")
+        env_dir = os.path.join(puppet_dir, "environments", settings.environment)
+        master = shell_for(inv.puppet_master, settings)
+        console.say(f"pre-flight: proving the plan for {len(targets)} host(s) before anything changes")
+        try:
+            result = pf.preflight(inv, settings, {h: tuple(c) for h, c in targets.items()}, master=master,
+                                  winrm_pool=pool, manifest=load_manifest(settings.repository),
+                                  environment_dir=env_dir, modules_dir=_modules_dir(env_dir))
+        finally:
+            master.close()
+        for line in result.passed:
+            console.say(f"pre-flight: {line}")
+        for skipped in result.skipped:
+            console.warn(f"pre-flight did not prove: {skipped}")
+        result.raise_for_problems()
+
+    return run
+
+
+def _modules_dir(env_dir):
+    """As publish-config: the product modules it ships when the generated environment has no modules/."""
+    if os.path.isdir(os.path.join(env_dir, "modules")):
+        return None
+    return "puppet/modules" if os.path.isdir("puppet/modules") else None
+
+
+def _health_check(inv):
+    """The hook run after a component deployed on a host: its Health Check, if the Components sheet has one."""
+    checks = {comp.name: comp.health_check for comp in inv.components if comp.health_check is not None}
+
+    def run(transport, host, component) -> None:
+        from ..steps import health
+
+        if component in checks:
+            health.run(transport, component, checks[component])
+
+    return run
 
 
 TASKS = (deploy,)
