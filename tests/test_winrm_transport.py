@@ -652,3 +652,29 @@ def test_a_shell_that_used_up_its_operations_quota_is_replaced(winrm_fleet):
         outputs = [t.run("hostname").stdout for _ in range(10)]
         assert outputs == ["ZDB01\n"] * 10
         assert t.shells_opened >= 2
+
+
+@FAKE
+def test_borrowed_transport_is_one_per_host_and_follows_the_worker_that_runs_the_host(winrm_fleet):
+    # the runner runs one unit per host at a time, on whichever worker thread is free: borrow() hands the
+    # host's one transport (one shell) to that thread; two threads at once on one transport stays refused
+    import threading
+
+    from deploy_tasks.inventory.model import Server
+
+    host = winrm_fleet.host("ZDB01")
+    server = Server("ZDB01", host.address, "windows", ("db",), winrm_port=host.https_port)
+    seen = []
+    with w.WinRMPool(options(winrm_fleet), credential=w.Credential(winrm_fleet.username, winrm_fleet.password)) as pool:
+        for _ in range(3):
+            worker = threading.Thread(target=lambda: seen.append(pool.borrow(server).run("hostname").stdout))
+            worker.start()
+            worker.join()
+        assert seen == ["ZDB01\n"] * 3
+        assert pool.shells_opened == 1
+        transport = pool.borrow(server)
+        errors = []
+        other = threading.Thread(target=lambda: errors.append(pytest.raises(RuntimeError, transport.run, "hostname")))
+        other.start()
+        other.join()
+        assert errors and "another worker thread" in str(errors[0].value)

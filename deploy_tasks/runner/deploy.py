@@ -213,11 +213,19 @@ class DeployResult:
         return counts
 
 
+def _close(transport) -> None:
+    close = getattr(transport, "close", None)
+    if close is not None:
+        close()
+
+
 class Deployment:
     """Runs deploy steps on Windows hosts (see the module docstring).
 
-    ``connect(host)`` returns a transport for the host (made per Puppet run and
-    closed after it, so a host never has more than one shell of ours open).
+    ``connect(host)`` returns a transport for the host; ``release(transport)``
+    is called after each Puppet run (default: close it, so a host never has
+    more than one shell of ours open). A caller that keeps one transport per
+    host for the whole run (``WinRMPool.borrow``) passes a release that keeps it.
     """
 
     def __init__(self, steps: Sequence[Step], connect: Callable[[str], Any], *, schedule: str = "waves",
@@ -227,11 +235,13 @@ class Deployment:
                  preflight: Optional[Callable[[List[Step]], None]] = None,
                  health_check: Optional[Callable[[Any, str, str], None]] = None,
                  environment: str = "", handle_signals: bool = True, idle_poll: float = 2.0,
-                 warn: Optional[Callable[[str], None]] = None):
+                 warn: Optional[Callable[[str], None]] = None,
+                 release: Optional[Callable[[Any], None]] = None):
         if schedule not in SCHEDULES:
             raise ConfigError(f"--schedule {schedule}: choose {' or '.join(SCHEDULES)}")
         self.steps = list(steps)
         self.connect = connect
+        self.release = release or _close
         self.schedule = schedule
         self.continue_on_error = continue_on_error
         self.resume = resume
@@ -445,9 +455,7 @@ class Deployment:
                         except DeployError as exc:
                             checks[s.component] = f"health check failed: {exc}"
         finally:
-            close = getattr(transport, "close", None)
-            if close is not None:
-                close()
+            self.release(transport)
         with self._lock:
             ended = now_iso()
             lines = run.output.splitlines()[-OUTPUT_LINES_KEPT:]

@@ -85,7 +85,8 @@ def deploy(c, inventory=None, group=None, schedule="waves", continue_on_error=Fa
     servers = {s.hostname: s for s in inv.servers}
     reporter = ConsoleReporter()
     deployment = Deployment(
-        steps, lambda host: pool.for_server(servers[host]), schedule=schedule, continue_on_error=continue_on_error,
+        # one WinRM shell per host for the whole run: the runner never runs two units on a host at once
+        steps, lambda host: pool.borrow(servers[host]), release=lambda transport: None, schedule=schedule, continue_on_error=continue_on_error,
         resume=resume, state_path=state_path(settings, state),
         max_parallel=int(max_parallel or settings.max_parallel), retries=settings.retries, grace=float(grace),
         listeners=[reporter], classes={comp.name: comp.puppet_class for comp in inv.components},

@@ -341,6 +341,11 @@ class WinRMTransport:
                 except Exception:  # noqa: BLE001
                     pass
 
+    def hand_over(self) -> None:
+        """Make the calling thread this transport's user. Only for work that never overlaps on the host (the
+        runner runs one unit per host at a time): pywinrm must not be used by two threads at once."""
+        self._owner = threading.get_ident()
+
     def _own(self) -> None:
         me = threading.get_ident()
         if self._owner is None:
@@ -734,6 +739,7 @@ class WinRMPool:
         self._lock = threading.Lock()
         self._local = threading.local()
         self._all: List[WinRMTransport] = []
+        self._by_host: Dict[Tuple[str, str, Optional[int]], WinRMTransport] = {}
         self._generation = 0
 
     def credential(self) -> Credential:
@@ -755,13 +761,32 @@ class WinRMPool:
         key = (name.lower(), address, port)
         transport = mine.get(key)
         if transport is None:
-            credential = None if self.options.transport == "certificate" else self.credential
-            transport = WinRMTransport(name, address, self.options, port=port, credential=credential or self._none,
-                                       dry_run=self.dry_run, echo=self.echo)
+            transport = self._make(name, address, port)
             mine[key] = transport
             with self._lock:
                 self._all.append(transport)
         return transport
+
+    def borrow(self, server) -> WinRMTransport:
+        """The one transport of an inventory ``Server`` for work that never overlaps on that host, handed to
+        the calling thread: one shell per host for the whole run, whichever worker runs the host's next unit.
+
+        The caller guarantees the serialization (the runner's lock per host does); do not close it between
+        units: ``close()`` of the pool closes it at the end.
+        """
+        key = (server.hostname.lower(), server.network_address, getattr(server, "winrm_port", None))
+        with self._lock:
+            transport = self._by_host.get(key)
+            if transport is None:
+                transport = self._by_host[key] = self._make(server.hostname, key[1], key[2])
+                self._all.append(transport)
+            transport.hand_over()
+        return transport
+
+    def _make(self, name: str, address: str, port: Optional[int]) -> WinRMTransport:
+        credential = None if self.options.transport == "certificate" else self.credential
+        return WinRMTransport(name, address, self.options, port=port, credential=credential or self._none,
+                              dry_run=self.dry_run, echo=self.echo)
 
     def for_server(self, server) -> WinRMTransport:
         """The transport for an inventory ``Server`` (its WinRM Port cell wins over winrm_port)."""
@@ -780,6 +805,7 @@ class WinRMPool:
         """Close every transport (after the workers are done). Idempotent."""
         with self._lock:
             transports, self._all = self._all, []
+            self._by_host = {}
             self._generation += 1
         for transport in transports:
             transport.close()
