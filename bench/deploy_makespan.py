@@ -158,16 +158,20 @@ def run_size(n: int, args) -> list:
             options = w.WinRMOptions(transport="ntlm", scheme="https", ca_path=info["ca_cert"])
             credential = w.Credential(info["username"], info["password"])
 
-            def connect(host):
-                address, port = ports[host.upper()]
-                return w.WinRMTransport(host, address, options, port=port, credential=credential)
+            from deploy_tasks.inventory.model import Server
+
+            servers = {name: Server(name, address, "windows", ("app",), winrm_port=port)
+                       for name, (address, port) in ports.items()}
 
             steps, plan = steps_for(n)
             results = []
             for schedule in ("waves", "dag"):
                 def go(schedule=schedule):
-                    return Deployment(steps, connect, schedule=schedule, max_parallel=n, handle_signals=False,
-                                      retries=0).run().ok
+                    # as inv deploy connects: one transport (one shell) per host for the run
+                    with w.WinRMPool(options, credential=credential) as pool:
+                        return Deployment(steps, lambda host: pool.borrow(servers[host.upper()]),
+                                          release=lambda transport: None, schedule=schedule, max_parallel=n,
+                                          handle_signals=False, retries=0).run().ok
                 results.append(measure(schedule, go, steps))
 
             import winrm
