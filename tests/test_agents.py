@@ -68,6 +68,14 @@ def agents_env(puppet_master, master_environment, tmp_path_factory):
     server.shutdown()
 
 
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args):
         pass
@@ -99,7 +107,7 @@ class Lab:
         sheets = example_sheets()
         for row in sheets["Servers"][1]:
             if row[2] == "windows":
-                row[4] = ports[row[0].lower()]
+                row[4] = ports[row[0].lower()] or _closed_port()  # a host that is down listens nowhere
         values = {"domain": self.domain, "environment": env["environment"], "package_port": env["port"],
                   "puppet_agent_msi": env["msi"], "winrm_ca_path": str(fleet.ca_cert), **settings}
         rows = sheets["Settings"][1]
@@ -298,6 +306,23 @@ def test_a_reimaged_node_is_refused_without_reissue_and_fixed_with_it(winrm_flee
     assert new[0] == "signed" and new[1] != old[1] and new[1] == node_fingerprint(winrm_fleet, "ZSVC01")
 
 
+@pytest.mark.parametrize("winrm_fleet", [FLEET], indirect=True)
+def test_a_node_whose_certificate_the_master_no_longer_lists_needs_reissue(winrm_fleet, lab_factory):
+    lab = lab_factory(winrm_fleet)
+    result, _, ok = lab.run(hosts="ZAPP02")
+    assert ok, result.summary()
+    certname = lab.certnames["ZAPP02"]
+    lab.cleanup()  # the name cleaned on the master (a rebuilt CA looks the same from the node)
+    result, _, ok = lab.run(hosts="ZAPP02")
+    assert not ok
+    error = lab.units(result)["ZAPP02"].error
+    assert f"holds a certificate for {certname}" in error and "does not list" in error and "--reissue" in error
+    result, _, ok = lab.run(hosts="ZAPP02", reissue=True)
+    assert ok, result.summary()
+    state = ca_state(lab.env, [certname])[certname]
+    assert state == ("signed", node_fingerprint(winrm_fleet, "ZAPP02"))
+
+
 # -- faults ----------------------------------------------------------------------------------------
 def _healthy_finish(lab, result, faulty):
     for unit in result.units:
@@ -336,9 +361,9 @@ def test_reboot_required_is_success_and_reboot_reboots(winrm_fleet, lab_factory)
     boots = len(persona.state().get("boots", []))
 
     # a fresh node with the same fault, with --reboot: rebooted, then the handshake finishes
-    persona.run("msiexec /x " + f"http://127.0.0.1:{lab.env['port']}/puppet-agent/{MSI_NAME} /qn")
+    assert persona.run("puppet ssl clean")[2] == 0
+    assert persona.run(f"msiexec /x http://127.0.0.1:{lab.env['port']}/puppet-agent/{MSI_NAME} /qn")[2] == 0
     lab.cleanup()
-    persona.run("puppet ssl clean")
     result, _, ok = lab.run(hosts="ZWEB01", reboot=True)
     assert ok, result.summary()
     unit = lab.units(result)["ZWEB01"]

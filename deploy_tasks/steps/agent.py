@@ -402,8 +402,9 @@ class AgentStep:
         elif entry.state == "revoked":
             return self._reimaged(entry, fp) is not None
         elif entry.state == "missing":
-            raise AgentError(f"{self.host}: the master does not list a request for {self.certname} after it was "
-                             "submitted: is the node's server setting this master?")
+            # the node keeps a certificate (or request) the master does not know: its CA was rebuilt, the name
+            # cleaned there, or the node asked another master
+            return self._reimaged(entry, fp) is not None
         return True
 
     def confirm(self) -> None:
@@ -418,6 +419,12 @@ class AgentStep:
         self.result.details.append(f"catalog retrieved ({self.certname}, environment {self.spec.environment})")
 
     def _reimaged(self, entry: CaEntry, fp: Optional[str]):
+        if entry.state == "missing" and not self.options.reissue:
+            raise Reimaged(
+                f"{self.host}: the node holds a certificate for {self.certname} ({fp}) that the master "
+                f"({self.spec.server}) does not list: its CA was rebuilt or the name was cleaned there, or the node "
+                "was set up against another master. If this master is the right one, run again with --reissue "
+                "(removes the node's SSL files and requests a new certificate)")
         what = "revoked" if entry.state == "revoked" else "signed"
         if not self.options.reissue:
             raise Reimaged(
@@ -426,9 +433,11 @@ class AgentStep:
                 + " but the node has a different key: it was re-imaged or its SSL files were reset. If this is "
                 f"the same server, run again with --reissue (cleans {self.certname} on the master and the "
                 f"node's SSL files, then repeats the handshake); otherwise find who holds that name")
-        self.ca.clean(self.certname)
+        if entry.state != "missing":
+            self.ca.clean(self.certname)
         self.t.change(_puppet("ssl", "clean"), check=False)
-        self.result.note(True, f"reissued: cleaned {self.certname} on the master and the node's SSL files")
+        self.result.note(True, f"reissued: cleaned the node's SSL files" + (
+            f" and {self.certname} on the master" if entry.state != "missing" else ""))
         fp = self.submit_csr()
         entry = self.ca.status(self.certname)
         if entry.state != "requested" or entry.fingerprint != fp:
