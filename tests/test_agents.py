@@ -30,6 +30,7 @@ from deploy_tasks.rehearsal import msi as msilib
 from deploy_tasks.tasks._agents import AgentRun
 from deploy_tasks.tasks._run import run_units
 from deploy_tasks.transports.winrm import forget_rejected_credentials
+from tests.support.quota_persona import quota_factory
 
 ROOT = Path(__file__).resolve().parent.parent
 INV = str(Path(sys.executable).with_name("inv"))
@@ -380,6 +381,11 @@ def test_rejected_logon_names_host_and_user_and_the_password_appears_nowhere(win
     units = lab.units(result)
     assert units["ZAPP01"].status == "failed" and units["ZAPP01"].error_type == "AuthenticationRejected"
     assert winrm_fleet.username in units["ZAPP01"].error
+    # the others finish, except those whose first shell came after the rejection: the credential is not
+    # offered again in this run (another try could lock a domain account), and they say why
+    for hostname, unit in units.items():
+        if hostname != "ZAPP01":
+            assert unit.status == "changed" or "ZAPP01 rejected that credential earlier" in unit.error, unit
     out, err = capfd.readouterr()
     password = winrm_fleet.password
     assert "ZAPP01" in out + err
@@ -387,6 +393,22 @@ def test_rejected_logon_names_host_and_user_and_the_password_appears_nowhere(win
     for path in (lab.tmp / "reports").rglob("*"):
         if path.is_file():
             assert password not in path.read_text(errors="replace"), path
+
+
+@pytest.mark.parametrize("winrm_fleet", [{"inventory": WINDOWS,
+                                          "persona_factory": quota_factory({"ZSVC01": -1, "ZAPP01": 2})}],
+                         indirect=True)
+def test_quota_faults_are_retried_and_a_host_always_over_quota_fails_alone(winrm_fleet, lab_factory):
+    lab = lab_factory(winrm_fleet, retries=2)
+    result, _, ok = lab.run(max_parallel=6)
+    assert not ok
+    _healthy_finish(lab, result, {"ZSVC01"})
+    units = lab.units(result)
+    assert units["ZAPP01"].attempts == 3  # two quota faults, retried, then done
+    svc = units["ZSVC01"]
+    assert svc.status == "failed" and svc.error_type == "QuotaExceeded" and svc.attempts == 3
+    summary = result.summary()
+    assert "ZSVC01" in summary and "quota" in summary.lower()
 
 
 @pytest.mark.parametrize("winrm_fleet", [fleet_with(ZSRCH01={"http_500": 50})], indirect=True)
