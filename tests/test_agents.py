@@ -202,7 +202,7 @@ def test_six_hosts_installed_signed_after_fingerprint_match_and_a_second_run_cha
     assert data["ok"] and len(data["units"]) == 6
     log = (reports / "hosts" / "bootstrap" / "ZDB01.log").read_text()
     assert "$ msiexec /qn /norestart /i http://127.0.0.1:" in log and "PUPPET_SERVER=deploy01." in log
-    assert "puppet agent --fingerprint" in log and "== puppet-agent: changed" in log
+    assert "puppet agent --test --noop --waitforcert 0" in log and "== puppet-agent: changed" in log
 
     second, agents, ok = lab.run(max_parallel=6)
     assert ok, second.summary()

@@ -286,6 +286,7 @@ class AgentStep:
         self.connect = connect
         self.sleep = sleep
         self.result = StepResult(host, STEP)
+        self.fresh = False  # the agent was not installed at all before this run: no key to ask about yet
 
     @property
     def dry_run(self) -> bool:
@@ -331,6 +332,7 @@ class AgentStep:
             raise AgentError(f"{self.host}: installing Puppet agent {self.spec.version} failed: msiexec exit {code}"
                              f" ({MSI_MEANING.get(code, 'see the log')}); from {MSI_LOG}:\n"
                              + "\n".join("  " + l for l in self.msi_log_errors()))
+        self.fresh = node is None
         self.result.note(True, f"installed Puppet agent {self.spec.version}{was} (msiexec exit {code})")
         if code == MSI_REBOOT_INITIATED or (code == MSI_REBOOT_REQUIRED and self.options.reboot):
             self.reboot(initiated=code == MSI_REBOOT_INITIATED)
@@ -400,8 +402,10 @@ class AgentStep:
                              + _tail(got.output))
         return fp
 
-    def handshake(self, again: bool = False) -> bool:
-        fp = self.node_fingerprint()
+    def handshake(self) -> bool:
+        # a fresh install has no key: skip asking (one Ruby start, seconds on Windows); SSL files an earlier
+        # install left behind are still found, by the CSR run itself
+        fp = None if self.fresh else self.node_fingerprint()
         if fp is None:
             fp = self.submit_csr()
             if fp is None:
