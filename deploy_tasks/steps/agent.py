@@ -142,6 +142,7 @@ class CertificateAuthority:
         #: how long the caller that runs a CA command waits for others first: a CA command costs ~1 s
         #: (`puppetserver ca` starts Ruby), so hosts that finish their CSR together share one
         self.gather_s = 0.05
+        self._last_s = 1.0  # how long the last CA turn took
 
     # what callers use
     def status(self, certname: str) -> CaEntry:
@@ -175,15 +176,19 @@ class CertificateAuthority:
             batch.items.append(item)
         with self._lock:
             if not item["done"]:
-                if self.gather_s:
-                    time.sleep(self.gather_s)  # let the callers arriving together share this command
+                # let the callers arriving together share this command; only worth it when commands are slow
+                gather = min(self.gather_s, self._last_s / 4)
+                if gather > 0.001:
+                    time.sleep(gather)
                 with batch.lock:
                     items, batch.items = batch.items, []
                 names = list(dict.fromkeys(i["name"] for i in items))  # a name, or (name, fingerprint)
+                began = time.monotonic()
                 try:
                     results = getattr(self, "_" + action)(names)
                 except Exception as exc:  # noqa: BLE001 - every waiter of this batch gets the same error
                     results = {n: exc for n in names}
+                self._last_s = time.monotonic() - began
                 for i in items:
                     value = results.get(i["name"])
                     i["error" if isinstance(value, Exception) else "value"] = value
