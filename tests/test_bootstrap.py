@@ -36,6 +36,7 @@ INV = str(Path(sys.executable).with_name("inv"))
 PORT = 18080  # the example says 8080; the tests keep clear of anything else on this shared machine
 RUN_ID = uuid.uuid4().hex[:8]
 PACKAGE_ROOT = f"/srv/deploy_tasks-test/repository-{RUN_ID}"
+LINUX = "package-server,puppet-master"  # plain `inv bootstrap` goes on to the Windows agents (test_agents.py)
 
 pytestmark = pytest.mark.integration
 
@@ -112,7 +113,8 @@ def first_run(lab):
 def test_dry_run_prints_commands_and_changes_nothing(lab):
     root = f"/srv/deploy_tasks-test/dry-{RUN_ID}"
     before = site_digest()
-    proc = inv(lab, "bootstrap", "--inventory", lab["inventory"], "--dry-run", INVOKE_DEPLOY_PACKAGE_ROOT=root)
+    proc = inv(lab, "bootstrap", "--inventory", lab["inventory"], "--only", LINUX, "--dry-run",
+               INVOKE_DEPLOY_PACKAGE_ROOT=root)
     assert proc.returncode == 0, proc.all
     assert f"would run: mkdir -p {root}" in proc.stdout
     assert step_lines(proc.stdout)[("deploy01", "package-server")] == "would change"
@@ -174,7 +176,7 @@ def test_unreachable_host_names_host_and_port(lab, tmp_path):
     port = free_port()
     config = tmp_path / "ssh_config"
     config.write_text(f"Host 127.0.0.1\n  Port {port}\n  User root\n  IdentityFile {lab['sshd'].key_file}\n")
-    proc = inv(lab, "bootstrap", "--inventory", lab["inventory"], INVOKE_DEPLOY_SSH_CONFIG=str(config))
+    proc = inv(lab, "bootstrap", "--inventory", lab["inventory"], "--only", LINUX, INVOKE_DEPLOY_SSH_CONFIG=str(config))
     assert proc.returncode == 1
     assert f"deploy01: cannot reach 127.0.0.1:{port}: connection refused" in proc.stderr
     # the second step on the same host is not attempted again
@@ -444,11 +446,11 @@ def test_a_local_server_runs_the_same_steps_without_ssh(lab, example_xlsx):
            "INVOKE_DEPLOY_PUPPET_AGENT_MSI": str(lab["msi"]),
            "INVOKE_DEPLOY_SSH_CONFIG": "/nonexistent/ssh_config"}  # would fail if SSH were used
     try:
-        first = inv(lab, "bootstrap", "--inventory", str(example_xlsx), **env)
+        first = inv(lab, "bootstrap", "--inventory", str(example_xlsx), "--only", LINUX, **env)
         assert first.returncode == 0, first.all
         assert step_lines(first.stdout)[("deploy01", "package-server")] == "changed"
         assert fetch(f"http://127.0.0.1:{PORT}/{package_server.PROBE_NAME}")[1] == package_server.probe_text(root)
-        second = inv(lab, "bootstrap", "--inventory", str(example_xlsx), **env)
+        second = inv(lab, "bootstrap", "--inventory", str(example_xlsx), "--only", LINUX, **env)
         assert set(step_lines(second.stdout).values()) == {"unchanged"}, second.all
     finally:
         subprocess.run(["rm", "-rf", root])
@@ -479,7 +481,7 @@ def test_bootstrap_and_publish_config_write_json_and_junit_reports(lab, pub_env,
 
     config = tmp_path / "ssh_config"
     config.write_text(f"Host 127.0.0.1\n  Port {free_port()}\n  User root\n  IdentityFile {lab['sshd'].key_file}\n")
-    proc = inv(lab, "bootstrap", "--inventory", lab["inventory"], INVOKE_DEPLOY_SSH_CONFIG=str(config),
+    proc = inv(lab, "bootstrap", "--inventory", lab["inventory"], "--only", LINUX, INVOKE_DEPLOY_SSH_CONFIG=str(config),
                INVOKE_DEPLOY_REPORTS_DIR=str(reports))
     assert proc.returncode == 1
     suite = ET.parse(reports / "junit-bootstrap.xml").getroot().find("testsuite")

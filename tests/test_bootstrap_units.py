@@ -114,17 +114,18 @@ def test_package_tool(family, version, tool):
 
 
 @pytest.mark.parametrize("only,parts", [
-    (None, ["package-server", "puppet-master"]),
+    (None, ["package-server", "puppet-master", "agents"]),
     ("puppet-master, package-server", ["package-server", "puppet-master"]),
+    ("agents,package-server", ["package-server", "agents"]),
     ("Puppet-Master", ["puppet-master"]),
 ])
 def test_only(only, parts):
     assert parse_only(only) == parts
 
 
-def test_only_agents_is_not_built_yet():
-    with pytest.raises(DeployError, match="agents part"):
-        parse_only("agents")
+def test_only_unknown_part_is_refused():
+    with pytest.raises(DeployError, match="unknown part"):
+        parse_only("agent")
 
 
 def test_release_name_depends_on_content_only(tmp_path):

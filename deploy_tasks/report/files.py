@@ -94,9 +94,32 @@ def _write(path: str, data: bytes) -> None:
                           f"INVOKE_DEPLOY_REPORTS_DIR)") from None
 
 
+def host_logs(result: RunResult) -> dict:
+    """host -> the text of its log: every unit of the host in run order, its status, what changed, what it
+    printed (the commands it ran, for the steps that log them) and its error. Redacted."""
+    logs: dict = {}
+    for unit in result.units:
+        lines = logs.setdefault(unit.host, [f"# {result.task} on {unit.host}, run started {result.started}"
+                                            + (" (dry run)" if result.dry_run else "")])
+        lines.append(f"\n== {unit.name}: {outcome.label(unit.status)} ({unit.seconds:.1f}s, "
+                     f"attempts {unit.attempts}) {unit.started or ''} .. {unit.ended or ''}")
+        lines += [f"- {d}" for d in unit.details]
+        lines += list(unit.output)
+        if unit.error:
+            lines.append(f"error: {unit.error}")
+        if unit.error_output:
+            lines.append(f"output of the failing command:\n{unit.error_output}")
+    return {host: redact("\n".join(lines) + "\n") for host, lines in logs.items()}
+
+
 def write(result: RunResult, reports_dir: str) -> Tuple[str, str]:
-    """Write ``<task>.json`` and ``junit-<task>.xml`` into ``reports_dir``; return both paths."""
+    """Write ``<task>.json``, ``junit-<task>.xml`` and ``hosts/<task>/<host>.log`` into ``reports_dir``;
+    return the first two paths."""
     json_path, junit_path = report_paths(reports_dir, result.task)
     _write(json_path, result.to_json().encode("utf-8"))
     _write(junit_path, junit_xml(result))
+    folder = os.path.join(reports_dir, "hosts", _SAFE_NAME.sub("-", result.task).strip("-") or "run")
+    for host, text in host_logs(result).items():
+        _write(os.path.join(folder, (_SAFE_NAME.sub("-", host).strip("-.") or "host") + ".log"),
+               text.encode("utf-8"))
     return json_path, junit_path

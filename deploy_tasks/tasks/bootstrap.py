@@ -13,23 +13,18 @@ from ._common import INVENTORY_HELP, deploy_task, load
 
 DRY_RUN_HELP = "Print the commands that would change the hosts; change nothing (checks still run)."
 LINUX_PARTS = ("package-server", "puppet-master")
-LATER_PARTS = {"agents": "the agents part (Puppet agents on the Windows nodes over WinRM) is not built yet"}
+PARTS = LINUX_PARTS + ("agents",)  # pipeline order: the nodes need the package server and the master first
 
 
 def parse_only(only: str | None) -> List[str]:
     """``--only a,b`` -> the parts to run, in pipeline order; unknown names are an error."""
     if not only:
-        return list(LINUX_PARTS)
+        return list(PARTS)
     wanted = [p.strip().lower() for p in only.split(",") if p.strip()]
-    unknown = [p for p in wanted if p not in LINUX_PARTS and p not in LATER_PARTS]
+    unknown = [p for p in wanted if p not in PARTS]
     if unknown:
-        raise DeployError(f"--only: unknown part(s) {', '.join(unknown)}; choose from "
-                          f"{', '.join(LINUX_PARTS + tuple(LATER_PARTS))}")
-    for part in wanted:
-        if part in LATER_PARTS:
-            raise DeployError(f"--only {part}: {LATER_PARTS[part]}; run the Linux parts with "
-                              f"--only {','.join(LINUX_PARTS)}")
-    return [p for p in LINUX_PARTS if p in wanted]
+        raise DeployError(f"--only: unknown part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}")
+    return [p for p in PARTS if p in wanted]
 
 
 class _Shells:
@@ -68,12 +63,17 @@ def _step_unit(shells: _Shells, server, step: str, body):
 
 @task(help={
     "inventory": INVENTORY_HELP,
-    "only": "Comma list of parts: package-server, puppet-master (agents comes with the WinRM tasks). Default: all.",
+    "only": "Comma list of parts: package-server, puppet-master, agents. Default: all, in that order.",
     "dry_run": DRY_RUN_HELP,
+    "hosts": "agents: only these Windows servers (comma list of hostnames); default: every Windows server.",
+    "max_parallel": "Most hosts worked on at once (default: setting max_parallel).",
+    "reboot": "agents: reboot a node whose agent install asks for it (msiexec 3010) and wait for it to come back.",
+    "reissue": "agents: a node re-imaged since its certificate was signed gets a new one (the old is cleaned on the master).",
 })
 @deploy_task
-def bootstrap(c, inventory=None, only=None, dry_run=False):
-    """Set up the package server (nginx) and the Puppet master over SSH; safe to re-run."""
+def bootstrap(c, inventory=None, only=None, dry_run=False, hosts=None, max_parallel=None, reboot=False,
+              reissue=False):
+    """Set up the package server (nginx) and the Puppet master over SSH, then the Puppet agents over WinRM; safe to re-run."""
     from ..steps import package_server, puppet_master
     from ._run import run_units
 
@@ -89,13 +89,30 @@ def bootstrap(c, inventory=None, only=None, dry_run=False):
         server = inv.puppet_master
         units.append(_step_unit(shells, server, "puppet-master",
                                 lambda shell, r, s=server: puppet_master.run(shell, s, settings, r)))
+    agents = None
+    options = {}
+    if max_parallel is not None:
+        try:
+            options["max_parallel"] = max(1, int(max_parallel))
+        except ValueError:
+            raise DeployError(f"--max-parallel {max_parallel!r}: give a whole number of hosts") from None
+    if "agents" in parts:
+        from ._agents import AgentRun
+
+        agents = AgentRun(inv, settings, hosts=hosts, reboot=reboot, reissue=reissue, dry_run=dry_run,
+                          depends_on=[u.id for u in units])
+        units.extend(agents.units())
+    elif hosts or reboot or reissue:
+        raise DeployError("--hosts, --reboot and --reissue are for the agents part (--only agents)")
     if dry_run:
         console.say("dry run: checks run, nothing is changed; commands that would run are printed")
     try:
         run_units("bootstrap", units, settings, title="bootstrap" + (" (dry run)" if dry_run else ""),
-                  dry_run=dry_run)
+                  dry_run=dry_run, **options)
     finally:
         shells.close()
+        if agents is not None:
+            agents.close()
 
 
 @task(help={
