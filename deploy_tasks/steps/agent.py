@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from ..errors import DeployError, RemoteCommandError, TransportError
+from ..errors import DeployError, TransportError
 from ..transports.wincmd import cmd_line
 from . import StepResult
 
@@ -464,7 +464,7 @@ class AgentStep:
         if entry.state != "missing":
             self.ca.clean(self.certname)
         self.t.change(_puppet("ssl", "clean"), check=False)
-        self.result.note(True, f"reissued: cleaned the node's SSL files" + (
+        self.result.note(True, "reissued: cleaned the node's SSL files" + (
             f" and {self.certname} on the master" if entry.state != "missing" else ""))
         fp = self.submit_csr()
         if fp is None:  # a dry run
