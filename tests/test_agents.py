@@ -110,7 +110,9 @@ class Lab:
             if row[2] == "windows":
                 row[4] = ports[row[0].lower()] or _closed_port()  # a host that is down listens nowhere
         values = {"domain": self.domain, "environment": env["environment"], "package_port": env["port"],
-                  "puppet_agent_msi": env["msi"], "winrm_ca_path": str(fleet.ca_cert), **settings}
+                  **settings}
+        # paths on the controller never come from the workbook (the trust boundary): as invoke.yaml/env would
+        controller = {"puppet_agent_msi": env["msi"], "winrm_ca_path": str(fleet.ca_cert)}
         rows = sheets["Settings"][1]
         for key, value in values.items():
             for row in rows:
@@ -121,7 +123,8 @@ class Lab:
                 rows.append([key, value])
         self.workbook = write_workbook(tmp_path / "agents.xlsx", sheets)
         self.inventory = load_inventory(self.workbook)
-        merged = {**settings_mod.declared_defaults(), **self.inventory.settings, "reports_dir": str(tmp_path / "reports")}
+        merged = {**settings_mod.declared_defaults(), **self.inventory.settings, **controller,
+                  "reports_dir": str(tmp_path / "reports")}
         self.settings = settings_mod.resolve(merged)
         master = self.inventory.puppet_master.certname(self.domain)
         for hostname, _ in WINDOWS:
@@ -218,7 +221,9 @@ def test_six_hosts_installed_signed_after_fingerprint_match_and_a_second_run_cha
 def test_inv_bootstrap_only_agents_from_the_command_line(winrm_fleet, lab_factory, tmp_path):
     lab = lab_factory(winrm_fleet)
     env = {k: v for k, v in os.environ.items() if not k.startswith("INVOKE_")}
-    env.update({"INVOKE_DEPLOY_REPORTS_DIR": str(tmp_path / "cli-reports"), "HOME": str(tmp_path)})
+    env.update({"INVOKE_DEPLOY_REPORTS_DIR": str(tmp_path / "cli-reports"), "HOME": str(tmp_path),
+                "INVOKE_DEPLOY_PUPPET_AGENT_MSI": lab.env["msi"],  # controller paths: env, never the workbook
+                "INVOKE_DEPLOY_WINRM_CA_PATH": str(winrm_fleet.ca_cert)})
     proc = subprocess.run([INV, "bootstrap", "--only", "agents", "--inventory", str(lab.workbook), "--hosts",
                            "zdb01,ZWEB01", "--max-parallel", "2"], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=600)

@@ -52,7 +52,9 @@ def lab(tmp_path_factory, sshd, puppet_master):
         pytest.skip("nginx is not installed (apt-get install nginx)")
     tmp = tmp_path_factory.mktemp("bootstrap")
     msi = tmp / "puppet-agent-7.23.0-x64.msi"
-    msi.write_bytes(b"dummy MSI for the tests\x00" + os.urandom(4096))
+    from deploy_tasks.artifacts.synthetic import write_synthetic_msi
+
+    write_synthetic_msi(msi)  # a well-formed Windows Installer package (marked synthetic): bootstrap checks it
     sheets = example_sheets()
     for row in sheets["Servers"][1]:
         if row[0] == "deploy01":
@@ -596,3 +598,15 @@ def test_publish_refuses_modules_that_do_not_exist(lab, pub_env, tmp_path):
     proc = _rollback(lab, pub_env, "--modules", f"/nonexistent-{RUN_ID}")
     assert proc.returncode == 1 and "no such directory" in proc.stderr
     assert not os.path.lexists(f"/etc/puppet/code/environments/{pub_env}")
+
+
+def test_a_file_that_is_not_an_msi_is_never_served_as_the_agent(lab, tmp_path):
+    # the nodes install whatever the package server serves as the agent: a text file is refused before placing
+    fake = tmp_path / "puppet-agent-7.23.0-x64.msi"
+    fake.write_bytes(b"<html>login page saved as .msi</html>\n")
+    proc = inv(lab, "bootstrap", "--inventory", lab["inventory"], "--only", "package-server",
+               INVOKE_DEPLOY_PUPPET_AGENT_MSI=str(fake))
+    assert proc.returncode == 1, proc.all
+    assert str(fake) in proc.all and "Traceback" not in proc.all
+    status, body, _ = fetch(f"http://127.0.0.1:{PORT}/puppet-agent/{fake.name}")
+    assert body != fake.read_bytes()

@@ -16,6 +16,7 @@ import urllib.error
 import urllib.request
 from typing import Optional
 
+from ..artifacts.msi import check_msi
 from ..errors import ConfigError, RemoteCommandError, StepFailed
 from . import StepResult, remote, templates
 
@@ -99,6 +100,7 @@ def _agent_msi(settings) -> Optional[str]:
         raise ConfigError(f"the Puppet agent MSI {path} does not exist (puppet_agent_msi in invoke.yaml or "
                           f"INVOKE_DEPLOY_PUPPET_AGENT_MSI, or puppet_agent_msi_name inside artifact_source): "
                           f"download it or fix the setting")
+    check_msi(path)  # the nodes install whatever is served: it must be a Windows Installer package
     return path
 
 

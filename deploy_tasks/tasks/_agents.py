@@ -70,9 +70,11 @@ class AgentRun:
         from ..steps import agent, package_server
         from ..transports.winrm import pool_from_settings
 
-        if not settings.puppet_agent_msi:
-            raise ConfigError("the agents part installs the Puppet agent MSI the package server serves, but setting "
-                              "puppet_agent_msi is blank (Settings sheet or INVOKE_DEPLOY_PUPPET_AGENT_MSI)")
+        if not settings.agent_msi_path:
+            raise ConfigError("the agents part installs the Puppet agent MSI the package server serves, but no MSI "
+                              "is named: set puppet_agent_msi_name (Settings sheet: its file name inside the "
+                              "release) or puppet_agent_msi (its path on the controller: invoke.yaml or "
+                              "INVOKE_DEPLOY_PUPPET_AGENT_MSI)")
         self.servers = select_hosts(inventory, hosts)
         self.settings = settings
         self.dry_run = dry_run
