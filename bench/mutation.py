@@ -44,7 +44,7 @@ TESTS = {
                                         "tests/test_mutation_kills.py"],
     "deploy_tasks/configgen/render.py": ["tests/test_configgen.py", "tests/test_bootstrap_units.py",
                                          "tests/test_mutation_kills.py"],
-    "deploy_tasks/artifacts/safety.py": ["tests/test_artifacts.py", "tests/test_mutation_kills.py"],
+    "deploy_tasks/artifacts/safety.py": ["tests/test_artifacts_safety.py", "tests/test_artifacts.py"],
     "deploy_tasks/transports/": ["tests/test_ssh_hostkeys.py", "tests/test_artifacts_publish.py",
                                  "tests/test_bootstrap_units.py", "tests/test_transport*.py", "tests/test_winrm*.py",
                                  "tests/test_mutation_kills.py"],
