@@ -45,7 +45,7 @@ TESTS = {
     "deploy_tasks/configgen/render.py": ["tests/test_configgen.py", "tests/test_bootstrap_units.py",
                                          "tests/test_mutation_kills.py"],
     "deploy_tasks/artifacts/safety.py": ["tests/test_artifacts_safety.py", "tests/test_artifacts.py"],
-    "deploy_tasks/transports/": ["tests/test_ssh_hostkeys.py", "tests/test_artifacts_publish.py",
+    "deploy_tasks/transports/": ["tests/test_ssh_hostkeys.py", "tests/test_ssh_shell.py", "tests/test_artifacts_publish.py",
                                  "tests/test_bootstrap_units.py", "tests/test_transport*.py", "tests/test_winrm*.py",
                                  "tests/test_mutation_kills.py"],
     "deploy_tasks/runner/": ["tests/test_runner*.py", "tests/test_mutation_kills.py"],
@@ -78,7 +78,7 @@ def expand(module: str) -> list[str]:
 
 
 def tests_for(module: str) -> list[str]:
-    patterns = TESTS.get(module)
+    patterns = TESTS.get(module) or TESTS.get(str(Path(module).parent) + "/")  # a file of a mapped package
     if patterns is None:  # a module passed by hand: its own test_<name>.py files if any, else the whole suite
         stem = Path(module).stem
         patterns = [f"tests/test_{stem}*.py"] if glob.glob(str(ROOT / f"tests/test_{stem}*.py")) else ["tests/"]
