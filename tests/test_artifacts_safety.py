@@ -31,7 +31,7 @@ def test_the_tree_itself(raw, root):
 
 @pytest.mark.parametrize("raw, clean", [
     ("a/b/c.txt", "a/b/c.txt"), ("./a//b/", "a/b"), ("a\\b\\c", "a/b/c"), ("..a/b..c", "..a/b..c"),
-    ("COM10", "COM10"), ("console.txt", "console.txt"), ("con-x.txt", "con-x.txt"),
+    ("COM10", "COM10"), ("console.txt", "console.txt"), ("con-x.txt", "con-x.txt"), ("X", "X"), ("X/X", "X/X"),
 ])
 def test_clean_names(raw, clean):
     assert clean_name("zope", raw) == clean
@@ -118,6 +118,9 @@ def test_links_are_followed_through_the_archive_s_other_links():
     escape = link("e", "d/up/../etc", "./e")  # only leaves the tree once d/up is followed
     assert message(resolve_link, "zope", escape, links_of(up, escape)) == (
         "component zope, member './e': link points outside the tree (to 'd/up/../etc')")
+    spaced = link("d/in", "my dir/sub")  # a resolved path is split on "/" only
+    via = link("o", "d/in/../g")
+    assert resolve_link("zope", via, links_of(spaced, via)) == "d/my dir/g"
     nested = link("n", "D/UP/d/z")  # links are matched ignoring case, as NTFS does
     assert resolve_link("zope", nested, links_of(up, nested)) == "d/z"
 
@@ -165,6 +168,9 @@ def test_duplicates_are_refused_ignoring_case_except_directories():
         "component zope, member 'a/f': duplicate member: a name differing only in case ('a/F') appears twice")
     assert message(check_members, "zope", [Member("d", DIR), Member("D", FILE)], Limits()).endswith(
         "duplicate member: a name differing only in case ('d') appears twice")
+    # a repeated directory is fine, and the members after it are still checked
+    assert message(check_members, "zope", [Member("d", DIR), Member("d", DIR), Member("f", FILE),
+                                           Member("F", FILE)], Limits()).endswith("('f') appears twice")
 
 
 def test_the_unpacked_size_limit_is_a_total():
@@ -187,6 +193,7 @@ def test_the_compression_ratio_of_one_member():
         "(setting artifact_max_ratio)")
     assert "compression ratio 1048577:1" in message(check_members, "zope", [Member("b", FILE, BIG * 2, packed=2)],
                                                     limits)
+    assert "compression ratio 1048577:1" in message(check_members, "zope", [Member("b", FILE, BIG, packed=1)], limits)
 
 
 def test_the_compression_ratio_of_the_whole_archive():
@@ -195,6 +202,8 @@ def test_the_compression_ratio_of_the_whole_archive():
     assert check_members("zope", members, limits, archive_size=2 * BIG // 10 + 1)
     assert check_members("zope", [Member("a", FILE, RATIO_MIN_SIZE)], limits, archive_size=1)
     assert check_members("zope", members, limits, archive_size=0)  # size unknown
+    exact = [Member("a", FILE, 1_000_000), Member("b", FILE, 1_000_000)]
+    assert check_members("zope", exact, limits, archive_size=200_000)  # exactly at the limit
     assert message(check_members, "zope", members, limits, 2 * BIG // 10 - 1) == (
         f"component zope: unpacks to {2 * BIG} bytes from {2 * BIG // 10 - 1}: ratio above 10:1 (zip bomb guard) "
         "(setting artifact_max_ratio)")
@@ -230,6 +239,6 @@ def test_links_in_the_list_are_checked_against_each_other():
     ("", "hard link to '', which is not a file in this archive (links pointing outside are refused)"),
 ])
 def test_hard_links_must_name_a_file_of_the_archive(target, text):
-    members = [Member("f", FILE), Member("d", DIR), Member("s", SYMLINK, target="f"),
+    members = [Member("f", FILE), Member("d", DIR), Member("s", SYMLINK, target="f"), Member("xxxx", FILE),
                Member("h", HARDLINK, target=target, raw_name="./h")]
     assert message(check_members, "zope", members, Limits()) == f"component zope, member './h': {text}"
