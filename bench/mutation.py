@@ -232,6 +232,35 @@ def main(argv=None) -> int:
         os.nice(19 - os.nice(0))  # two cores shared: never compete with the real work
 
     equivalents = set(load_equivalents())
+    sshd_started = _hold_sshd() if not args.list else False
+    try:
+        rows = _run(args, equivalents)
+    finally:
+        if sshd_started:
+            from tests.support import services
+
+            services.stop_sshd()  # only the one this run started (its pid file)
+    return 0
+
+
+def _hold_sshd() -> bool:
+    """Keep the test sshd up for the whole run; True when this run started it.
+
+    The sshd fixture stops the sshd its session started; every mutant is a
+    session, and so is every other pytest run on the machine. Held from here,
+    a running sshd belongs to none of them, so none stops it under another.
+    """
+    sys.path.insert(0, str(ROOT))
+    try:
+        from tests.support import services
+
+        return services.ensure_sshd().started
+    except Exception as exc:  # no openssh-server: the SSH tests skip themselves
+        print(f"(sshd not available: {exc}; the tests that need it will skip)")
+        return False
+
+
+def _run(args, equivalents) -> list:
     rows = []
     for module in args.modules:
         module = module.rstrip("/") + ("/" if (ROOT / module).is_dir() else "")
@@ -262,7 +291,7 @@ def main(argv=None) -> int:
             print(f"\nnot run: {excluded}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
-    return 0
+    return rows
 
 
 if __name__ == "__main__":
