@@ -42,7 +42,7 @@ TESTS = {
                                            "tests/test_mutation_kills.py"],
     "deploy_tasks/inventory/graph.py": ["tests/test_graph.py", "tests/test_inventory_validation.py",
                                         "tests/test_mutation_kills.py"],
-    "deploy_tasks/configgen/render.py": ["tests/test_configgen.py", "tests/test_bootstrap_units.py",
+    "deploy_tasks/configgen/render.py": ["tests/test_configgen_render_units.py", "tests/test_configgen.py", "tests/test_bootstrap_units.py",
                                          "tests/test_mutation_kills.py"],
     "deploy_tasks/artifacts/safety.py": ["tests/test_artifacts_safety.py", "tests/test_artifacts.py"],
     "deploy_tasks/transports/": ["tests/test_ssh_hostkeys.py", "tests/test_ssh_shell.py", "tests/test_artifacts_publish.py",
