@@ -62,14 +62,20 @@ def test_a_change_runs_unless_dry_and_a_dry_run_only_prints_it(remote, sshd):
     dry = Shell("deploy01", "127.0.0.1", ssh_config=sshd.ssh_config, dry_run=True, echo=lines.append)
     try:
         result = dry.change(f"touch {path}")
-        assert (result.exited, result.stdout, result.stderr) == (0, "", "")
+        assert (result.command, result.exited, result.stdout, result.stderr) == (f"touch {path}", 0, "", "")
         dry.put_bytes(b"12345", path)
         assert lines == [f"  [deploy01] would run: touch {path}", f"  [deploy01] would upload 5 bytes to {path}"]
         assert not remote.test(f"test -e {path}")
         assert dry.test("true")  # reads still run in a dry run
-        with pytest.raises(RemoteCommandError, match="exit code 5"):
-            remote.change("exit 5", hint="x")
+        with pytest.raises(RemoteCommandError) as err:
+            remote.change("exit 5", hint="free some space")
+        assert str(err.value) == "deploy01: command failed with exit code 5: exit 5\n  hint: free some space"
+        with pytest.raises(RemoteCommandError) as err:
+            remote.change("exit 6")
+        assert str(err.value) == "deploy01: command failed with exit code 6: exit 6"  # no hint line
         assert remote.change("exit 5", check=False).exited == 5
+        with pytest.raises(RemoteCommandError, match="did not finish within 1 s"):
+            remote.change("sleep 5", timeout=1)
         remote.change(f"touch {path}")
         assert remote.test(f"test -e {path}")
     finally:
@@ -166,14 +172,15 @@ def sudo(tmp_path, monkeypatch):
 
 
 def test_a_non_root_user_runs_commands_through_sudo_with_the_password_on_stdin(sudo, monkeypatch):
-    monkeypatch.setenv(ssh.SUDO_PASSWORD_ENV, "s3cret-pw")
+    password = f"pw-{uuid.uuid4().hex}"  # unique: the registry of secrets is process-wide
+    monkeypatch.setenv(ssh.SUDO_PASSWORD_ENV, password)
     shell = Shell("ctl", "local")
     shell._root = False  # the login user is not root (here it is: the tests run as root)
     result = shell.run("printf '%s' \"a b'c\"")
     assert result.stdout == "a b'c"
     assert sudo.read_text().splitlines()[:6] == ["-S", "-p", "", "-H", "sh", "-c"]
-    assert Path(f"{sudo}.password").read_text() == "s3cret-pw"
-    assert redact.redact("pw is s3cret-pw") == "pw is ********"
+    assert Path(f"{sudo}.password").read_text() == password
+    assert redact.redact(f"pw is {password}") == "pw is ********"
     assert shell.test("exit 1") is False
 
 
@@ -192,11 +199,12 @@ def test_the_sudo_password_is_asked_once_when_interactive(monkeypatch):
     monkeypatch.delenv(ssh.SUDO_PASSWORD_ENV, raising=False)
     monkeypatch.setattr("sys.stdin", SimpleNamespace(isatty=lambda: True))
     asked = []
-    monkeypatch.setattr(ssh.getpass, "getpass", lambda prompt: asked.append(prompt) or "typed-pw")
+    typed = f"typed-{uuid.uuid4().hex}"
+    monkeypatch.setattr(ssh.getpass, "getpass", lambda prompt: asked.append(prompt) or typed)
     shell = Shell("ctl", "local")
-    assert shell._password() == "typed-pw" and shell._password() == "typed-pw"
+    assert shell._password() == typed and shell._password() == typed
     assert asked == [f"sudo password for {shell.user}@ctl: "]
-    assert redact.redact("typed-pw") == "********"
+    assert redact.redact(typed) == "********"
 
 
 def test_a_non_root_upload_goes_to_a_private_temp_file_then_sudo_moves_it(remote, monkeypatch):
