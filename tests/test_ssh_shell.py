@@ -181,7 +181,9 @@ def test_a_non_root_user_runs_commands_through_sudo_with_the_password_on_stdin(s
     assert sudo.read_text().splitlines()[:6] == ["-S", "-p", "", "-H", "sh", "-c"]
     assert Path(f"{sudo}.password").read_text() == password
     assert redact.redact(f"pw is {password}") == "pw is ********"
-    assert shell.test("exit 1") is False
+    sudo.unlink()
+    assert shell.test("exit 1") is False  # checks go through sudo too
+    assert sudo.read_text().splitlines()[-1] == "exit 1"
 
 
 def test_without_a_sudo_password_and_no_terminal_says_what_to_set(monkeypatch):
@@ -223,6 +225,17 @@ def test_a_non_root_upload_goes_to_a_private_temp_file_then_sudo_moves_it(remote
         assert not remote.test(f"test -e {path}")
     finally:
         remote.run(f"rm -f {temp}")
+
+
+def test_a_temp_file_that_cannot_be_made_is_a_clear_error(monkeypatch):
+    # mktemp failing (a full /tmp) cannot be arranged on the shared sshd: the command runner stands in
+    shell = Shell("deploy01", "127.0.0.1")
+    shell._root = False
+    full = "mktemp: failed to create file via template '/tmp/tmp.XXXXXXXXXX': No space left on device"
+    monkeypatch.setattr(shell, "_raw", lambda command, sudo, timeout=None: ssh.Result(command, 1, "", full))
+    with pytest.raises(RemoteCommandError) as err:
+        shell.put_bytes(b"x", "/etc/x")
+    assert str(err.value) == f"deploy01: command failed with exit code 1: mktemp\n    {full}"
 
 
 # -- paramiko/socket errors -> what to do ------------------------------------------------------
