@@ -52,8 +52,10 @@ def test_a_yes_no_check_reads_0_and_1_and_refuses_anything_else(remote):
     assert remote.test("false") is False
     with pytest.raises(RemoteCommandError, match="exit code 127.*\n.*\n  hint: a check could not run; it is not read as 'absent'"):
         remote.test("no-such-command-here")
-    with pytest.raises(RemoteCommandError, match="exit code 2"):
+    with pytest.raises(RemoteCommandError) as err:
         remote.test("exit 2")
+    assert str(err.value) == ("deploy01: command failed with exit code 2: exit 2\n"
+                              "  hint: a check could not run; it is not read as 'absent'")
 
 
 def test_a_change_runs_unless_dry_and_a_dry_run_only_prints_it(remote, sshd):
@@ -130,7 +132,9 @@ def test_the_connection_is_lazy_and_reused(sshd):
     shell.open()
     assert conn.is_connected
     shell.open()  # already open: nothing happens
+    assert shell.connection() is conn
     shell.close()
+    assert not conn.is_connected
     shell.close()  # closing twice is fine
     Shell("never", "127.0.0.1").close()  # never opened
 
