@@ -43,6 +43,9 @@ def test_run_returns_output_and_a_failure_names_host_command_exit_and_hint(remot
     assert result.duration > 0
     assert remote.run("exit 3", check=False).exited == 3
     with pytest.raises(RemoteCommandError) as err:
+        remote.run("exit 7")
+    assert str(err.value) == "deploy01: command failed with exit code 7: exit 7"  # no output, no hint: no more lines
+    with pytest.raises(RemoteCommandError) as err:
         remote.run("echo broken >&2; exit 4", hint="check the disk")
     assert str(err.value) == "deploy01: command failed with exit code 4: echo broken >&2; exit 4\n    broken\n  hint: check the disk"
 
