@@ -191,6 +191,8 @@ def test_a_non_root_user_runs_commands_through_sudo_with_the_password_on_stdin(s
     sudo.unlink()
     assert shell.test("exit 1") is False  # checks go through sudo too
     assert sudo.read_text().splitlines()[-1] == "exit 1"
+    with pytest.raises(RemoteCommandError, match="did not finish within 1 s"):
+        shell.run("sleep 5", timeout=1)
 
 
 def test_without_a_sudo_password_and_no_terminal_says_what_to_set(monkeypatch):
