@@ -37,9 +37,12 @@ def test_where_names_the_host_and_its_address(remote, sshd):
     assert remote.user == "root" and remote.is_root
 
 
-def test_run_returns_output_and_a_failure_names_host_command_exit_and_hint(remote):
+def test_run_returns_output_and_a_failure_names_host_command_exit_and_hint(remote, capfd):
+    remote.open()
+    capfd.readouterr()
     result = remote.run("echo out; echo err >&2")
     assert (result.ok, result.exited, result.stdout, result.stderr.strip()) == (True, 0, "out\n", "err")
+    assert capfd.readouterr() == ("", "")  # captured, never echoed unredacted to the console
     assert result.duration > 0
     assert remote.run("exit 3", check=False).exited == 3
     with pytest.raises(RemoteCommandError) as err:
@@ -178,13 +181,15 @@ def sudo(tmp_path, monkeypatch):
     return log
 
 
-def test_a_non_root_user_runs_commands_through_sudo_with_the_password_on_stdin(sudo, monkeypatch):
+def test_a_non_root_user_runs_commands_through_sudo_with_the_password_on_stdin(sudo, monkeypatch, capfd):
     password = f"pw-{uuid.uuid4().hex}"  # unique: the registry of secrets is process-wide
     monkeypatch.setenv(ssh.SUDO_PASSWORD_ENV, password)
     shell = Shell("ctl", "local")
     shell._root = False  # the login user is not root (here it is: the tests run as root)
-    result = shell.run("printf '%s' \"a b'c\"")
-    assert result.stdout == "a b'c"
+    capfd.readouterr()
+    result = shell.run("printf '%s' \"a b'c\"; echo to-stderr >&2")
+    assert result.stdout == "a b'c" and result.stderr == "to-stderr\n"
+    assert capfd.readouterr() == ("", "")  # captured, never echoed unredacted to the console
     assert sudo.read_text().splitlines()[:6] == ["-S", "-p", "", "-H", "sh", "-c"]
     assert Path(f"{sudo}.password").read_text() == password
     assert redact.redact(f"pw is {password}") == "pw is ********"
