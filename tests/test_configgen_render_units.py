@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from deploy_tasks.configgen import render
+from deploy_tasks.configgen.check import check_yaml
 from deploy_tasks.configgen.render import hiera_escape, hiera_unescape
 from deploy_tasks.inventory import load_inventory
 from deploy_tasks.inventory.model import Server
@@ -73,7 +74,7 @@ def test_each_value_knows_the_workbook_cell_it_came_from(tmp_path):
     assert origin[("web_frontend", common.key)] == f"Parameters row {common.row} (common {common.key})"
 
 
-def test_a_windows_host_without_components_gets_an_empty_node(example):
+def test_a_windows_host_without_components_gets_an_empty_node(example, tmp_path):
     spare = Server("ZSPARE01", "127.0.0.30", "windows", ("app",), row=9)
     inventory = dataclasses.replace(example, servers=example.servers + (spare,))
     r = render(inventory, settings_for(inventory))
@@ -81,6 +82,11 @@ def test_a_windows_host_without_components_gets_an_empty_node(example):
     assert text == HEADER.format("example.xlsx for ZSPARE01 (Servers row 9)") + "deploy::components: {}\n"
     assert yaml.safe_load(text) == {"deploy::components": {}}
     assert "node 'zspare01.example.test' {\n}\n" in r.files[f"{ENV}/manifests/site.pp"]
+    # and the read-back check of the written files accepts it
+    for rel, content in r.files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(content)
+    check_yaml(r, tmp_path)
 
 
 def test_the_files_puppet_reads_around_the_data(example):
