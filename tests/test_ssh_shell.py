@@ -43,7 +43,7 @@ def test_run_returns_output_and_a_failure_names_host_command_exit_and_hint(remot
     result = remote.run("echo out; echo err >&2")
     assert (result.ok, result.exited, result.stdout, result.stderr.strip()) == (True, 0, "out\n", "err")
     assert capfd.readouterr() == ("", "")  # captured, never echoed unredacted to the console
-    assert result.duration > 0
+    assert 0 < result.duration < 60
     assert remote.run("exit 3", check=False).exited == 3
     with pytest.raises(RemoteCommandError) as err:
         remote.run("exit 7")
@@ -122,6 +122,23 @@ def test_a_command_that_runs_too_long_is_stopped_and_named(remote, sshd):
         assert slow.run("sleep 0.1; echo ok", timeout=5).stdout == "ok\n"  # a per-call timeout wins
     finally:
         slow.close()
+
+
+def test_a_connection_lost_between_commands_that_cannot_come_back_is_named(sshd):
+    shell = Shell("deploy01", "127.0.0.1", ssh_config=sshd.ssh_config)
+    try:
+        assert shell.run("true").ok
+        conn = shell.connection()
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            dead = s.getsockname()[1]  # nothing listens there once closed
+        conn.port = dead
+        conn.client.get_transport().close()  # the link drops; reconnecting finds nothing
+        with pytest.raises(TransportError) as err:
+            shell.run("true")
+        assert str(err.value).startswith(f"deploy01: cannot reach 127.0.0.1:{dead}: connection refused")
+    finally:
+        shell.close()
 
 
 def test_a_missing_ssh_config_file_is_named():
