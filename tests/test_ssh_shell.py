@@ -141,6 +141,24 @@ def test_a_connection_lost_between_commands_that_cannot_come_back_is_named(sshd)
         shell.close()
 
 
+def test_a_connection_that_breaks_during_a_command_is_named(sshd, monkeypatch):
+    # the link breaking mid-command cannot be timed on a real sshd: the Connection's run stands in
+    shell = Shell("deploy01", "127.0.0.1", ssh_config=sshd.ssh_config)
+    try:
+        shell.open()
+        shell._root = True
+
+        def broken(*args, **kwargs):
+            raise OSError("Socket is closed")
+
+        monkeypatch.setattr(shell.connection(), "run", broken)
+        with pytest.raises(TransportError) as err:
+            shell.run("true")
+        assert str(err.value) == f"deploy01: SSH to 127.0.0.1:{sshd.port} failed: OSError: Socket is closed"
+    finally:
+        shell.close()
+
+
 def test_a_missing_ssh_config_file_is_named():
     with pytest.raises(TransportError) as err:
         Shell("deploy01", "127.0.0.1", ssh_config="/nonexistent/ssh_config").run("true")
