@@ -159,6 +159,18 @@ def test_a_connection_that_breaks_during_a_command_is_named(sshd, monkeypatch):
         shell.close()
 
 
+def test_without_the_ssh_config_setting_the_user_s_own_ssh_config_is_read(sshd):
+    ssh_dir = Path.home() / ".ssh"  # HOME is a fresh directory in every test
+    ssh_dir.mkdir(exist_ok=True)
+    (ssh_dir / "config").write_text(Path(sshd.ssh_config).read_text())
+    shell = Shell("deploy01", "127.0.0.1")
+    try:
+        assert shell.run("echo ok").stdout == "ok\n"
+        assert shell.where == f"deploy01 (127.0.0.1:{sshd.port})"
+    finally:
+        shell.close()
+
+
 def test_a_missing_ssh_config_file_is_named():
     with pytest.raises(TransportError) as err:
         Shell("deploy01", "127.0.0.1", ssh_config="/nonexistent/ssh_config").run("true")
