@@ -78,7 +78,7 @@ def test_a_known_host_connects(sshd, tmp_path, strict):
         shell.close()
 
 
-@pytest.mark.parametrize("strict", ["accept-new", "no"])
+@pytest.mark.parametrize("strict", ["accept-new", "no", "off"])
 def test_the_user_can_opt_in_to_trusting_a_new_host(sshd, tmp_path, strict):
     known = tmp_path / "known_hosts"
     known.write_text("")

@@ -171,6 +171,16 @@ def test_without_the_ssh_config_setting_the_user_s_own_ssh_config_is_read(sshd):
         shell.close()
 
 
+def test_connect_timeout_reaches_the_connection(sshd):
+    assert Shell("deploy01", "127.0.0.1", ssh_config=sshd.ssh_config, connect_timeout=3).connection().connect_timeout == 3
+    assert Shell("deploy01", "127.0.0.1", ssh_config=sshd.ssh_config).connection().connect_timeout == 15
+
+
+def test_a_dry_run_without_an_echo_prints_to_the_console(capsys):
+    Shell("ctl", "local", dry_run=True).change("rm -rf /srv/x")
+    assert capsys.readouterr().out == "  [ctl] would run: rm -rf /srv/x\n"
+
+
 def test_a_missing_ssh_config_file_is_named():
     with pytest.raises(TransportError) as err:
         Shell("deploy01", "127.0.0.1", ssh_config="/nonexistent/ssh_config").run("true")
