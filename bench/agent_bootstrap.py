@@ -37,7 +37,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 MSI_S = float(os.environ.get("BENCH_MSI_S", "2"))
 RUN_S = float(os.environ.get("BENCH_RUN_S", "1"))

@@ -31,3 +31,32 @@ def test_cycle_is_found_and_groups_refuse_it():
     assert find_cycles(graph) == [["a", "b", "c", "a"]]
     with pytest.raises(ValueError):
         dependency_groups(graph)
+
+
+def test_a_cycle_declared_twice_is_reported_once():
+    # "a, a" in Depends On walks the same back edge twice
+    assert find_cycles({"a": ["b"], "b": ["a", "a"]}) == [["a", "b", "a"]]
+
+
+def test_every_separate_cycle_is_reported():
+    graph = {"a": ["b"], "b": ["a"], "c": ["d"], "d": ["c"], "e": []}
+    assert find_cycles(graph) == [["a", "b", "a"], ["c", "d", "c"]]
+
+
+def test_cycles_after_an_already_visited_root_are_still_found():
+    # "b" is finished from "a" before it comes up as a root; "c" and "d" come after it
+    assert find_cycles({"a": ["b"], "b": [], "c": ["d"], "d": ["c"]}) == [["c", "d", "c"]]
+
+
+def test_an_unknown_dependency_does_not_hide_the_ones_after_it():
+    assert find_cycles({"a": ["0-unknown", "b"], "b": ["a"]}) == [["a", "b", "a"]]
+    assert dependency_groups({"a": ["0-unknown", "b"], "b": []}) == {"a": 2, "b": 1}
+
+
+def test_a_graph_without_cycles_has_none():
+    assert find_cycles({"top": ["l", "r"], "l": ["base"], "r": ["base"], "base": []}) == []
+
+
+def test_groups_refuse_a_cycle_that_does_not_pass_through_the_first_name():
+    with pytest.raises(ValueError, match="dependency cycle through"):
+        dependency_groups({"r": ["a"], "a": ["b"], "b": ["a"]})

@@ -97,9 +97,13 @@ class Shell:
                     client.load_host_keys(path)
                 except (OSError, IOError):
                     pass
-        if str(conn.ssh_config.get("stricthostkeychecking", "")).lower() == "yes":
-            import paramiko
+        # A host missing from known_hosts is refused, as OpenSSH does when it cannot ask
+        # (its default is "ask"); StrictHostKeyChecking accept-new or no opts in to trusting it.
+        import paramiko
 
+        if str(conn.ssh_config.get("stricthostkeychecking", "")).lower() in ("accept-new", "no", "off"):
+            client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+        else:
             client.set_missing_host_key_policy(paramiko.RejectPolicy())
         self._conn = conn
         return conn
@@ -262,8 +266,11 @@ def _transport_error(name: str, conn, exc: BaseException) -> TransportError:
                                     f"into ssh-agent, or name it with IdentityFile in ~/.ssh/config "
                                     f"(or the ssh_config setting); user from ssh_user / ssh_config")
     if isinstance(exc, paramiko.SSHException) and "not found in known_hosts" in str(exc):
-        return TransportError(name, f"the SSH host key of {where} is unknown and StrictHostKeyChecking is on: "
-                                    f"add it to known_hosts (ssh-keyscan -p {conn.port} {conn.host})")
+        known = (_known_hosts_files(conn.ssh_config) or ["~/.ssh/known_hosts"])[0]
+        return TransportError(name, f"the SSH host key of {where} is not in known_hosts, so the host is not "
+                                    f"trusted: check its fingerprint, then add it with: "
+                                    f"ssh-keyscan -p {conn.port} {conn.host} >> {known} "
+                                    f"(or set StrictHostKeyChecking accept-new for it in ssh_config)")
     if isinstance(exc, NoValidConnectionsError) or isinstance(exc, ConnectionRefusedError):
         return TransportError(name, f"cannot reach {where}: connection refused (nothing listens there): "
                                     f"check that sshd runs on the host and the Address in the Servers sheet "
