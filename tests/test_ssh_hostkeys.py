@@ -32,6 +32,7 @@ def _host_key_line(sshd) -> str:
 
 
 @pytest.mark.parametrize("strict", ["yes", None, "ask"], ids=["strict-yes", "strict-unset", "strict-ask"])
+@pytest.mark.integration
 def test_a_host_missing_from_known_hosts_is_refused_with_how_to_add_it(sshd, tmp_path, strict):
     known = tmp_path / "known_hosts"
     known.write_text("")  # the host is not in it at all
@@ -51,6 +52,7 @@ def test_a_host_missing_from_known_hosts_is_refused_with_how_to_add_it(sshd, tmp
     assert not (Path.home() / ".ssh" / "known_hosts").exists()
 
 
+@pytest.mark.integration
 def test_an_unknown_host_is_refused_before_any_command_runs(sshd, tmp_path):
     marker = f"/tmp/deploy_tasks-hostkey-{uuid.uuid4().hex}"
     known = tmp_path / "known_hosts"
@@ -68,6 +70,7 @@ def test_an_unknown_host_is_refused_before_any_command_runs(sshd, tmp_path):
 
 
 @pytest.mark.parametrize("strict", [None, "yes"], ids=["strict-unset", "strict-yes"])
+@pytest.mark.integration
 def test_a_known_host_connects(sshd, tmp_path, strict):
     known = tmp_path / "known_hosts"
     known.write_text(_host_key_line(sshd))
@@ -79,6 +82,7 @@ def test_a_known_host_connects(sshd, tmp_path, strict):
 
 
 @pytest.mark.parametrize("strict", ["accept-new", "no", "off"])
+@pytest.mark.integration
 def test_the_user_can_opt_in_to_trusting_a_new_host(sshd, tmp_path, strict):
     known = tmp_path / "known_hosts"
     known.write_text("")
@@ -92,6 +96,7 @@ def test_the_user_can_opt_in_to_trusting_a_new_host(sshd, tmp_path, strict):
     assert host_key in known.read_text()
 
 
+@pytest.mark.integration
 def test_opting_in_to_new_hosts_still_refuses_a_changed_key(sshd, tmp_path):
     import subprocess
 

@@ -31,12 +31,14 @@ def remote(sshd):
     shell.close()
 
 
+@pytest.mark.integration
 def test_where_names_the_host_and_its_address(remote, sshd):
     assert remote.where == f"deploy01 (127.0.0.1:{sshd.port})"
     assert Shell("ctl", "local").where == "ctl (local)"
     assert remote.user == "root" and remote.is_root
 
 
+@pytest.mark.integration
 def test_run_returns_output_and_a_failure_names_host_command_exit_and_hint(remote, capfd):
     remote.open()
     capfd.readouterr()
@@ -53,6 +55,7 @@ def test_run_returns_output_and_a_failure_names_host_command_exit_and_hint(remot
     assert str(err.value) == "deploy01: command failed with exit code 4: echo broken >&2; exit 4\n    broken\n  hint: check the disk"
 
 
+@pytest.mark.integration
 def test_a_yes_no_check_reads_0_and_1_and_refuses_anything_else(remote):
     assert remote.test("true") is True
     assert remote.test("false") is False
@@ -64,6 +67,7 @@ def test_a_yes_no_check_reads_0_and_1_and_refuses_anything_else(remote):
                               "  hint: a check could not run; it is not read as 'absent'")
 
 
+@pytest.mark.integration
 def test_a_change_runs_unless_dry_and_a_dry_run_only_prints_it(remote, sshd):
     path = f"/tmp/deploy_tasks-shell-{uuid.uuid4().hex}"
     lines = []
@@ -91,6 +95,7 @@ def test_a_change_runs_unless_dry_and_a_dry_run_only_prints_it(remote, sshd):
         dry.close()
 
 
+@pytest.mark.integration
 def test_put_bytes_writes_the_exact_bytes(remote, tmp_path):
     path = f"/tmp/deploy_tasks-shell-{uuid.uuid4().hex}"
     data = bytes(range(256)) * 3
@@ -105,12 +110,14 @@ def test_put_bytes_writes_the_exact_bytes(remote, tmp_path):
     assert target.read_bytes() == data
 
 
+@pytest.mark.integration
 def test_an_upload_that_fails_names_the_host_and_the_path(remote):
     with pytest.raises(TransportError) as err:
         remote.put_bytes(b"x", "/nonexistent-dir/f")
     assert str(err.value).startswith(f"deploy01: upload to /nonexistent-dir/f failed on {remote.where}: ")
 
 
+@pytest.mark.integration
 def test_a_command_that_runs_too_long_is_stopped_and_named(remote, sshd):
     with pytest.raises(RemoteCommandError) as err:
         remote.run("sleep 5", timeout=1)
@@ -124,6 +131,7 @@ def test_a_command_that_runs_too_long_is_stopped_and_named(remote, sshd):
         slow.close()
 
 
+@pytest.mark.integration
 def test_a_connection_lost_between_commands_that_cannot_come_back_is_named(sshd):
     shell = Shell("deploy01", "127.0.0.1", ssh_config=sshd.ssh_config)
     try:
@@ -141,6 +149,7 @@ def test_a_connection_lost_between_commands_that_cannot_come_back_is_named(sshd)
         shell.close()
 
 
+@pytest.mark.integration
 def test_a_connection_that_breaks_during_a_command_is_named(sshd, monkeypatch):
     # the link breaking mid-command cannot be timed on a real sshd: the Connection's run stands in
     shell = Shell("deploy01", "127.0.0.1", ssh_config=sshd.ssh_config)
@@ -159,6 +168,7 @@ def test_a_connection_that_breaks_during_a_command_is_named(sshd, monkeypatch):
         shell.close()
 
 
+@pytest.mark.integration
 def test_without_the_ssh_config_setting_the_user_s_own_ssh_config_is_read(sshd):
     ssh_dir = Path.home() / ".ssh"  # HOME is a fresh directory in every test
     ssh_dir.mkdir(exist_ok=True)
@@ -171,6 +181,7 @@ def test_without_the_ssh_config_setting_the_user_s_own_ssh_config_is_read(sshd):
         shell.close()
 
 
+@pytest.mark.integration
 def test_connect_timeout_reaches_the_connection(sshd):
     assert Shell("deploy01", "127.0.0.1", ssh_config=sshd.ssh_config, connect_timeout=3).connection().connect_timeout == 3
     assert Shell("deploy01", "127.0.0.1", ssh_config=sshd.ssh_config).connection().connect_timeout == 15
@@ -188,6 +199,7 @@ def test_a_missing_ssh_config_file_is_named():
                               "(setting ssh_config / INVOKE_DEPLOY_SSH_CONFIG)")
 
 
+@pytest.mark.integration
 def test_the_connection_is_lazy_and_reused(sshd):
     shell = Shell("deploy01", "127.0.0.1", ssh_config=sshd.ssh_config)
     conn = shell.connection()
@@ -202,6 +214,7 @@ def test_the_connection_is_lazy_and_reused(sshd):
     Shell("never", "127.0.0.1").close()  # never opened
 
 
+@pytest.mark.integration
 def test_ssh_user_and_ssh_config_come_from_the_settings(sshd):
     server = SimpleNamespace(hostname="deploy01", address="127.0.0.1")
     settings = SimpleNamespace(ssh_config=sshd.ssh_config, ssh_user="admin", command_timeout_s=77)
@@ -280,14 +293,27 @@ def test_the_sudo_password_is_asked_once_when_interactive(monkeypatch):
     assert redact.redact(typed) == "********"
 
 
+@pytest.mark.integration
 def test_a_non_root_upload_goes_to_a_private_temp_file_then_sudo_moves_it(remote, monkeypatch):
-    # the sshd host has no sudo, so the move fails, which shows the command and leaves the target alone
+    # the upload is real (SFTP into the SSH user's own mktemp file); the privileged move is refused as a
+    # sudo without rights would refuse it (the test sshd has no sudo, and a password written to a command
+    # that already exited races with its exit), which shows the command and leaves the target alone
     monkeypatch.setenv(ssh.SUDO_PASSWORD_ENV, "pw-upload")
     path = f"/tmp/deploy_tasks-shell-{uuid.uuid4().hex}"
+    real_raw = remote._raw
+
+    def raw(command, sudo, timeout=None):
+        if sudo:
+            return ssh.Result(command, 1, "", "sudo: 1 incorrect password attempt")
+        return real_raw(command, sudo, timeout)
+
+    monkeypatch.setattr(remote, "_raw", raw)
     remote._root = False
     with pytest.raises(RemoteCommandError) as err:
         remote.put_bytes(b"payload", path)
     remote._root = True
+    monkeypatch.setattr(remote, "_raw", real_raw)
+    assert "sudo: 1 incorrect password attempt" in str(err.value)
     command = err.value.command
     assert command.startswith("mv -f /tmp/") and command.endswith(f" {path} && chown root:root {path}")
     temp = command.split()[2]
