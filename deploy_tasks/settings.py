@@ -166,7 +166,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("build_dir", "str", "build", "Where generated files, state and reports go.", workbook=False, path=True),
     Setting("reports_dir", "str", "reports", "Where tasks write their reports: <task>.json and junit-<task>.xml (Jenkins' junit step).", workbook=False, path=True),
     Setting("repository", "str", "build/repository", "The package repository directory on the controller: extract-artifacts writes it, nginx serves it.", workbook=False, path=True),
-    # -- issue 5: inv bootstrap (package server, Puppet master over SSH) and inv publish-config --
+    # -- inv bootstrap (package server, Puppet master over SSH) and inv publish-config --
     Setting("ssh_config", "str", "", "An extra ssh_config file for the Linux servers (read after ~/.ssh/config conventions; Fabric's runtime_ssh_path).", workbook=False, path=True),
     Setting("ssh_user", "str", "", "SSH user for the Linux servers (blank: ssh_config's User, else the local user); not root means sudo, password from DEPLOY_SUDO_PASSWORD or a prompt.", workbook=False),
     Setting("package_root", "str", "/srv/deploy_tasks/repository", "Directory the package server's nginx serves the repository from (where --publish sends it).", workbook=False, path=True),
@@ -174,10 +174,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("puppetserver_heap", "str", "512m-1g", "Java heap of puppetserver: min-max (512m-1g) or one size (2g).", workbook=False, check=heap_size_error),
     Setting("puppetserver_start_timeout_s", "int", 300, "Longest wait for puppetserver to answer running after a (re)start, in seconds.", workbook=False, minimum=10),
     Setting("puppet_autosign", "str", "false", "Master's autosign: false, or the absolute path of a policy executable on the master (challenge passwords); never true.", workbook=False, check=lambda v: None if v == "false" or v.startswith("/") else "must be false or the absolute path of an autosign policy executable (true is never allowed)"),
-    # -- issue 3: inv generate-config ------------------------------------------
+    # -- inv generate-config ------------------------------------------------
     Setting("puppet_dir", "str", "", "Where inv generate-config writes the Puppet code dir (environments/<env>/...); blank: <build_dir>/puppet.", workbook=False, path=True),
     Setting("puppet_modules", "str", "puppet/modules", "Modules copied into the generated environment's modules/ (the example product module); blank: none.", workbook=False, path=True),
-    # -- issue 6: extract-artifacts (limits against hostile archives, workers, publish target) --
+    # -- extract-artifacts (limits against hostile archives, workers, publish target) --
     Setting("artifact_max_unpacked_mb", "int", 8192, "Most a single artifact may unpack to, in MiB (zip bomb guard).", workbook=False, minimum=1),
     Setting("artifact_max_ratio", "int", 200, "Highest compression ratio accepted for an archive member over 1 MiB (zip bomb guard).", workbook=False, minimum=1),
     Setting("artifact_max_members", "int", 200000, "Most members (files, directories, links) a single artifact may hold.", workbook=False, minimum=1),

@@ -1,4 +1,4 @@
-"""The emulated Windows persona (issue 4), driven directly: no WinRM, real HTTP for msiexec, real Puppet.
+"""The emulated Windows persona, driven directly: no WinRM, real HTTP for msiexec, real Puppet.
 
 Everything a WinRM client would see is asserted on the bytes the persona
 returns (CRLF, exit codes, Windows' own message texts).
@@ -507,7 +507,7 @@ def test_catalog_order_guards_refresh_and_failed_dependencies(canned_host):
 
 
 # -- puppet: the real agent against the real puppetserver --------------------------------------------
-SITE_PP = r"""# Test environment of tests/test_rehearsal_persona.py (issue 4, Windows persona).
+SITE_PP = r"""# Test environment of tests/test_rehearsal_persona.py (the Windows persona).
 class zeo_server {
   file { 'C:/zope': ensure => directory }
   file { 'C:/zope/zeo.conf':
@@ -708,7 +708,7 @@ def test_real_puppet_handshake_through_pywinrm(winrm_fleet, packages, persona_en
 # The shape of the product's own module (puppet/modules/product, product::component): an exec making the
 # install folder, the artifact downloaded from the package server with its sha256, the module's unzip.vbs
 # run by cscript, a parameters file and a service restarted when the release changes.
-PRODUCT_PP = r"""# Test environment of tests/test_rehearsal_persona.py (issue 4, Windows persona): product::component's pattern.
+PRODUCT_PP = r"""# Test environment of tests/test_rehearsal_persona.py (the Windows persona): product::component's pattern.
 define persona_component(String $artifact_url, String $sha256, String $version) {
   $install_dir = "C:\\Product\\${title}"
   $download = "${install_dir}\\downloads\\${title}.zip"
