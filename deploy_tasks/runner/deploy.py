@@ -43,7 +43,6 @@ to fail that step.
 from __future__ import annotations
 
 import json
-import signal
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -54,6 +53,7 @@ from ..errors import ConfigError, DeployError
 from ..redact import redact
 from ..steps.deploy import PuppetRun, puppet_command, run_puppet, wait_until_idle
 from .engine import Runner
+from . import signals
 from .model import Unit, now_iso
 from .state import _write_atomic
 
@@ -296,14 +296,14 @@ class Deployment:
         self._warn_outside(todo)
         if self.preflight is not None and todo:
             self.preflight(todo)
-        previous = self._install_signals()
+        previous = signals.install(self.cancel, self.handle_signals)
         try:
             if self.schedule == "waves":
                 self._waves(todo)
             else:
                 self._run_units(todo, on_failure="dependents" if self.continue_on_error else "run", dag=True)
         finally:
-            self._restore_signals(previous)
+            signals.restore(previous)
             with self._lock:
                 for s in todo:
                     rec = self.records[s.id]
@@ -507,22 +507,3 @@ class Deployment:
         _write_atomic(self.state_path, redact(json.dumps(data, indent=1, ensure_ascii=False)) + "\n")
 
     # -- signals --------------------------------------------------------------------------
-    def _install_signals(self) -> Optional[dict]:
-        if not self.handle_signals or threading.current_thread() is not threading.main_thread():
-            return None
-        previous: dict = {}
-
-        def handler(signum, frame):
-            self.cancel(signal.Signals(signum).name)
-            for sig, old in previous.items():  # a second signal: what was there before (stop at once)
-                signal.signal(sig, old)
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.getsignal(sig)
-            signal.signal(sig, handler)
-        return previous
-
-    @staticmethod
-    def _restore_signals(previous: Optional[dict]) -> None:
-        for sig, old in (previous or {}).items():
-            signal.signal(sig, old if old is not None else signal.SIG_DFL)

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import queue
 import random as _random
-import signal
 import threading
 import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
@@ -42,6 +41,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 from .. import outcome
 from ..errors import DeployError
 from ..redact import redact
+from . import signals
 from .model import Event, RunResult, Unit, UnitResult, now_iso
 
 Listener = Callable[[Event], None]
@@ -143,11 +143,11 @@ class Runner:
         self._host_locks = {u.host: threading.Lock() for u in units}
         clock = time.monotonic()
         todo = [u for u in units if not self._carry_over(u, results[u.id], previous)]
-        signals = self._install_signals()
+        handlers = signals.install(self.cancel, self.handle_signals)
         try:
             self._schedule(todo, results)
         finally:
-            self._restore_signals(signals)
+            signals.restore(handlers)
         result.ended = now_iso()
         result.seconds = time.monotonic() - clock
         result.cancelled = self._signal
@@ -351,28 +351,6 @@ class Runner:
                     from ..redact import say
 
                     say(f"warning: a reporter failed on a {event.kind} event: {type(exc).__name__}: {exc}", err=True)
-
-    def _install_signals(self) -> Optional[dict]:
-        if not self.handle_signals or threading.current_thread() is not threading.main_thread():
-            return None
-        previous = {}
-
-        def handler(signum, frame):
-            name = signal.Signals(signum).name
-            self.cancel(name)
-            # a second signal goes to what was there before (Ctrl-C twice: stop at once)
-            for sig, old in previous.items():
-                signal.signal(sig, old)
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.getsignal(sig)
-            signal.signal(sig, handler)
-        return previous
-
-    @staticmethod
-    def _restore_signals(previous: Optional[dict]) -> None:
-        for sig, old in (previous or {}).items():
-            signal.signal(sig, old if old is not None else signal.SIG_DFL)
 
 
 def _message(unit: Unit, exc: BaseException) -> str:
