@@ -96,7 +96,15 @@ CASES = {
     "generate-fifo": C("generate-config", "--inventory", "{fifo}", expect="is a FIFO"),
     # -- bootstrap ---------------------------------------------------------------------------------
     "bootstrap-unknown-part": C("bootstrap", "--only", "nonsense", expect="unknown part(s) nonsense"),
-    "bootstrap-later-part": C("bootstrap", "--only", "agents", expect="--only agents"),
+    "bootstrap-agents-unknown-host": C("bootstrap", "--only", "agents", "--hosts", "NOPE",
+                                       expect="NOPE not a Windows server of the inventory"),
+    "bootstrap-agents-no-credentials": C("bootstrap", "--only", "agents", expect="DEPLOY_WINRM_USER"),
+    # -- deploy ------------------------------------------------------------------------------------
+    "deploy-no-such-group": C("deploy", "--group", "99", expect="there is no group 99"),
+    "deploy-group-not-a-number": C("deploy", "--group", "x", expect="--group x: not a number"),
+    "deploy-bad-schedule": C("deploy", "--schedule", "fast", "--dry-run", expect="--schedule fast: choose"),
+    "deploy-unknown-host": C("deploy", "--hosts", "NOPE", "--dry-run", expect="--hosts: unknown NOPE"),
+    "deploy-no-credentials": C("deploy", "--group", "1", expect="DEPLOY_WINRM_USER"),
     "bootstrap-missing-inventory": C("bootstrap", "--inventory", "{tmp}/missing.xlsx", expect="file not found"),
     # -- publish-config ----------------------------------------------------------------------------
     "publish-missing-modules": C("publish-config", "--modules", "{tmp}/missing", expect="no such directory"),

@@ -49,9 +49,11 @@ def deploy(c, inventory=None, group=None, schedule="waves", continue_on_error=Fa
     from ..plan import make_plan
     from ..report import deploy as report
     from ..report.live import ConsoleReporter
-    from ..runner.deploy import Deployment, batches_by_group, load_state, plan_steps
+    from ..runner.deploy import SCHEDULES, Deployment, batches_by_group, load_state, plan_steps
     from ..steps.deploy import puppet_command
 
+    if schedule not in SCHEDULES:
+        raise ConfigError(f"--schedule {schedule}: choose {' or '.join(SCHEDULES)}")
     inv, settings = load(c, inventory)
     plan = make_plan(inv)
     groups = None
