@@ -10,6 +10,7 @@ import base64
 import http.server
 import json
 import re
+import shutil
 import subprocess
 import threading
 import time
@@ -822,3 +823,23 @@ def test_rehearsal_modules_import_each_other_without_a_circle():
 
     cycles = [c for c in (cycle_from(m, m, set()) for m in graph) if c]
     assert not cycles, cycles
+
+
+@pytest.mark.integration
+def test_a_host_under_a_relative_root_runs_the_real_agent_with_its_own_settings(tmp_path, packages, monkeypatch,
+                                                                                 puppet_master):
+    # `inv fleet.up` roots the fleet at <build_dir>/fleet, a relative path by default; the real Linux agent
+    # runs with its cwd in the host's directory, so a relative --confdir used to miss the host's puppet.conf
+    # (the agent then asked for a certificate as the controller's own hostname, from the server 'puppet')
+    if not shutil.which("puppet"):
+        pytest.skip("puppet-agent is not installed")
+    monkeypatch.chdir(tmp_path)
+    host = make_host(Path("rel"), name="ZREL01")
+    assert host.run(install_cmd(packages.url + "/puppet-agent-7.23.0-x64.msi",
+                                PUPPET_SERVER="127.0.0.1", PUPPET_AGENT_CERTNAME="zrel01.example.invalid",
+                                PUPPET_AGENT_ENVIRONMENT="production"))[2] == 0
+    out, err, _ = host.run("puppet agent --test --noop --waitforcert 0")
+    text = out + err
+    assert "Creating a new SSL certificate request for zrel01.example.invalid" in text, text
+    assert "puppet:8140" not in text
+    subprocess.run(["puppetserver", "ca", "clean", "--certname", "zrel01.example.invalid"], capture_output=True)

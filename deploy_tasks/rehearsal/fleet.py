@@ -101,7 +101,7 @@ class Fleet:
                  persona_factory: Optional[PersonaFactory] = None, username: Optional[str] = None,
                  password: Optional[str] = None, http_port: int = 5985, https_port: int = 5986,
                  allow_unencrypted: bool = False, domain: str = ""):
-        self.root = Path(root)
+        self.root = Path(root).absolute()  # hosts run programs (the real Puppet agent) with their own cwd
         self.spec = spec or FleetSpec()
         self.persona_factory = persona_factory or default_persona_factory
         self.username = username or os.environ.get("DEPLOY_WINRM_USER") or DEFAULT_USER

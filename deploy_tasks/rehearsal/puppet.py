@@ -164,7 +164,7 @@ class PuppetAgent:
 
     def __init__(self, host: Host):
         self.host = host
-        self.home = host.state_dir / "puppet"  # the real Linux agent's per-host directories
+        self.home = (host.state_dir / "puppet").absolute()  # the real Linux agent's per-host directories (absolute: it runs with cwd=home)
         self.journal_file = host.state_dir / "puppet-journal.json"
         self._run_lock = threading.Lock()
         self._journal_lock = threading.Lock()
