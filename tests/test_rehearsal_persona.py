@@ -478,6 +478,16 @@ def canned_host(tmp_path, packages, monkeypatch):
     return host
 
 
+def test_a_first_noop_run_on_a_fresh_host_reports_and_fails_nothing(canned_host):
+    # real Puppet finds a missing parent directory only when it writes, which --noop never does: the
+    # confirm run of the agents bootstrap (--noop, before anything was deployed) must not fail on it
+    h = canned_host
+    out, err, code = h.run("puppet agent -t --noop --tags a")
+    assert code == 0, out + err
+    assert "File[C:/a/dir/f.txt]/ensure: current_value 'absent', should be 'file' (noop)" in out
+    assert not (h.sandbox / "a").exists()
+
+
 def test_catalog_order_guards_refresh_and_failed_dependencies(canned_host):
     h = canned_host
     out, err, code = h.run("puppet agent -t --tags a,b")

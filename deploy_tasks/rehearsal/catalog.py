@@ -270,7 +270,7 @@ class CatalogApplier:
                 result = self._change(where, "content", f"content changed '{old}' to '{new}'",
                                       f"current_value '{old}', should be '{new}'")
             else:
-                if not path.parent.is_dir():
+                if not path.parent.is_dir() and not self.noop:  # Puppet finds out when it writes: never in noop
                     raise _ResourceError(f"Could not set 'file' on ensure: No such file or directory - A directory "
                                          f"component in {params.get('path', r['title'])} does not exist")
                 result = self._change(where, "ensure", f"defined content as '{new}'",

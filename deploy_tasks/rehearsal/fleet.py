@@ -86,6 +86,19 @@ def hosts_of(inventory) -> List[Tuple[str, str]]:
     return allocate_addresses((s.hostname, s.address) for s in servers)
 
 
+def linux_names(inventory, domain: str) -> Dict[str, str]:
+    """The inventory's Linux servers (master, package server) by hostname and FQDN -> the address the nodes use."""
+    names: Dict[str, str] = {}
+    for server in inventory.servers:
+        if server.is_windows:
+            continue
+        address = server.network_address
+        names[server.hostname.lower()] = address
+        if domain:
+            names[f"{server.hostname.lower()}.{domain}"] = address
+    return names
+
+
 def _write_private(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -100,7 +113,7 @@ class Fleet:
     def __init__(self, hosts: Sequence[Tuple[str, str]], root: Path = DEFAULT_ROOT, spec: Optional[FleetSpec] = None, *,
                  persona_factory: Optional[PersonaFactory] = None, username: Optional[str] = None,
                  password: Optional[str] = None, http_port: int = 5985, https_port: int = 5986,
-                 allow_unencrypted: bool = False, domain: str = ""):
+                 allow_unencrypted: bool = False, domain: str = "", names: Optional[Dict[str, str]] = None):
         self.root = Path(root).absolute()  # hosts run programs (the real Puppet agent) with their own cwd
         self.spec = spec or FleetSpec()
         self.persona_factory = persona_factory or default_persona_factory
@@ -110,6 +123,8 @@ class Fleet:
         self.https_port = https_port
         self.allow_unencrypted = allow_unencrypted
         self.domain = domain
+        # the deployment's DNS as the emulated hosts see it: name -> address (the master, the package server)
+        self.names = dict(names or {})
         self._hosts_in = allocate_addresses(hosts)
         names = [h.lower() for h, _ in self._hosts_in]
         if len(set(names)) != len(names):
@@ -122,6 +137,7 @@ class Fleet:
     @classmethod
     def from_inventory(cls, inventory, root: Path = DEFAULT_ROOT, spec: Optional[FleetSpec] = None, **kwargs) -> "Fleet":
         domain = str(inventory.settings.get("domain") or "")
+        kwargs.setdefault("names", linux_names(inventory, domain))
         return cls(hosts_of(inventory), root, spec, domain=domain, **kwargs)
 
     # -- lifecycle ---------------------------------------------------------------
@@ -159,6 +175,10 @@ class Fleet:
             holder["host"].reboot(seconds)
 
         persona = self.persona_factory(hostname, address, sandbox, faults, self.spec, on_reboot)
+        add_entry = getattr(persona, "add_hosts_entry", None)
+        for name, target in self.names.items():
+            if add_entry is not None:
+                add_entry(name, target)  # as the site's DNS would answer: the nodes reach the master by name
         host = WinRMHost(hostname, address, persona, faults, credentials, http_port=self.http_port,
                          https_port=self.https_port, ssl_context=context, cert_sha256=pair.der_sha256(),
                          allow_unencrypted=self.allow_unencrypted)
