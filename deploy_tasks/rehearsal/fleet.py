@@ -135,8 +135,11 @@ class Fleet:
         self._old_ntlm_env: Optional[str] = None
 
     @classmethod
-    def from_inventory(cls, inventory, root: Path = DEFAULT_ROOT, spec: Optional[FleetSpec] = None, **kwargs) -> "Fleet":
-        domain = str(inventory.settings.get("domain") or "")
+    def from_inventory(cls, inventory, root: Path = DEFAULT_ROOT, spec: Optional[FleetSpec] = None,
+                       domain: Optional[str] = None, **kwargs) -> "Fleet":
+        """``domain``: the one in force (flag, env, invoke.yaml); None takes the Settings sheet's."""
+        if domain is None:
+            domain = str(inventory.settings.get("domain") or "")
         kwargs.setdefault("names", linux_names(inventory, domain))
         return cls(hosts_of(inventory), root, spec, domain=domain, **kwargs)
 
@@ -271,6 +274,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--https-port", type=int, default=5986)
     parser.add_argument("--allow-unencrypted", action="store_true", help="accept plain SOAP over HTTP (Basic)")
     parser.add_argument("--persona", default=None, help="persona factory as module:callable (default: WindowsPersona)")
+    parser.add_argument("--domain", default=None, help="the DNS domain in force (default: the Settings sheet's)")
     args = parser.parse_args(argv)
 
     from ..inventory import load_inventory
@@ -281,7 +285,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
         inventory = load_inventory(args.inventory)
-        fleet = Fleet.from_inventory(inventory, root, FleetSpec.load(args.spec), http_port=args.http_port,
+        fleet = Fleet.from_inventory(inventory, root, FleetSpec.load(args.spec), domain=args.domain,
+                                     http_port=args.http_port,
                                      https_port=args.https_port, allow_unencrypted=args.allow_unencrypted,
                                      persona_factory=load_factory(args.persona) if args.persona else None)
         fleet.start()

@@ -12,12 +12,13 @@ from . import configgen as _configgen
 from . import deploy as _deploy
 from . import fleet as _fleet
 from . import inventory as _inventory
+from . import rehearse as _rehearse
 
 # Invoke reads invoke.yaml after importing this module and before any task: a broken file is named here.
 check_config_files()
 
 ns = Collection()
-for _module in (_inventory, _artifacts, _configgen, _bootstrap, _deploy):
+for _module in (_inventory, _artifacts, _configgen, _bootstrap, _deploy, _rehearse):
     for _task in _module.TASKS:
         ns.add_task(_task)
 ns.add_collection(_fleet.COLLECTION)

@@ -97,7 +97,8 @@ def up(c, inventory=None, spec=None, allow_unencrypted=False, persona=None):
         raise DeployError(f"{path}: the Servers sheet has no windows server: nothing to emulate")
     root.mkdir(parents=True, exist_ok=True)
     fleet_json.unlink(missing_ok=True)
-    argv = [sys.executable, "-m", MODULE, "--inventory", str(path), "--root", str(root)]
+    argv = [sys.executable, "-m", MODULE, "--inventory", str(path), "--root", str(root),
+            "--domain", str(settings.domain or "")]
     if spec:
         argv += ["--spec", str(spec)]
     if allow_unencrypted:
