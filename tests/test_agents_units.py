@@ -107,3 +107,32 @@ def test_hosts_selection(example_xlsx):
     assert [s.hostname for s in select_hosts(inv, "zweb01, ZDB01,zdb01")] == ["ZWEB01", "ZDB01"]
     with pytest.raises(DeployError, match="--hosts: deploy01, nope not a Windows server"):
         select_hosts(inv, "deploy01,nope")
+
+
+def test_a_node_that_cannot_reach_the_ca_is_told_so_not_called_reimaged():
+    # seen when the master's name did not resolve on the nodes: the agent makes a key and a CSR locally,
+    # cannot send it, and exits 1; that is not a certificate "the master does not list"
+    from deploy_tasks.steps import agent
+    from deploy_tasks.transports.base import Result
+
+    output = ("Info: Creating a new SSL certificate request for zdb01.example.test\n"
+              "Info: Certificate Request fingerprint (SHA256): EB:31:24:8C:2B:6B:CB:4D:09:6F:B5:63:81:0A:92:E3:01:9E:"
+              "26:81:27:FF:F6:55:2E:58:95:5B:3A:7E:4D:27\n"
+              "Error: Connection to https://deploy01.example.test:8140/puppet-ca/v1 failed, trying next route: "
+              "Failed to open TCP connection to deploy01.example.test:8140 (getaddrinfo: Name or service not known)\n"
+              "Error: No more routes to ca\nError: Exiting now because the waitforcert setting is set to 0.\n")
+
+    class Node:
+        dry_run = False
+
+        def change(self, command, check=True, hint="", timeout=None):
+            return Result(command, 1, output, "")
+
+    spec = agent.AgentSpec(msi_url="http://x/agent.msi", version="7.23.0", server="deploy01.example.test",
+                           environment="production")
+    step = agent.AgentStep(Node(), "ZDB01", "zdb01.example.test", spec, ca=None)
+    with pytest.raises(agent.AgentError) as err:
+        step.submit_csr()
+    text = str(err.value)
+    assert "could not reach the master's CA at deploy01.example.test:8140" in text
+    assert "does not list" not in text and "No more routes to ca" in text

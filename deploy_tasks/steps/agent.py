@@ -45,6 +45,8 @@ MSI_LOG = r"C:\Windows\Temp\deploy_tasks-puppet-agent-install.log"
 _FINGERPRINT = re.compile(r"\b([0-9A-F]{2}(?::[0-9A-F]{2}){19,63})\b")
 _CSR_FINGERPRINT = re.compile(r"Certificate Request fingerprint \(SHA256\): ([0-9A-F:]+)")
 _KEY_MISMATCH = "does not match its private key"
+# what the agent prints when it never reached the CA (name unresolved, port closed, TLS refused)
+_CA_UNREACHABLE = ("No more routes to ca", "Failed to open TCP connection", "Connection refused")
 _MSI_ERROR_LINE = re.compile(r"(?i)(error|fail|returning [1-9]|note: 1: |return value 3)")
 MSI_OK, MSI_REBOOT_REQUIRED, MSI_REBOOT_INITIATED, MSI_BUSY = 0, 3010, 1641, 1618
 MSI_MEANING = {1603: "fatal error during installation", 1619: "the package could not be opened (download failed?)",
@@ -399,6 +401,10 @@ class AgentStep:
             return None
         if _KEY_MISMATCH in got.output:
             return self._reimaged(CaEntry("signed"), None)
+        if got.exited != 0 and any(text in got.output for text in _CA_UNREACHABLE):
+            raise AgentError(f"{self.host}: the node could not reach the master's CA at {self.spec.server}:8140, so "
+                             f"no certificate request was submitted: check that the node resolves "
+                             f"{self.spec.server} (DNS, hosts file) and reaches port 8140:\n" + _tail(got.output))
         self.result.note(True, f"submitted a certificate request for {self.certname}")
         m = _CSR_FINGERPRINT.search(got.output)
         fp = m.group(1) if m else self.node_fingerprint()
