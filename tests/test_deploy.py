@@ -377,7 +377,7 @@ def test_inv_deploy_group_writes_the_reports(winrm_fleet, agents, tmp_path):
     assert len(copies) == 2
     junit = (tmp_path / "reports" / "junit-deploy.xml").read_text()
     assert junit.count("<testcase") == len(data["steps"]) and "emulated fault puppet_fail" in junit
-    log = (tmp_path / "reports" / "logs" / "deploy-ZDB01.log").read_text()
+    log = (tmp_path / "reports" / "hosts" / "deploy" / "ZDB01.log").read_text()
     assert "--tags zeo_server,monitoring_agent" in log and "emulated fault" in log
     assert "ZDB01" in out and "zeo_server" in out  # the summary table
 

@@ -6,7 +6,7 @@
 UTC times; a copy named ``deploy-<UTC time>.json`` is written beside it.
 ``reports/junit-deploy.xml``: one testcase per step (classname
 ``deploy.<host>``, name the component), a failure carrying Puppet's output.
-``reports/logs/deploy-<host>.log``: every Puppet command run on the host and
+``reports/hosts/deploy/<host>.log``: every Puppet command run on the host and
 its output.
 """
 
@@ -89,7 +89,7 @@ def write(result: DeployResult, reports_dir: str) -> Tuple[str, str]:
         logs.setdefault(r.host, []).append(f"== {r.started} group {r.group}: {r.run}\n" + "\n".join(r.output)
                                            + f"\n== exit {r.exit_code}\n")
     for host, chunks in logs.items():
-        files._write(os.path.join(reports_dir, "logs", f"deploy-{_SAFE.sub('-', host)}.log"),
+        files._write(os.path.join(reports_dir, "hosts", "deploy", f"{_SAFE.sub('-', host)}.log"),
                      redact("\n".join(chunks)).encode("utf-8"))
     return json_path, junit_path
 
