@@ -99,6 +99,9 @@ CASES = {
     "bootstrap-agents-unknown-host": C("bootstrap", "--only", "agents", "--hosts", "NOPE",
                                        expect="NOPE not a Windows server of the inventory"),
     "bootstrap-agents-no-credentials": C("bootstrap", "--only", "agents", expect="DEPLOY_WINRM_USER"),
+    # -- rehearse ----------------------------------------------------------------------------------
+    "rehearse-missing-inventory": C("rehearse", "--inventory", "{tmp}/missing.xlsx", expect="file not found"),
+    "rehearse-fifo": C("rehearse", "--inventory", "{fifo}", expect="is a FIFO"),
     # -- deploy ------------------------------------------------------------------------------------
     "deploy-no-such-group": C("deploy", "--group", "99", expect="there is no group 99"),
     "deploy-group-not-a-number": C("deploy", "--group", "x", expect="--group x: not a number"),
