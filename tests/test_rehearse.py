@@ -2,7 +2,8 @@
 
 Real: nginx, puppetserver, the pywinrm client, the Linux Puppet agent behind each emulated node (CSR,
 signing, catalogs). Emulated: the Windows hosts. Everything the run creates is its own: a build dir, a
-package root, a Puppet environment and a domain unique to this test run (certificates cleaned afterwards).
+package root and a Puppet environment unique to this test run; the emulated nodes' certificates (the
+example's names, reissued by every rehearsal) are cleaned afterwards.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import os
 import shutil
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
@@ -45,7 +45,8 @@ def test_rehearse_runs_the_whole_chain_and_a_second_run_changes_nothing(puppet_m
     if not shutil.which("nginx"):
         pytest.skip("nginx is not installed (apt-get install nginx)")
     environment = master_environment("rehearse")
-    domain = f"r{uuid.uuid4().hex[:8]}.example.test"
+    # the example's own domain: another one would rename the shared master (deploy01.<domain>) and restart it
+    domain = load_inventory(ROOT / "inventory" / "example.xlsx").settings["domain"]
     package_root = f"/srv/deploy_tasks-test/rehearse-{services.RUN_ID}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("INVOKE_", "DEPLOY_WINRM_"))}
     env.update({
@@ -54,7 +55,7 @@ def test_rehearse_runs_the_whole_chain_and_a_second_run_changes_nothing(puppet_m
         "INVOKE_DEPLOY_REPOSITORY": str(tmp_path / "build" / "repository"),
         "INVOKE_DEPLOY_ARTIFACT_SOURCE": str(tmp_path / "build" / "release"),
         "INVOKE_DEPLOY_PUPPET_MODULES": str(ROOT / "puppet" / "modules"),
-        "INVOKE_DEPLOY_ENVIRONMENT": environment, "INVOKE_DEPLOY_DOMAIN": domain,
+        "INVOKE_DEPLOY_ENVIRONMENT": environment,
         "INVOKE_DEPLOY_PACKAGE_PORT": str(services.free_port()), "INVOKE_DEPLOY_PACKAGE_ROOT": package_root,
     })
     certnames = [f"{h.lower()}.{domain}" for h in ("ZDB01", "ZAPP01", "ZAPP02", "ZSRCH01", "ZSVC01", "ZWEB01")]

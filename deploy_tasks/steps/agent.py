@@ -46,7 +46,7 @@ _FINGERPRINT = re.compile(r"\b([0-9A-F]{2}(?::[0-9A-F]{2}){19,63})\b")
 _CSR_FINGERPRINT = re.compile(r"Certificate Request fingerprint \(SHA256\): ([0-9A-F:]+)")
 _KEY_MISMATCH = "does not match its private key"
 # what the agent prints when it never reached the CA (name unresolved, port closed, TLS refused)
-_CA_UNREACHABLE = ("No more routes to ca", "Failed to open TCP connection", "Connection refused")
+_CA_UNREACHABLE = ("No more routes to ca",)  # a node holding a stale certificate fails TLS instead: not this
 _MSI_ERROR_LINE = re.compile(r"(?i)(error|fail|returning [1-9]|note: 1: |return value 3)")
 MSI_OK, MSI_REBOOT_REQUIRED, MSI_REBOOT_INITIATED, MSI_BUSY = 0, 3010, 1641, 1618
 MSI_MEANING = {1603: "fatal error during installation", 1619: "the package could not be opened (download failed?)",
