@@ -141,11 +141,7 @@ def upload(shell, data: bytes, path: str, mode: str = "0644", owner: str = "", g
         return _attributes(shell, path, mode, owner, group)
     tmp = f"{path}.deploy_tasks-tmp"
     shell.put_bytes(data, tmp)
-    shell.change(f"chmod {q(mode)} {q(tmp)}")
-    if owner or group:
-        shell.change(f"chown {q(owner)}{':' + q(group) if group else ''} {q(tmp)}")
-    shell.change(f"mv -f {q(tmp)} {q(path)}")
-    return True
+    return _move_into_place(shell, tmp, path, mode, owner, group)
 
 
 def upload_file(shell, local_path: str, path: str, mode: str = "0644", owner: str = "", group: str = "") -> bool:
@@ -158,6 +154,11 @@ def upload_file(shell, local_path: str, path: str, mode: str = "0644", owner: st
         return _attributes(shell, path, mode, owner, group)
     tmp = f"{path}.deploy_tasks-tmp"
     shell.put_file(local_path, tmp)
+    return _move_into_place(shell, tmp, path, mode, owner, group)
+
+
+def _move_into_place(shell, tmp: str, path: str, mode: str, owner: str, group: str) -> bool:
+    """The uploaded ``tmp`` gets its mode and owner, then replaces ``path`` in one rename."""
     shell.change(f"chmod {q(mode)} {q(tmp)}")
     if owner or group:
         shell.change(f"chown {q(owner)}{':' + q(group) if group else ''} {q(tmp)}")
