@@ -35,7 +35,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 EQUIVALENTS = ROOT / "bench" / "mutation_equivalents.txt"
 
-# module (file or package directory) -> the test files that exercise it
+# module (file or package directory) -> the test files that exercise it. A file's own entry wins
+# over its package's; the per-file entries of runner/ and steps/ keep each mutant's test run to the
+# fast unit-level files that reach it (tests/test_deploy.py and tests/test_agents.py run the emulated
+# fleet in-process: slower, but no root services).
 TESTS = {
     "deploy_tasks/inventory/validate.py": ["tests/test_inventory_validation.py", "tests/test_inventory_property.py",
                                            "tests/test_example_inventory.py", "tests/test_tasks_inventory.py",
@@ -48,11 +51,20 @@ TESTS = {
     "deploy_tasks/transports/": ["tests/test_ssh_hostkeys.py", "tests/test_ssh_shell.py", "tests/test_artifacts_publish.py",
                                  "tests/test_bootstrap_units.py", "tests/test_transport*.py", "tests/test_winrm*.py",
                                  "tests/test_mutation_kills.py"],
+    "deploy_tasks/transports/wincmd.py": ["tests/test_wincmd*.py"],
+    "deploy_tasks/transports/winrm.py": ["tests/test_winrm*.py", "tests/test_wsman_clients.py"],
     "deploy_tasks/runner/": ["tests/test_runner*.py", "tests/test_mutation_kills.py"],
+    "deploy_tasks/runner/engine.py": ["tests/test_runner*.py"],
+    # the deploy scheduler (plans steps into groups, drives the runner, keeps the resume state)
+    "deploy_tasks/runner/deploy.py": ["tests/test_deploy*.py", "tests/test_runner*.py"],
     "deploy_tasks/steps/": ["tests/test_bootstrap_units.py", "tests/test_steps*.py", "tests/test_mutation_kills.py"],
-    "deploy_tasks/scheduler.py": ["tests/test_scheduler*.py", "tests/test_deploy*.py"],
+    "deploy_tasks/steps/agent.py": ["tests/test_agents_units.py", "tests/test_agents.py"],
+    "deploy_tasks/steps/deploy.py": ["tests/test_deploy*.py"],
+    "deploy_tasks/steps/health.py": ["tests/test_health*.py"],
+    "deploy_tasks/steps/preflight.py": ["tests/test_preflight*.py"],
 }
-DEFAULT_MODULES = list(TESTS)
+# packages, plus the files of packages not reached through their package (none today)
+DEFAULT_MODULES = [m for m in TESTS if m.endswith("/") or str(Path(m).parent) + "/" not in TESTS]
 
 # Integration tests left out: they need services started as root (puppetserver
 # on :8140, nginx installed and configured by bootstrap) and take minutes per
@@ -61,6 +73,7 @@ DEFAULT_MODULES = list(TESTS)
 EXCLUDED = {
     "tests/test_bootstrap.py": "needs puppetserver + nginx installed by bootstrap (root services)",
     "tests/test_configgen_compile.py": "needs the real puppetserver (compiles catalogs)",
+    "tests/test_deploy_real.py": "needs the real puppetserver and Puppet agent",
 }
 
 # files and directories the tests read besides the package itself
@@ -78,7 +91,8 @@ def expand(module: str) -> list[str]:
 
 
 def tests_for(module: str) -> list[str]:
-    patterns = TESTS.get(module) or TESTS.get(str(Path(module).parent) + "/")  # a file of a mapped package
+    # the file's own entry, else its package's (a file of a mapped package)
+    patterns = TESTS.get(module) or TESTS.get(str(Path(module).parent) + "/")
     if patterns is None:  # a module passed by hand: its own test_<name>.py files if any, else the whole suite
         stem = Path(module).stem
         patterns = [f"tests/test_{stem}*.py"] if glob.glob(str(ROOT / f"tests/test_{stem}*.py")) else ["tests/"]
@@ -239,17 +253,21 @@ def main(argv=None) -> int:
 
 def _run(args, equivalents) -> list:
     rows = []
+    done: set[str] = set()
     for module in args.modules:
         module = module.rstrip("/") + ("/" if (ROOT / module).is_dir() else "")
         files = expand(module)
         if not files:
             print(f"== {module}: skipped, not on this branch")
             continue
-        tests = tests_for(module)
-        if not tests:
-            print(f"== {module}: skipped, no test file for it exists yet ({', '.join(TESTS.get(module, []))})")
-            continue
         for source in files:
+            if source in done:
+                continue
+            done.add(source)
+            tests = tests_for(source)
+            if not tests:
+                print(f"== {source}: skipped, no test file for it exists yet ({', '.join(TESTS.get(source, []))})")
+                continue
             if args.list:
                 print(f"{source}: {' '.join(tests)}")
                 continue
