@@ -44,6 +44,7 @@ def through_cmd(line: str) -> list:
 @example("prog", ['a"b>c', "x"])
 @example("prog", ["%PATH%", "a%", "%b", "%%", ""])
 @example("prog", ['\\"&\\', "\\\\", ' "^" ', "2>&1", "1>", ">nul"])
+@example("prog", ["a b\\\\", 'c\\\\"d', "e&\\\\\\", "f g\\\\\\h i"])  # runs of backslashes before a quote
 def test_cmd_line_round_trips_through_cmd_and_commandlinetoargvw(prog, args):
     argv = [prog, *args]
     assert through_cmd(wincmd.cmd_line(argv)) == argv
@@ -90,3 +91,21 @@ def test_what_cmd_cannot_carry_is_refused_naming_the_argument(argv, message):
 def test_a_quote_in_the_program_name_is_refused():
     with pytest.raises(ConfigError, match="program name"):
         wincmd.argv_line(['a"b', "x"])
+
+
+@pytest.mark.parametrize("build,argv,message", [
+    (wincmd.cmd_line, [], "an empty command line: no program named"),
+    (wincmd.argv_line, [], "an empty command line: no program named"),
+    (wincmd.cmd_line, ["", "x"], "an empty program name"),
+    (wincmd.argv_line, [""], "an empty program name"),
+    (wincmd.argv_line, ["a\0b"], "the program name 'a\\x00b' holds a quote or NUL: Windows file names cannot"),
+    (wincmd.argv_line, ["prog", "ok", "a\0"],
+     "argument 2 ('a\\x00') holds a NUL character, which no Windows command line can carry"),
+    (wincmd.cmd_line, ["prog", "ok", "a\rb"],
+     "argument 2 ('a\\rb') holds a line break, which cmd.exe cannot pass on: pass it another way "
+     "(a file, an environment variable)"),
+])
+def test_refusals_say_exactly_which_argument_and_why(build, argv, message):
+    with pytest.raises(ConfigError) as err:
+        build(argv)
+    assert str(err.value) == message
