@@ -40,7 +40,8 @@ EQUIVALENTS = ROOT / "bench" / "mutation_equivalents.txt"
 # fast unit-level files that reach it (tests/test_deploy.py and tests/test_agents.py run the emulated
 # fleet in-process: slower, but no root services).
 TESTS = {
-    "deploy_tasks/inventory/validate.py": ["tests/test_inventory_validation.py", "tests/test_inventory_property.py",
+    "deploy_tasks/inventory/validate.py": ["tests/test_inventory_validation.py", "tests/test_inventory_messages.py",
+                                           "tests/test_inventory_property.py",
                                            "tests/test_example_inventory.py", "tests/test_tasks_inventory.py",
                                            "tests/test_mutation_kills.py"],
     "deploy_tasks/inventory/graph.py": ["tests/test_graph.py", "tests/test_inventory_validation.py",
