@@ -109,6 +109,22 @@ class StepRecord:
         data["seconds"] = round(self.seconds, 3)
         return data
 
+    def signature(self) -> tuple:
+        """Everything the state file holds of this record (to re-serialise only the records that changed)."""
+        return (self.status, self.group, self.started, self.ended, self.seconds, self.exit_code, self.attempts,
+                self.error, len(self.details), self.details[-1:], self.run, len(self.output),
+                self.output[-1:])
+
+    def state_entry(self) -> Dict[str, Any]:
+        """The record as the state file keeps it: Puppet's output only for a step that did not succeed
+        (a succeeded step's output is in the host's log; kept for all, the file grows with steps x lines
+        and is rewritten after every step)."""
+        data = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        data["details"] = list(self.details)
+        data["output"] = [] if self.ok else list(self.output)
+        data["seconds"] = round(self.seconds, 3)
+        return data
+
 
 def plan_steps(inventory, plan, *, groups: Optional[Iterable[int]] = None, hosts: Optional[Iterable[str]] = None,
                components: Optional[Iterable[str]] = None, default_timeout: float = 1800.0) -> List[Step]:
@@ -258,11 +274,20 @@ class Deployment:
         self.warn = warn
         self._lock = threading.RLock()
         self._by_id = {s.id: s for s in self.steps}
+        self._index = {s.id: i for i, s in enumerate(self.steps)}
+        self._of_host: Dict[str, List[Step]] = {}
+        for s in self.steps:
+            self._of_host.setdefault(s.host, []).append(s)
+        self._write_lock = threading.Lock()  # one writer of the state file at a time
+        self._generation = 0  # changes to the records so far
+        self._written = -1  # the generation the state file holds
+        self._fragments: Dict[str, tuple] = {}  # step id -> (signature, its JSON) as last written
         self._state: Dict[str, StepRecord] = {}
         self.records: Dict[str, StepRecord] = {}
         self._settled: set = set()  # steps whose outcome this run decided
         self._in_flight_before: set = set()
         self._runner: Optional[Runner] = None
+        self._runners: Dict[str, Runner] = {}
         self._cancelled: Optional[str] = None
 
     # -- public ---------------------------------------------------------------------------
@@ -310,6 +335,7 @@ class Deployment:
                     if rec.status == PENDING:
                         self._finish(rec, outcome.SKIPPED, self._why_not_started(s))
                 self._save()
+            self._flush()
         return DeployResult([self.records[s.id] for s in self.steps], started, now_iso(),
                             time.monotonic() - clock, self.schedule, cancelled=self._cancelled)
 
@@ -340,6 +366,7 @@ class Deployment:
                         self._save()
                 else:
                     runnable.append(s)
+            self._flush()
             self._run_units(runnable, on_failure="dependents", dag=False)
 
     def _run_units(self, steps: List[Step], on_failure: str, dag: bool) -> None:
@@ -349,8 +376,7 @@ class Deployment:
         units = [Unit(s.host, s.component, self._unit_fn(s, dag), key=s.id,
                       depends_on=tuple(d for d in s.depends_on if d in ids) if dag else ())
                  for s in steps]
-        runner = Runner("deploy", on_failure=on_failure, listeners=self.listeners, handle_signals=False,
-                        **self.runner_options)
+        runner = self._runner_for(on_failure)
         with self._lock:
             self._runner = runner
             if self._cancelled:
@@ -370,6 +396,15 @@ class Deployment:
                     # abandoned after the grace period: the state keeps "running" so a resume re-checks it
                     rec.error = unit.error or "outcome unknown"
             self._save()
+        self._flush()
+
+    def _runner_for(self, on_failure: str) -> Runner:
+        """One runner per policy for the whole deployment: its worker threads serve every group."""
+        runner = self._runners.get(on_failure)
+        if runner is None:
+            runner = self._runners[on_failure] = Runner("deploy", on_failure=on_failure, listeners=self.listeners,
+                                                        handle_signals=False, **self.runner_options)
+        return runner
 
     # -- one unit -------------------------------------------------------------------------
     def _unit_fn(self, step: Step, dag: bool):
@@ -378,9 +413,8 @@ class Deployment:
                 rec = self.records[step.id]
                 if step.id in self._settled:  # carried by an earlier run on this host
                     return self._answer(rec)
-                batch = [step] + [o for o in self.steps
-                                  if o.host == step.host and o.id != step.id and self._ready(o, step, dag)]
-                batch.sort(key=lambda s: self.steps.index(s))
+                batch = [step] + [o for o in self._of_host[step.host] if o.id != step.id and self._ready(o, step, dag)]
+                batch.sort(key=lambda s: self._index[s.id])
                 now = now_iso()
                 for s in batch:
                     r = self.records[s.id]
@@ -388,6 +422,7 @@ class Deployment:
                     r.run = puppet_command([x.component for x in batch])
                     self._settled.add(s.id)
                 self._save()
+            self._flush()  # on disk before Puppet starts: a resume after a crash re-checks these steps
             try:
                 run = self._puppet(ctx, step.host, batch)
             except BaseException as exc:
@@ -401,7 +436,9 @@ class Deployment:
                         else:
                             self._finish(r, outcome.FAILED, redact(str(exc)))
                     self._save()
+                self._flush()
                 raise
+            self._flush()  # the outcome is on disk before the runner hears of it
             with self._lock:
                 return self._answer(self.records[step.id], run)
 
@@ -411,14 +448,9 @@ class Deployment:
         """Whether ``other`` may join ``leader``'s Puppet run now."""
         if other.id in self._settled or self.records[other.id].status != PENDING or self._cancelled:
             return False
-        if other.id not in self._todo_ids():
-            return False
         if not dag and other.group != leader.group:
             return False
         return all(self.records[d].ok for d in other.depends_on if d in self.records)
-
-    def _todo_ids(self) -> set:
-        return {sid for sid, r in self.records.items() if r.status in (PENDING, RUNNING)}
 
     def _answer(self, rec: StepRecord, run: Optional[PuppetRun] = None):
         if rec.status == outcome.FAILED:
@@ -498,12 +530,36 @@ class Deployment:
         return self._failed_dependency(step) or "not started"
 
     def _save(self) -> None:
+        """Note that records changed (under ``self._lock``); ``_flush`` writes them."""
+        self._generation += 1
+
+    def _flush(self) -> None:
+        """Replace the state file with every record as it is now, unless a write since the last change did.
+
+        Called (outside ``self._lock``) before a Puppet run starts and before a step's outcome is handed
+        to the runner, so the file on disk always holds them. Group commit: when many runs end at once,
+        one write carries all of them and the others find their change already written; each record's
+        JSON is kept and only the records that changed are serialised again.
+        """
         if not self.state_path:
             return
-        merged = dict(self._state)
-        merged.update(self.records)
-        data = {"schema": 1, "task": "deploy", "environment": self.environment, "updated": now_iso(),
-                "steps": [r.to_dict() for r in merged.values()]}
-        _write_atomic(self.state_path, redact(json.dumps(data, indent=1, ensure_ascii=False)) + "\n")
+        with self._write_lock:
+            with self._lock:
+                if self._written >= self._generation:
+                    return
+                generation = self._generation
+                merged = dict(self._state)
+                merged.update(self.records)
+                parts = []
+                for sid, rec in merged.items():
+                    sig = rec.signature()
+                    cached = self._fragments.get(sid)
+                    if cached is None or cached[0] != sig:
+                        cached = self._fragments[sid] = (sig, json.dumps(rec.state_entry(), ensure_ascii=False))
+                    parts.append(cached[1])
+            head = json.dumps({"schema": 1, "task": "deploy", "environment": self.environment,
+                               "updated": now_iso()}, ensure_ascii=False)[:-1]
+            _write_atomic(self.state_path, redact(head + ', "steps": [\n ' + ",\n ".join(parts) + "\n]}") + "\n")
+            self._written = generation
 
     # -- signals --------------------------------------------------------------------------
