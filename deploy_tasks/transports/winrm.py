@@ -371,7 +371,7 @@ class WinRMTransport:
                            f"{USER_ENV}/{PASSWORD_ENV} and run again", user=cred.user, transport=self.options.transport)
 
     def _make_protocol(self):
-        from winrm.protocol import Protocol
+        from .winrm_messages import TemplatedProtocol as Protocol  # pywinrm's, cheaper per command message
 
         o = self.options
         o.check()  # a transport made without a pool is held to the same safe defaults
