@@ -4,8 +4,8 @@ A step is (host, component); it depends on every step of each component it
 depends on, on any host. Each step is a runner ``Unit`` (so per-host
 serialization, ``max_parallel``, retries with backoff, cancellation and
 events are the runner's). When a step's unit starts, it takes with it every
-other step of the same host that is ready now (waves: of the same group; dag:
-whose dependencies have all succeeded) into ONE Puppet run; the units of the
+other step of the same host and group whose dependencies have all succeeded
+into ONE Puppet run; the units of the
 steps it took along then just report the outcome already recorded (the runner
 never runs two units of a host at once, so that run has finished by then).
 
@@ -14,8 +14,15 @@ Schedules:
 * ``waves`` (the default): group k starts when every step of group k-1 has
   ended; without ``continue_on_error`` it starts only when all of them
   succeeded, else nothing more starts and the rest is reported skipped.
-* ``dag``: a step starts as soon as the steps of its dependencies succeeded;
-  without ``continue_on_error`` a failure starts nothing new anywhere.
+* ``dag``: no barrier between groups: a host's run for group k starts as
+  soon as the dependencies of all of that host's group-k steps have ended
+  (not when all of group k-1 has, everywhere); without ``continue_on_error``
+  a failure starts nothing new anywhere. Batches are the same as in waves
+  (one Puppet run per host per group), each starting no later, so dag is
+  never slower than waves. A greedy dag (start whatever is ready, batch what
+  is ready with it) was measured slower than waves at 300 hosts: with run
+  times jittering, the steps of a group on a host became ready at different
+  moments and took several runs, each paying the agent's fixed ~2.5 s.
 
 With ``continue_on_error`` a step runs exactly when all its dependencies
 succeeded; the others are ``skipped``, naming the dependency that did not.
@@ -373,8 +380,12 @@ class Deployment:
         if not steps:
             return
         ids = {s.id for s in steps}
+        waits: Dict[tuple, set] = {}  # (host, group) -> the dependencies of all its steps (dag)
+        for s in steps:
+            waits.setdefault((s.host, s.group), set()).update(d for d in s.depends_on if d in ids)
         units = [Unit(s.host, s.component, self._unit_fn(s, dag), key=s.id,
-                      depends_on=tuple(d for d in s.depends_on if d in ids) if dag else ())
+                      depends_on=tuple(d for d in s.depends_on if d in ids) if dag else (),
+                      after=tuple(sorted(waits[(s.host, s.group)] - set(s.depends_on))) if dag else ())
                  for s in steps]
         runner = self._runner_for(on_failure)
         with self._lock:
@@ -448,8 +459,8 @@ class Deployment:
         """Whether ``other`` may join ``leader``'s Puppet run now."""
         if other.id in self._settled or self.records[other.id].status != PENDING or self._cancelled:
             return False
-        if not dag and other.group != leader.group:
-            return False
+        if other.group != leader.group:
+            return False  # one run per host per group, in both schedules (the module docstring says why)
         return all(self.records[d].ok for d in other.depends_on if d in self.records)
 
     def _answer(self, rec: StepRecord, run: Optional[PuppetRun] = None):

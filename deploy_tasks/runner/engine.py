@@ -187,6 +187,7 @@ class Runner:
         pending = set(order)  # neither started nor ended
         waiting: Dict[str, int] = {}  # unit id -> dependencies not ended yet
         dependents: Dict[str, List[str]] = {}
+        followers: Dict[str, List[str]] = {}  # unit id -> units ordered after it (whatever its outcome)
         ready: Dict[str, List[tuple]] = {}  # host -> heap of (order, unit id) whose dependencies all ended
         hosts: List[tuple] = []  # heap of (order of the host's first ready unit, host); stale entries skipped
         running: Dict[str, Unit] = {}
@@ -230,6 +231,10 @@ class Runner:
                     blocked.append(k)
                 elif waiting[k] == 0:
                     make_ready(k)
+            for k in followers.get(uid, ()):
+                waiting[k] -= 1
+                if k in pending and waiting[k] == 0:
+                    make_ready(k)
             return blocked
 
         for u in units:
@@ -240,6 +245,10 @@ class Runner:
                     waiting[u.id] += 1
                 elif not results[d].ended:
                     waiting[u.id] += 1  # carried over without an end: it never ends (skipped below)
+            for d in u.after:
+                if d in by_id and d not in u.depends_on:
+                    followers.setdefault(d, []).append(u.id)
+                    waiting[u.id] += 1
         skip([u.id for u in units if self._blocker(u, results, failed_hosts, None) is not None])
         for u in units:
             if u.id in pending and waiting[u.id] == 0:
@@ -474,7 +483,7 @@ def _check(units: List[Unit]) -> None:
         if uid in seen:
             raise ValueError(f"two units have the id {uid!r}")
         seen.add(uid)
-    deps = {u.id: list(u.depends_on) for u in units}
+    deps = {u.id: list(u.depends_on) + [a for a in u.after if a in seen] for u in units}
     for u in units:
         for d in u.depends_on:
             if d not in seen:
