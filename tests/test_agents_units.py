@@ -32,7 +32,7 @@ def test_msi_busy_is_retryable_and_other_failures_are_not():
 
 
 class FakeMaster:
-    """A master shell answering `puppetserver ca` like the real CLI, each command taking a while."""
+    """A master shell answering `puppetserver ca` like the real CLI (the fallback without curl), each command slow."""
 
     name = "deploy01"
     dry_run = False
@@ -79,7 +79,7 @@ class FakeMaster:
 def test_the_ca_serialises_and_batches_and_signs_only_matching_fingerprints():
     names = [f"n{i}.example.test" for i in range(12)]
     master = FakeMaster({n: f"FP{i}" for i, n in enumerate(names)})
-    ca = CertificateAuthority(master, puppetserver="puppetserver", puppet="puppet")
+    ca = CertificateAuthority(master, puppetserver="puppetserver", puppet="puppet", backend="cli")
     results = {}
 
     def host(i, name):
