@@ -1,14 +1,16 @@
 """Benchmark: the agents part of `inv bootstrap` on many hosts, against the seed's method on the same fleet.
 
     /work/main/.venv/bin/python bench/agent_bootstrap.py [--hosts 300] [--max-parallel 50] [--msi-s 2] [--run-s 1]
-                                                         [--ca-s 0.9] [--skip-seed] [--real]
+                                                         [--ca api|cli|free] [--skip-seed] [--real] [--measure-ca]
 
 The fleet runs in a child process (as `inv fleet.up` runs it) in the persona's TIMING MODEL (no Puppet;
 certificates count as signed; the fingerprint is a hash of the certname), with two delays added by this
 script: msiexec takes ``--msi-s``, a Puppet agent catalog run takes ``--run-s`` (the CSR submission,
-``--waitforcert 0``, is one too). The master's CA is a stand-in with the real CLI's cost: every
-``puppetserver ca`` command takes ``--ca-s`` (0.9 s measured here for `puppetserver ca list`) and answers with
-the timing model's fingerprints.
+``--waitforcert 0``, is one too). The master's CA is a stand-in (the real ``CertificateAuthority`` with its
+batching, its requests replaced by sleeps) costing what the real one costs here: ``--ca api`` (default) the
+CA's HTTP API as the agent step calls it, ``--ca cli`` `puppetserver ca` (a master without curl), ``--ca
+free`` nothing. ``--measure-ca`` measures those costs on the real puppetserver (API from this process, curl,
+CLI) and prints them; the model's figures (``API_COST``, ``CLI_COST``) come from there.
 
 Printed:
 - deploy_tasks (AgentRun + the runner, one WinRM shell per host, batched CA): the makespan, and its ratio
@@ -88,10 +90,33 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-class StandInCA:
-    """The master's CA for the timing model: each CA command costs ``seconds``; same batching as the real one."""
+@dataclasses.dataclass(frozen=True)
+class CaCost:
+    """What one CA operation costs: ``fixed`` per operation, plus per name ``list_s`` (a status read) or
+    ``sign_s`` (a signature: the server's own work, whatever the client)."""
 
-    def __new__(cls, seconds: float):
+    fixed: float
+    list_s: float
+    sign_s: float
+
+    def describe(self) -> str:
+        return (f"{self.fixed * 1000:.0f} ms per operation + {self.list_s * 1000:.0f} ms per name listed, "
+                f"{self.sign_s * 1000:.0f} ms per name signed")
+
+
+# measured with --measure-ca against the real puppetserver 7.9.5 here (2 shared cores, other jobs running,
+# 2026-11-29): the API from this process 14-16 ms for a list of one name (TLS connection included), +2-5 ms a
+# name listed, 17-28 ms a name signed (the server's own work: the CLI and curl pay it too); `puppetserver ca`
+# 230-290 ms per call (Ruby start-up; 0.9 s measured earlier on a busier machine)
+API_COST = CaCost(fixed=0.015, list_s=0.005, sign_s=0.022)
+CLI_COST = CaCost(fixed=0.26, list_s=0.003, sign_s=0.021)
+
+
+class StandInCA:
+    """The master's CA for the timing model: each operation costs what ``cost`` says; the same batching as the
+    real one (the real class, with its HTTP calls replaced by sleeps)."""
+
+    def __new__(cls, cost: CaCost):
         from deploy_tasks.steps.agent import CaEntry, CertificateAuthority
 
         class _CA(CertificateAuthority):
@@ -108,18 +133,18 @@ class StandInCA:
 
             def _list(self, names):
                 self.commands += 1
-                time.sleep(seconds)
+                time.sleep(cost.fixed + cost.list_s * len(names))
                 return {n: CaEntry("signed" if n in self.signed else "requested", self.fingerprint(n)) for n in names}
 
             def _sign(self, names):
                 self.commands += 1
-                time.sleep(seconds)
+                time.sleep(cost.fixed + cost.sign_s * len(names))
                 self.signed.update(names)
                 return {n: None for n in names}
 
             def _clean(self, names):
                 self.commands += 1
-                time.sleep(seconds)
+                time.sleep(cost.fixed + 2 * cost.sign_s * len(names))
                 self.signed.difference_update(names)
                 return {n: None for n in names}
 
@@ -127,6 +152,56 @@ class StandInCA:
                 pass
 
         return _CA()
+
+
+def measure_ca(sizes=(1, 20)) -> dict:
+    """One list and one sign operation of ``n`` names against the real puppetserver's CA, for each way of
+    reaching it (HTTPS from here, curl on the master, the CLI); -> {backend: {n: (list_s, sign_s)}}."""
+    import shutil
+    import uuid
+
+    from tests.test_puppet_ca import submit_csr
+
+    from deploy_tasks.steps.puppet_ca import CertificateAuthority
+    from deploy_tasks.transports.ssh import Shell
+
+    if not shutil.which("puppetserver"):
+        raise SystemExit("--measure-ca needs puppetserver on this machine")
+    from tests.support import services
+
+    master = services.ensure_puppetserver()
+    out = {}
+    for backend in ("https", "curl", "cli"):
+        out[backend] = {}
+        for n in sizes:
+            names = [f"m{i}.b{uuid.uuid4().hex[:10]}.example.test" for i in range(n)]
+            for name in names:
+                submit_csr(master, name)
+            ca = CertificateAuthority(Shell("deploy01", "local"), backend=backend)
+            ca._list(names[:1])  # choose the backend, read the master's paths: once per run, not per turn
+            ca._via and ca._via.end_turn()
+            t0 = time.perf_counter()
+            entries = ca._list(names)
+            t1 = time.perf_counter()
+            signed = ca._sign(names)
+            t2 = time.perf_counter()
+            ca._via and ca._via.end_turn()
+            assert all(e.state == "requested" for e in entries.values()) and not any(signed.values()), signed
+            out[backend][n] = (t1 - t0, t2 - t1)
+            ca._clean(names)
+            ca.close()
+    return out
+
+
+def print_measured(measured: dict) -> None:
+    (small, large) = sorted(next(iter(measured.values())))
+    for backend, by_n in measured.items():
+        (l1, s1), (l2, s2) = by_n[small], by_n[large]
+        per_list, per_sign = (l2 - l1) / (large - small), (s2 - s1) / (large - small)
+        fixed = max(0.0, min(l1 - per_list * small, s1 - per_sign * small))
+        print(f"  {backend:5s}: list {small} name(s) {l1 * 1000:6.0f} ms, {large} names {l2 * 1000:6.0f} ms; "
+              f"sign {small} {s1 * 1000:6.0f} ms, {large} {s2 * 1000:6.0f} ms -> "
+              f"{CaCost(fixed, per_list, per_sign).describe()}")
 
 
 def _inventory(fleet: dict, domain: str):
@@ -151,7 +226,7 @@ def run_ours(fleet: dict, args) -> dict:
     inventory = _inventory(fleet, "bench.test")
     pool = WinRMPool(options_from_settings(settings), credential=Credential(fleet["username"], fleet["password"]),
                      warn=lambda line: None)
-    ca = StandInCA(args.ca_s)
+    ca = StandInCA(args.ca_cost)
     agents = AgentRun(inventory, settings, ca=ca, pool=pool)
     quiet = open(os.devnull, "w")
     cpu0, t0 = time.process_time(), time.monotonic()
@@ -230,7 +305,11 @@ def main() -> None:
     parser.add_argument("--max-parallel", type=int, default=50)
     parser.add_argument("--msi-s", type=float, default=2.0)
     parser.add_argument("--run-s", type=float, default=1.0)
-    parser.add_argument("--ca-s", type=float, default=0.9)
+    parser.add_argument("--ca", choices=("api", "cli", "free"), default="api",
+                        help="the CA's cost model: its HTTP API (what the agent step uses), the puppetserver ca CLI "
+                             "(a master without curl), or free")
+    parser.add_argument("--measure-ca", action="store_true",
+                        help="only time list and sign operations on the real puppetserver (API vs CLI)")
     parser.add_argument("--skip-seed", action="store_true")
     parser.add_argument("--real", action="store_true", help="also the six example hosts on the real-agent fleet")
     parser.add_argument("--real-only", action="store_true", help="only the six example hosts on the real-agent fleet")
@@ -241,6 +320,12 @@ def main() -> None:
         return serve(args)
     if args.real_only:
         return real_six()
+    if args.measure_ca:
+        sys.path.insert(0, str(ROOT))
+        print("the real puppetserver's CA, one list and one sign operation (per-run set-up excluded):")
+        return print_measured(measure_ca())
+    args.ca_cost = {"api": API_COST, "cli": CLI_COST, "free": CaCost(0, 0, 0)}[args.ca]
+    args.ca_s = args.ca_cost.fixed + args.ca_cost.sign_s  # the seed's one unchecked sign per host
 
     with tempfile.TemporaryDirectory(prefix="bench-agents-") as tmp:
         packages = fake_msi_server(Path(tmp) / "packages")
@@ -249,7 +334,7 @@ def main() -> None:
         per_host = args.msi_s + 2 * args.run_s
         bound = math.ceil(args.hosts / args.max_parallel) * per_host
         print(f"{args.hosts} hosts, --max-parallel {args.max_parallel}, MSI {args.msi_s:g} s, agent run "
-              f"{args.run_s:g} s, CA command {args.ca_s:g} s; per-host emulated work {per_host:g} s "
+              f"{args.run_s:g} s; CA ({args.ca}) {args.ca_cost.describe()}; per-host emulated work {per_host:g} s "
               f"(MSI + CSR run + catalog run); lower bound {bound:g} s")
         for name, runner in (("deploy_tasks", run_ours), ("seed method", run_seed)):
             if name == "seed method" and args.skip_seed:
