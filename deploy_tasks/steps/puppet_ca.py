@@ -27,6 +27,7 @@ a reused connection, whatever its webserver.conf says.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -87,14 +88,6 @@ def _message(body: str) -> str:
     return (text[:300] + "...") if len(text) > 300 else text
 
 
-class _Batch:
-    """Names waiting for one CA action; the first waiter to hold the CA lock runs it for all of them."""
-
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.items: List[dict] = []
-
-
 # -- how requests reach the CA ------------------------------------------------------------------
 
 
@@ -115,9 +108,9 @@ class PythonHttps:
     def url(self) -> str:
         return f"https://{self.host.certname}:{self.port} (at {self.address})"
 
-    def requests(self, what: str, reqs: Sequence[Tuple[str, str, Optional[dict]]]) -> List[Tuple[int, str]]:
+    def requests(self, what: str, reqs: Sequence[Tuple[str, str, Optional[dict]]], each=None) -> List[Tuple[int, str]]:
         out = []
-        for method, path, body in reqs:
+        for i, (method, path, body) in enumerate(reqs):
             if self._conn is None:
                 self._conn = _Connection(self.host.certname, self.address, self.port, self.context, self.timeout)
             data = json.dumps(body).encode() if body is not None else None
@@ -131,6 +124,8 @@ class PythonHttps:
                 self.end_turn()
                 raise CaError(f"{self.where}: cannot {what} on the master's CA at {self.url()}: "
                               f"{_connection_problem(exc, self.host.cacert)}") from None
+            if each is not None:
+                each(i, *out[-1])
         return out
 
     def end_turn(self) -> None:
@@ -203,13 +198,16 @@ class CurlOnMaster:
             out.append((int(code) if code.strip().isdigit() else 0, body))
         return out
 
-    def requests(self, what: str, reqs: Sequence[Tuple[str, str, Optional[dict]]]) -> List[Tuple[int, str]]:
+    def requests(self, what: str, reqs: Sequence[Tuple[str, str, Optional[dict]]], each=None) -> List[Tuple[int, str]]:
         got = self.shell.run(self.command(reqs), check=False)
         answers = self.parse(got.stdout, len(reqs))
         if len(answers) < len(reqs) or any(code == 0 for code, _ in answers):
             meaning = _CURL_EXIT.get(got.exited, f"curl exit {got.exited}")
             raise CaError(f"{self.where}: cannot {what} on the master's CA at {self.url()}: {meaning}: "
                           f"{_message(got.stderr) or '(no message)'}")
+        for i, answer in enumerate(answers):
+            if each is not None:
+                each(i, *answer)
         return answers
 
     def end_turn(self) -> None:
@@ -238,8 +236,11 @@ class CertificateAuthority:
         self.puppet = puppet
         self.port = port
         self.backend = backend  # None: chosen at the first CA turn
-        self._lock = threading.Lock()  # one CA operation at a time
-        self._batches: Dict[str, _Batch] = {a: _Batch() for a in ("list", "match", "sign", "clean")}
+        # one CA turn at a time: ``_busy`` under ``_cond``, which also guards the waiting names and wakes their
+        # callers when a result of theirs is delivered (mid-turn: a host goes on as soon as its name is signed)
+        self._cond = threading.Condition()
+        self._busy = False
+        self._waiting: Dict[str, List[dict]] = {a: [] for a in ("list", "match", "sign", "clean")}
         self._config: Optional[str] = None  # the CLI's private puppet.conf on the master
         self._via = None  # PythonHttps or CurlOnMaster
         self.host_cert = host_cert  # None: read on the master (puppet config print ... --section server)
@@ -267,7 +268,7 @@ class CertificateAuthority:
         self._submit("clean", certname)
 
     def close(self) -> None:
-        with self._lock:
+        with self._turn():
             if self._via is not None:
                 self._via.end_turn()
             if self._config:
@@ -282,45 +283,93 @@ class CertificateAuthority:
         return bool(getattr(self.shell, "dry_run", False))
 
     # machinery
-    def _submit(self, action: str, certname):
-        batch = self._batches[action]
-        item = {"name": certname, "done": False, "value": None, "error": None}
-        with batch.lock:
-            batch.items.append(item)
-        with self._lock:
+    @contextlib.contextmanager
+    def _turn(self):
+        with self._cond:
+            while self._busy:
+                self._cond.wait()
+            self._busy = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+
+    def _submit(self, action: str, name):
+        item = {"name": name, "done": False, "value": None, "error": None}
+        with self._cond:
+            self._waiting[action].append(item)
+            while self._busy and not item["done"]:
+                self._cond.wait()
             if not item["done"]:
-                # let the callers arriving together share this turn; only worth it when turns are slow
-                gather = min(self.gather_s, self._last_s / 4)
-                if gather > 0.001:
-                    time.sleep(gather)
-                with batch.lock:
-                    items, batch.items = batch.items, []
-                names = list(dict.fromkeys(i["name"] for i in items))  # a name, or (name, fingerprint)
-                began = time.monotonic()
-                try:
-                    results = getattr(self, "_" + action)(names)
-                except Exception as exc:  # noqa: BLE001 - every waiter of this batch gets the same error
-                    results = {n: exc for n in names}
-                finally:
-                    if self._via is not None:
-                        self._via.end_turn()
-                self._last_s = time.monotonic() - began
-                for i in items:
-                    value = results.get(i["name"])
-                    i["error" if isinstance(value, Exception) else "value"] = value
-                    i["done"] = True
+                self._busy = True  # this caller runs the next turn, for everyone waiting for this action
+        if not item["done"]:
+            try:
+                self._run_turn(action)
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
         if item["error"] is not None:
             raise item["error"]
         return item["value"]
 
-    def _match(self, pairs: Sequence[Tuple[str, str]]) -> Dict[Tuple[str, str], object]:
+    def _run_turn(self, action: str) -> None:
+        # let the callers arriving together share this turn; only worth it when turns are slow
+        gather = min(self.gather_s, self._last_s / 4)
+        if gather > 0.001:
+            time.sleep(gather)
+        with self._cond:
+            items, self._waiting[action] = self._waiting[action], []
+        by_name: Dict[object, List[dict]] = {}
+        for i in items:
+            by_name.setdefault(i["name"], []).append(i)
+
+        def deliver(name, value) -> None:
+            with self._cond:
+                for i in by_name.get(name, ()):
+                    if not i["done"]:
+                        i["error" if isinstance(value, Exception) else "value"] = value
+                        i["done"] = True
+                self._cond.notify_all()
+
+        began = time.monotonic()
+        try:
+            results = getattr(self, "_" + action)(list(by_name), deliver)
+        except Exception as exc:  # noqa: BLE001 - every waiter of this turn not served yet gets the same error
+            results = {n: exc for n in by_name}
+        finally:
+            if self._via is not None:
+                self._via.end_turn()
+        self._last_s = time.monotonic() - began
+        for name, value in results.items():
+            deliver(name, value)
+        for name, waiting in by_name.items():  # an action that gave no answer must not leave a caller waiting
+            if not all(i["done"] for i in waiting):
+                deliver(name, CaError(f"{self.shell.name}: the CA gave no answer for {name} (a bug: report it)"))
+
+    def _match(self, pairs: Sequence[Tuple[str, str]], deliver=None) -> Dict[Tuple[str, str], object]:
+        """List every name, then sign the requests whose fingerprint is the caller's; each caller gets its answer
+        as soon as it is known (a mismatch right after the list, a signature as soon as it is made)."""
         entries = self._list(list(dict.fromkeys(n for n, _ in pairs)))
-        wanted = {n for n, fp in pairs if entries[n].state == "requested" and entries[n].fingerprint == fp.upper()}
-        signed = self._sign(sorted(wanted)) if wanted else {}
+        matching = {(n, fp) for n, fp in pairs
+                    if entries[n].state == "requested" and entries[n].fingerprint == fp.upper()}
         out: Dict[Tuple[str, str], object] = {}
-        for name, fp in pairs:
-            error = signed.get(name) if name in wanted else None
-            out[(name, fp)] = error if isinstance(error, Exception) else (entries[name], name in wanted)
+
+        def give(name, error) -> None:
+            for pair in pairs:
+                if pair[0] == name and pair not in out:
+                    out[pair] = error if isinstance(error, Exception) else (entries[name], pair in matching)
+                    if deliver is not None:
+                        deliver(pair, out[pair])
+
+        wanted = sorted({n for n, _ in matching})
+        for name in dict.fromkeys(n for n, _ in pairs):
+            if name not in wanted:
+                give(name, None)
+        if wanted:
+            self._sign(wanted, give)
         return out
 
     # which way to the CA
@@ -373,9 +422,10 @@ class CertificateAuthority:
             self.puppetserver = self.puppetserver or layout.puppetserver
             self.puppet = self.puppet or layout.puppet
 
-    def _api(self, what: str, reqs) -> List[Tuple[int, str]]:
+    def _api(self, what: str, reqs, each=None) -> List[Tuple[int, str]]:
+        """The answers to ``reqs``, in order; ``each(index, code, body)`` as each one arrives."""
         self.requests += len(reqs)
-        return self._via.requests(what, reqs)
+        return self._via.requests(what, reqs, each)
 
     def _failed(self, what: str, method: str, path: str, code: int, body: str) -> CaError:
         reason = http.client.responses.get(code, "")
@@ -388,7 +438,7 @@ class CertificateAuthority:
         return CaError(text)
 
     # the operations
-    def _list(self, names: Sequence[str]) -> Dict[str, CaEntry]:
+    def _list(self, names: Sequence[str], deliver=None) -> Dict[str, CaEntry]:
         self.commands += 1
         if self._prepare() == "cli":
             return self._cli_list(names)
@@ -407,21 +457,33 @@ class CertificateAuthority:
                               f"not a certificate status: {_message(body)}") from None
         return out
 
-    def _sign(self, names: Sequence[str]) -> Dict[str, object]:
+    def _sign(self, names: Sequence[str], deliver=None) -> Dict[str, object]:
+        """Sign ``names``: name -> None (signed) or the CA's refusal; ``deliver(name, that)`` as each is known."""
         self.commands += 1
-        if self._prepare() == "cli":
-            return self._cli_sign(names)
-        if self.dry_run:
-            self._say(f"  [{self.shell.name}] would sign {', '.join(names)} on the master's CA")
-            return {n: None for n in names}
-        reqs = [("PUT", f"{API}/certificate_status/{quote(n, safe='')}", {"desired_state": "signed"})
-                for n in names]
         out: Dict[str, object] = {}
-        for name, (method, path, _), (code, body) in zip(names, reqs, self._api("sign certificates", reqs)):
-            out[name] = None if code == 204 else self._failed(f"sign {name}", method, path, code, body)
+        if self._prepare() == "cli":
+            out = self._cli_sign(names)
+        elif self.dry_run:
+            self._say(f"  [{self.shell.name}] would sign {', '.join(names)} on the master's CA")
+            out = {n: None for n in names}
+        else:
+            reqs = [("PUT", f"{API}/certificate_status/{quote(n, safe='')}", {"desired_state": "signed"})
+                    for n in names]
+
+            def each(i, code, body) -> None:
+                method, path, _ = reqs[i]
+                out[names[i]] = None if code == 204 else self._failed(f"sign {names[i]}", method, path, code, body)
+                if deliver is not None:
+                    deliver(names[i], out[names[i]])
+
+            self._api("sign certificates", reqs, each)
+            return out
+        if deliver is not None:
+            for name, value in out.items():
+                deliver(name, value)
         return out
 
-    def _clean(self, names: Sequence[str]) -> Dict[str, object]:
+    def _clean(self, names: Sequence[str], deliver=None) -> Dict[str, object]:
         """As ``puppetserver ca clean``: revoke (409: a request never signed, nothing to revoke), then delete."""
         self.commands += 1
         if self._prepare() == "cli":
