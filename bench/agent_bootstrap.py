@@ -323,9 +323,9 @@ def main() -> None:
     parser.add_argument("--max-parallel", type=int, default=50)
     parser.add_argument("--msi-s", type=float, default=2.0)
     parser.add_argument("--run-s", type=float, default=1.0)
-    parser.add_argument("--ca", choices=("api", "cli", "free"), default="api",
-                        help="the CA's cost model: its HTTP API (what the agent step uses), the puppetserver ca CLI "
-                             "(a master without curl), or free")
+    parser.add_argument("--ca", default="api",
+                        help="the CA's cost model(s), comma-separated, each a run of deploy_tasks: api (its HTTP "
+                             "API, what the agent step uses), cli (puppetserver ca: a master without curl), free")
     parser.add_argument("--measure-ca", action="store_true",
                         help="only time list and sign operations on the real puppetserver (API vs CLI)")
     parser.add_argument("--skip-seed", action="store_true")
@@ -342,7 +342,11 @@ def main() -> None:
         sys.path.insert(0, str(ROOT))
         print("the real puppetserver's CA, one list and one sign operation (per-run set-up excluded):")
         return print_measured(measure_ca())
-    args.ca_cost = {"api": API_COST, "cli": CLI_COST, "free": CaCost(0, 0, 0)}[args.ca]
+    costs = {"api": API_COST, "cli": CLI_COST, "free": CaCost(0, 0, 0)}
+    models = [m.strip() for m in args.ca.split(",") if m.strip()]
+    if not models or any(m not in costs for m in models):
+        parser.error(f"--ca {args.ca}: choose from {', '.join(costs)} (comma-separated)")
+    args.ca_cost = costs[models[0]]
     args.ca_s = args.ca_cost.fixed + args.ca_cost.sign_s  # the seed's one unchecked sign per host
 
     with tempfile.TemporaryDirectory(prefix="bench-agents-") as tmp:
@@ -352,12 +356,16 @@ def main() -> None:
         per_host = args.msi_s + 2 * args.run_s
         bound = math.ceil(args.hosts / args.max_parallel) * per_host
         print(f"{args.hosts} hosts, --max-parallel {args.max_parallel}, MSI {args.msi_s:g} s, agent run "
-              f"{args.run_s:g} s; CA ({args.ca}) {args.ca_cost.describe()}; per-host emulated work {per_host:g} s "
-              f"(MSI + CSR run + catalog run); lower bound {bound:g} s")
-        for name, runner in (("deploy_tasks", run_ours), ("seed method", run_seed)):
-            if name == "seed method" and args.skip_seed:
-                continue
-            root = Path(tmp) / name.replace(" ", "-")
+              f"{args.run_s:g} s; per-host emulated work {per_host:g} s (MSI + CSR run + catalog run); lower bound "
+              f"{bound:g} s")
+        for m in models:
+            print(f"  CA model {m}: {costs[m].describe()}")
+        runs = [(f"deploy_tasks/{m}", run_ours, costs[m]) for m in models]
+        if not args.skip_seed:
+            runs.append(("seed method", run_seed, costs[models[0]]))
+        for name, runner, cost in runs:
+            args.ca_cost = cost
+            root = Path(tmp) / name.replace(" ", "-").replace("/", "-")
             child, fleet = start_fleet(args, root)
             fleet_cpu0 = _cpu_s(child.pid)
             try:
@@ -367,15 +375,16 @@ def main() -> None:
                 child.stdin.close()
                 child.wait(60)
             figures["fleet_cpu"] = fleet_cpu
-            print(f"{name:13s} makespan {figures['wall']:6.1f} s = {figures['wall'] / bound:.2f} x lower bound; "
+            print(f"{name:17s} makespan {figures['wall']:6.1f} s = {figures['wall'] / bound:.2f} x lower bound; "
                   f"controller CPU {figures['cpu'] / args.hosts * 1000:.0f} ms/host; fleet CPU "
                   f"{fleet_cpu / args.hosts * 1000:.0f} ms/host; failed {figures['failed']}"
                   + (f"; CA commands {figures['ca_commands']}, WinRM shells {figures['shells']}"
                      if "ca_commands" in figures else ""))
-            if name == "deploy_tasks":
+            if name.startswith("deploy_tasks") and name.endswith("/" + models[0]):
                 ours = figures
-            else:
-                print(f"seed / deploy_tasks: makespan {figures['wall'] / ours['wall']:.2f}x, controller CPU "
+            elif name == "seed method":
+                print(f"seed / deploy_tasks/{models[0]} (seed: one unchecked sign per host, {args.ca_s * 1000:.0f} ms, "
+                      f"in parallel): makespan {figures['wall'] / ours['wall']:.2f}x, controller CPU "
                       f"{figures['cpu'] / ours['cpu']:.2f}x")
         packages.shutdown()
     if args.real:
