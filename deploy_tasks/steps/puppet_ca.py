@@ -247,9 +247,12 @@ class CertificateAuthority:
         self.commands = 0  # CA operations run (a list, a sign, a clean; the benchmark and tests read it)
         self.requests = 0  # HTTP requests made to the CA
         self.said: List[str] = []  # what the CA told the user once (e.g. the CLI fallback)
-        #: how long the caller that runs a CA operation waits for others first (at most a quarter of the last
-        #: turn): worth it when turns are slow (the CLI), next to nothing over the API
+        #: how long the caller that runs a CA turn waits for others first (at most a quarter of the last turn):
+        #: worth it when each operation starts a process (the CLI, ~0.3-0.9 s); over the API a turn's own cost
+        #: is one TLS connection (~10 ms), so waiting longer than ``api_gather_s`` costs more than it saves
+        #: (callers that arrive during a turn are served together by the next one anyway)
         self.gather_s = 0.05
+        self.api_gather_s = 0.01
         self._last_s = 1.0  # how long the last CA turn took
 
     # what callers use
@@ -318,6 +321,8 @@ class CertificateAuthority:
     def _run_turn(self, action: str) -> None:
         # let the callers arriving together share this turn; only worth it when turns are slow
         gather = min(self.gather_s, self._last_s / 4)
+        if self.backend not in (None, "cli"):
+            gather = min(gather, self.api_gather_s)
         if gather > 0.001:
             time.sleep(gather)
         with self._cond:
