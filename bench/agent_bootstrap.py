@@ -450,10 +450,10 @@ def real_six() -> None:
             wall = time.monotonic() - t0
             ok = sum(1 for u in result.units if u.status == "changed")
             print(f"real-agent fleet: 6 example hosts from nothing to signed + catalog retrieved in {wall:.1f} s "
-                  f"({ok}/6 done, {ca.commands} CA commands; the seed took 180 s: {180 / wall:.1f}x faster)")
-            names = ",".join(s.certname(domain) for s in inventory.windows_servers)
-            ca.shell.run(" ".join(["puppetserver", "ca", "clean", "--config", ca._conf(), "--certname", names]),
-                         check=False)
+                  f"({ok}/6 done, {ca.commands} CA operations over {ca.backend}; the seed took 180 s: "
+                  f"{180 / wall:.1f}x faster)")
+            for s in inventory.windows_servers:  # this run's names off the shared master
+                ca.clean(s.certname(domain))
             agents.close()
         finally:
             fleet.stop()
