@@ -398,12 +398,6 @@ class WinRMTransport:
                 self._protocol = self._make_protocol()
             self._shell_id = self._call("opening a shell", self._protocol.open_shell, codepage=CODEPAGE_UTF8)
             self.shells_opened += 1
-            # pywinrm resolved the proxy (none) and the CA when it built its requests session; without
-            # this, requests reads the proxy variables and ~/.netrc again on every message (a third of
-            # the controller's CPU per command with many hosts), to the same effect
-            session = getattr(getattr(self._protocol, "transport", None), "session", None)
-            if session is not None:
-                session.trust_env = False
         return self._shell_id
 
     # -- commands -------------------------------------------------------------------
