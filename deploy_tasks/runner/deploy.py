@@ -289,6 +289,9 @@ class Deployment:
         self._generation = 0  # changes to the records so far
         self._written = -1  # the generation the state file holds
         self._fragments: Dict[str, tuple] = {}  # step id -> (signature, its JSON) as last written
+        self._dirty: Optional[set] = None  # ids changed since the last write (None: look at every record)
+        self._not_ok: set = set()  # ids of steps this run recorded as failed or skipped
+        self._merged: Dict[str, StepRecord] = {}  # what the state file holds: records of other runs, then ours
         self._state: Dict[str, StepRecord] = {}
         self.records: Dict[str, StepRecord] = {}
         self._settled: set = set()  # steps whose outcome this run decided
@@ -325,6 +328,8 @@ class Deployment:
                 rec = StepRecord(s.host, s.component, s.group)
                 todo.append(s)
             self.records[s.id] = rec
+        self._merged = dict(self._state)
+        self._merged.update(self.records)
         self._warn_outside(todo)
         if self.preflight is not None and todo:
             self.preflight(todo)
@@ -370,7 +375,7 @@ class Deployment:
                 if blocker:
                     with self._lock:
                         self._finish(self.records[s.id], outcome.SKIPPED, blocker)
-                        self._save()
+                        self._save([self.records[s.id]])
                 else:
                     runnable.append(s)
             self._flush()
@@ -427,12 +432,13 @@ class Deployment:
                 batch = [step] + [o for o in self._of_host[step.host] if o.id != step.id and self._ready(o, step, dag)]
                 batch.sort(key=lambda s: self._index[s.id])
                 now = now_iso()
+                command = puppet_command([x.component for x in batch])
                 for s in batch:
                     r = self.records[s.id]
                     r.status, r.started, r.ended, r.attempts = RUNNING, now, None, ctx.attempt
-                    r.run = puppet_command([x.component for x in batch])
+                    r.run = command
                     self._settled.add(s.id)
-                self._save()
+                self._save([self.records[s.id] for s in batch])
             self._flush()  # on disk before Puppet starts: a resume after a crash re-checks these steps
             try:
                 run = self._puppet(ctx, step.host, batch)
@@ -446,7 +452,7 @@ class Deployment:
                             r.status, r.started = PENDING, None
                         else:
                             self._finish(r, outcome.FAILED, redact(str(exc)))
-                    self._save()
+                    self._save([self.records[s.id] for s in batch])
                 self._flush()
                 raise
             self._flush()  # the outcome is on disk before the runner hears of it
@@ -516,16 +522,22 @@ class Deployment:
                     self._finish(rec, outcome.FAILED, f"puppet exit {run.exit_code}: {got.error}", ended)
                 else:
                     self._finish(rec, got.status, "", ended)
-            self._save()
+            self._save([self.records[s.id] for s in batch])
         return run
 
     # -- records --------------------------------------------------------------------------
     def _finish(self, rec: StepRecord, status: str, error: str = "", ended: Optional[str] = None) -> None:
+        if self._dirty is not None:
+            self._dirty.add(rec.id)
+        if status not in outcome.SUCCEEDED:
+            self._not_ok.add(rec.id)
         rec.status = status
         rec.error = redact(error)
         rec.ended = ended or now_iso()
 
     def _failed_dependency(self, step: Step) -> str:
+        if not self._not_ok:
+            return ""  # nothing has failed or been skipped: no need to look at every dependency
         for d in step.depends_on:
             rec = self.records.get(d)
             if rec is not None and not rec.ok:
@@ -540,9 +552,13 @@ class Deployment:
             return f"not started: group {failed[0].group} did not succeed ({failed[0].id} failed)"
         return self._failed_dependency(step) or "not started"
 
-    def _save(self) -> None:
-        """Note that records changed (under ``self._lock``); ``_flush`` writes them."""
+    def _save(self, records: Optional[Iterable[StepRecord]] = None) -> None:
+        """Note that ``records`` (default: any record) changed, under ``self._lock``; ``_flush`` writes them."""
         self._generation += 1
+        if records is None:
+            self._dirty = None
+        elif self._dirty is not None:
+            self._dirty.update(r.id for r in records)
 
     def _flush(self) -> None:
         """Replace the state file with every record as it is now, unless a write since the last change did.
@@ -559,15 +575,16 @@ class Deployment:
                 if self._written >= self._generation:
                     return
                 generation = self._generation
-                merged = dict(self._state)
-                merged.update(self.records)
-                parts = []
-                for sid, rec in merged.items():
+                merged = self._merged
+                changed = merged if self._dirty is None else self._dirty
+                self._dirty = set()
+                for sid in changed:
+                    rec = merged[sid]
                     sig = rec.signature()
                     cached = self._fragments.get(sid)
                     if cached is None or cached[0] != sig:
-                        cached = self._fragments[sid] = (sig, json.dumps(rec.state_entry(), ensure_ascii=False))
-                    parts.append(cached[1])
+                        self._fragments[sid] = (sig, json.dumps(rec.state_entry(), ensure_ascii=False))
+                parts = [self._fragments[sid][1] for sid in merged]
             head = json.dumps({"schema": 1, "task": "deploy", "environment": self.environment,
                                "updated": now_iso()}, ensure_ascii=False)[:-1]
             _write_atomic(self.state_path, redact(head + ', "steps": [\n ' + ",\n ".join(parts) + "\n]}") + "\n")
