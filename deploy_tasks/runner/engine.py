@@ -238,18 +238,20 @@ class Runner:
             return blocked
 
         for u in units:
-            waiting[u.id] = 0
+            uid = u.id  # a property: not once per dependency (a deployment has hundreds of thousands)
+            count = 0
             for d in u.depends_on:
                 if d in by_id:
-                    dependents.setdefault(d, []).append(u.id)
-                    waiting[u.id] += 1
+                    dependents.setdefault(d, []).append(uid)
+                    count += 1
                 elif not results[d].ended:
-                    waiting[u.id] += 1  # carried over without an end: it never ends (skipped below)
+                    count += 1  # carried over without an end: it never ends (skipped below)
             own = set(u.depends_on)
             for d in u.after:
                 if d in by_id and d not in own:
-                    followers.setdefault(d, []).append(u.id)
-                    waiting[u.id] += 1
+                    followers.setdefault(d, []).append(uid)
+                    count += 1
+            waiting[uid] = count
         skip([u.id for u in units if self._blocker(u, results, failed_hosts, None) is not None])
         for u in units:
             if u.id in pending and waiting[u.id] == 0:
