@@ -173,6 +173,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("template_dir", "str", "", "A directory whose templates override the shipped ones in templates/ (same file names).", workbook=False, path=True),
     Setting("puppetserver_heap", "str", "512m-1g", "Java heap of puppetserver: min-max (512m-1g) or one size (2g).", workbook=False, check=heap_size_error),
     Setting("puppetserver_start_timeout_s", "int", 300, "Longest wait for puppetserver to answer running after a (re)start, in seconds.", workbook=False, minimum=10),
+    Setting("allow_master_rename", "bool", False, "Let inv bootstrap change the Puppet master's certname (e.g. after a new domain) although its CA has signed node certificates: every agent then has to be re-issued (inv bootstrap --only agents --reissue).", workbook=False),
     Setting("puppet_autosign", "str", "false", "Master's autosign: false, or the absolute path of a policy executable on the master (challenge passwords); never true.", workbook=False, check=lambda v: None if v == "false" or v.startswith("/") else "must be false or the absolute path of an autosign policy executable (true is never allowed)"),
     # -- inv generate-config ------------------------------------------------
     Setting("puppet_dir", "str", "", "Where inv generate-config writes the Puppet code dir (environments/<env>/...); blank: <build_dir>/puppet.", workbook=False, path=True),

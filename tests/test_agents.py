@@ -198,8 +198,9 @@ def test_six_hosts_installed_signed_after_fingerprint_match_and_a_second_run_cha
         assert product["properties"]["PUPPET_SERVER"] == f"deploy01.{lab.domain}"
         assert product["properties"]["PUPPET_AGENT_CERTNAME"] == certname
         assert product["properties"]["PUPPET_AGENT_ENVIRONMENT"] == lab.env["environment"]
-    # serialised and batched: far fewer CA commands than hosts x (list + sign)
+    # serialised and batched: far fewer CA operations than hosts x (list + sign); over the CA's HTTP API
     assert agents.ca.commands < 2 * len(WINDOWS)
+    assert agents.ca.backend == "https" and agents.ca.requests >= 2 * len(WINDOWS) and not agents.ca.said
     reports = lab.tmp / "reports"
     data = json.loads((reports / "bootstrap.json").read_text())
     assert data["ok"] and len(data["units"]) == 6

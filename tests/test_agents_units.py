@@ -32,7 +32,7 @@ def test_msi_busy_is_retryable_and_other_failures_are_not():
 
 
 class FakeMaster:
-    """A master shell answering `puppetserver ca` like the real CLI, each command taking a while."""
+    """A master shell answering `puppetserver ca` like the real CLI (the fallback without curl), each command slow."""
 
     name = "deploy01"
     dry_run = False
@@ -79,7 +79,7 @@ class FakeMaster:
 def test_the_ca_serialises_and_batches_and_signs_only_matching_fingerprints():
     names = [f"n{i}.example.test" for i in range(12)]
     master = FakeMaster({n: f"FP{i}" for i, n in enumerate(names)})
-    ca = CertificateAuthority(master, puppetserver="puppetserver", puppet="puppet")
+    ca = CertificateAuthority(master, puppetserver="puppetserver", puppet="puppet", backend="cli")
     results = {}
 
     def host(i, name):
@@ -136,3 +136,46 @@ def test_a_node_that_cannot_reach_the_ca_is_told_so_not_called_reimaged():
     text = str(err.value)
     assert "could not reach the master's CA at deploy01.example.test:8140" in text
     assert "does not list" not in text and "No more routes to ca" in text
+
+
+def test_a_host_goes_on_as_soon_as_its_own_name_is_signed_not_when_the_whole_turn_ends():
+    from deploy_tasks.steps.puppet_ca import CaEntry
+
+    release = threading.Event()
+    first_back = threading.Event()
+
+    class SlowSigner(CertificateAuthority):
+        def _list(self, names, deliver=None):
+            self.commands += 1
+            return {n: CaEntry("requested", "FP-" + n.upper()) for n in names}
+
+        def _sign(self, names, deliver=None):
+            self.commands += 1
+            deliver(names[0], None)  # the first signature is made...
+            assert first_back.wait(5), "its caller was not released while the turn went on"
+            release.wait(5)  # ...the others take long
+            for n in names[1:]:
+                deliver(n, None)
+            return {n: None for n in names}
+
+    ca = SlowSigner(shell=None, backend="cli")
+    ca.gather_s = 0.2
+    names = ["a.example.test", "b.example.test", "c.example.test"]
+    results = {}
+
+    def host(name):
+        results[name] = ca.sign_if_matching(name, "FP-" + name.upper())
+        if name == "a.example.test":
+            first_back.set()
+
+    # c arrives first and runs the turn (it goes on when the turn ends); a and b join it while it gathers
+    threads = [threading.Thread(target=host, args=(n,)) for n in reversed(names)]
+    threads[0].start()
+    time.sleep(0.05)
+    for t in threads[1:]:
+        t.start()
+    assert first_back.wait(5) and len(results) == 1 and results["a.example.test"][1]
+    release.set()
+    for t in threads:
+        t.join()
+    assert all(signed for _, signed in results.values()) and ca.commands == 2

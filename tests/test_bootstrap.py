@@ -405,16 +405,18 @@ def test_a_published_environment_symlink_counts_as_the_directory(ssh_shell):
         subprocess.run(["rm", "-rf", str(base)])
 
 
-@pytest.mark.parametrize("setting,value,what", [
-    ("INVOKE_DEPLOY_DOMAIN", "other.test", "wrote /etc/puppet/puppet.conf"),
-    ("INVOKE_DEPLOY_PUPPETSERVER_HEAP", "768m-1g", "restarted puppetserver"),
+@pytest.mark.parametrize("settings,what", [
+    # a new domain renames the master, whose CA has signed agents: refused unless asked for (test_master_rename.py)
+    ({"INVOKE_DEPLOY_DOMAIN": "other.test", "INVOKE_DEPLOY_ALLOW_MASTER_RENAME": "true"},
+     "wrote /etc/puppet/puppet.conf"),
+    ({"INVOKE_DEPLOY_PUPPETSERVER_HEAP": "768m-1g"}, "restarted puppetserver"),
 ])
-def test_master_changes_are_seen_and_a_dry_run_leaves_the_server_alone(lab, setting, value, what):
+def test_master_changes_are_seen_and_a_dry_run_leaves_the_server_alone(lab, settings, what):
     # a real restart would disturb everyone using the shared master: the dry run shows the decision
     conf = Path("/etc/puppet/puppet.conf").read_bytes()
     pid = Path(puppet_master.PIDFILE).read_text()
     proc = inv(lab, "bootstrap", "--inventory", lab["inventory"], "--only", "puppet-master", "--dry-run",
-               **{setting: value})
+               **settings)
     assert proc.returncode == 0, proc.all
     assert step_lines(proc.stdout)[("deploy01", "puppet-master")] == "would change"
     assert what in proc.stdout
@@ -422,6 +424,19 @@ def test_master_changes_are_seen_and_a_dry_run_leaves_the_server_alone(lab, sett
     assert "runuser -u puppet -- java -Xms" in proc.stdout  # ... and start again
     assert Path("/etc/puppet/puppet.conf").read_bytes() == conf
     assert Path(puppet_master.PIDFILE).read_text() == pid and puppet_master.status("127.0.0.1") == "running"
+    if "INVOKE_DEPLOY_DOMAIN" in settings:
+        assert "would rename the master from deploy01.example.test to deploy01.other.test" in proc.stdout
+
+
+def test_renaming_a_master_with_signed_agents_is_refused_with_what_to_do(lab):
+    conf = Path("/etc/puppet/puppet.conf").read_bytes()
+    proc = inv(lab, "bootstrap", "--inventory", lab["inventory"], "--only", "puppet-master", "--dry-run",
+               INVOKE_DEPLOY_DOMAIN="other.test")
+    assert proc.returncode == 1, proc.all
+    assert ("the Puppet master's certname would change from deploy01.example.test to deploy01.other.test"
+            in proc.all)
+    assert "--reissue" in proc.all and "INVOKE_DEPLOY_ALLOW_MASTER_RENAME=true" in proc.all
+    assert Path("/etc/puppet/puppet.conf").read_bytes() == conf
 
 
 def test_publish_the_example_s_generated_config(lab, pub_env, tmp_path):

@@ -335,3 +335,59 @@ def test_a_unit_given_up_on_after_the_grace_period_cannot_change_the_reported_re
     with pytest.raises(RunFailed) as err:
         result.raise_for_failures()
     assert err.value.exit_code == 130 and "cancelled by cancel" in str(err.value)
+
+
+def test_after_orders_a_unit_behind_others_whatever_their_outcome():
+    order = []
+
+    def step(name, fail=False, delay=0.0):
+        def fn(ctx):
+            order.append(("start", name))
+            time.sleep(delay)
+            order.append(("end", name))
+            if fail:
+                raise DeployError(f"{name} broke")
+            return "changed"
+        return fn
+
+    units = [Unit("h1", "slow", step("slow", fail=True, delay=0.05)), Unit("h2", "dep", step("dep")),
+             Unit("h3", "x", step("x"), depends_on=["h2/dep"], after=["h1/slow", "elsewhere/not-in-this-run"]),
+             Unit("h4", "y", step("y"), depends_on=["h1/slow"])]
+    result = runner(max_parallel=4, on_failure="dependents").run(units)
+    by = {u.id: u for u in result.units}
+    assert by["h3/x"].status == "changed"  # ordered after a failure, not skipped for it
+    assert order.index(("end", "slow")) < order.index(("start", "x"))
+    assert by["h4/y"].status == "skipped" and "h1/slow failed" in by["h4/y"].error
+
+
+def test_worker_threads_are_reused_across_units_and_runs():
+    seen = set()
+
+    def fn(ctx):
+        seen.add(threading.get_ident())
+        time.sleep(0.002)
+        return "unchanged"
+
+    r = runner(max_parallel=4)
+    for _ in range(3):  # as a deployment runs its groups one after another on one runner
+        result = r.run([Unit(f"h{i}", f"u{j}", fn) for i in range(8) for j in range(5)])
+        assert result.ok and len(result.units) == 40
+    assert 1 <= len(seen) <= 4  # at most max_parallel threads ever, not one per unit
+
+
+def test_wide_dependencies_on_hundreds_of_hosts_run_every_level_after_the_one_before():
+    # 300 hosts x 3 levels, every unit depending on every unit of the level before (180,000 edges;
+    # the event-driven scheduler counts them down instead of rescanning every pending unit per event)
+    hosts = [f"h{i:03d}" for i in range(300)]
+    ended = {}
+
+    def fn(ctx):
+        level = int(ctx.unit.name[1:])
+        assert all(ended.get((h, level - 1)) for h in hosts) if level else True
+        ended[(ctx.host, level)] = True
+        return "unchanged"
+
+    units = [Unit(h, f"l{level}", fn, depends_on=[f"{d}/l{level - 1}" for d in hosts] if level else ())
+             for level in range(3) for h in hosts]
+    result = runner(max_parallel=50).run(units)
+    assert result.ok and result.counts() == {"unchanged": 900}

@@ -678,3 +678,40 @@ def test_borrowed_transport_is_one_per_host_and_follows_the_worker_that_runs_the
         other.start()
         other.join()
         assert errors and "another worker thread" in str(errors[0].value)
+
+
+@FAKE
+def test_parallel_hosts_never_touch_the_process_environment(winrm_fleet, monkeypatch):
+    # requests' proxy lookup sets and deletes os.environ['no_proxy'] around every message unless the session
+    # ignores the environment: with threads that raced into KeyError: 'no_proxy' (6 commands here: 20+ changes)
+    import os
+
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    touched = []
+    real_setitem = type(os.environ).__setitem__
+
+    def watching(self, key, value):
+        if self is os.environ and key.lower() == "no_proxy":
+            touched.append(value)
+        return real_setitem(self, key, value)
+
+    monkeypatch.setattr(type(os.environ), "__setitem__", watching)
+    errors = []
+
+    def host(name):
+        try:
+            with connect(winrm_fleet, name) as t:
+                for _ in range(3):
+                    assert t.run("echo hi").stdout.strip() == "hi"
+                assert t._protocol.transport.build_session().trust_env is False
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=host, args=(h,)) for h, _ in HOSTS]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # only while pywinrm builds a host's session (once per connection, serialised), never per message
+    assert not errors and len(touched) <= len(HOSTS)

@@ -11,10 +11,17 @@ from __future__ import annotations
 
 import os
 import re
+import stat
+import threading
+import time
 from pathlib import Path
 from typing import List, Optional
 
 from .process import PROFILE_DIR
+
+_LISTINGS: dict = {}  # folder -> (its mtime_ns, when listed, {lowercased name: name on disk})
+_LISTINGS_LOCK = threading.Lock()
+_RACY_NS = 2_000_000_000
 
 
 class Sandbox:
@@ -61,15 +68,35 @@ class Sandbox:
 
     @staticmethod
     def find(path: Path) -> Optional[Path]:
-        """``path`` as it exists on disk, its last name matched case-insensitively; None when absent."""
+        """``path`` as it exists on disk, its last name matched case-insensitively; None when absent.
+
+        Every command resolves its program through the PATH (a few folders times PATHEXT's
+        extensions), so the lowercased names of a folder are kept while its mtime says it is
+        unchanged; a listing taken within ``_RACY_NS`` of the folder's mtime is not trusted (a
+        change in the same clock tick leaves the mtime as it was: git's "racy clean" rule).
+        """
         if path.exists():
             return path
-        parent = path.parent
-        if parent.is_dir():
-            for entry in parent.iterdir():
-                if entry.name.lower() == path.name.lower():
-                    return entry
-        return None
+        parent = os.fspath(path.parent)
+        try:
+            st = os.stat(parent)
+        except OSError:
+            return None
+        if not stat.S_ISDIR(st.st_mode):
+            return None
+        cached = _LISTINGS.get(parent)
+        if cached is None or cached[0] != st.st_mtime_ns or cached[1] - st.st_mtime_ns < _RACY_NS:
+            listed = time.time_ns()
+            names: dict = {}
+            for entry in os.listdir(parent):
+                names.setdefault(entry.lower(), entry)
+            cached = (st.st_mtime_ns, listed, names)
+            with _LISTINGS_LOCK:
+                if len(_LISTINGS) > 4096:
+                    _LISTINGS.clear()
+                _LISTINGS[parent] = cached
+        entry = cached[2].get(path.name.lower())
+        return path.parent / entry if entry is not None else None
 
     def is_dir(self, win_path: str, cwd: str = PROFILE_DIR) -> bool:
         try:

@@ -545,7 +545,7 @@ class PuppetAgent:
                    "resources": [], **run}
             runs.append(run)
             tmp = self.journal_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"runs": runs}, indent=1))
+            tmp.write_text(json.dumps({"runs": runs}))  # no indent: json's C encoder (see state.py)
             os.replace(tmp, self.journal_file)
 
     def journal(self) -> List[dict]:

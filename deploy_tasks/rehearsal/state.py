@@ -30,7 +30,9 @@ class HostState:
         with self._lock:
             fn(self._state)
             tmp = self.file.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self._state, indent=2, sort_keys=True))
+            # no indent: with one, json falls back to its pure-Python encoder, and this runs on every
+            # change of every emulated host (the fleet's CPU competes with the controller's in benches)
+            tmp.write_text(json.dumps(self._state, sort_keys=True))
             os.replace(tmp, self.file)
 
     def snapshot(self) -> dict:

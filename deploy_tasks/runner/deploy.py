@@ -4,8 +4,8 @@ A step is (host, component); it depends on every step of each component it
 depends on, on any host. Each step is a runner ``Unit`` (so per-host
 serialization, ``max_parallel``, retries with backoff, cancellation and
 events are the runner's). When a step's unit starts, it takes with it every
-other step of the same host that is ready now (waves: of the same group; dag:
-whose dependencies have all succeeded) into ONE Puppet run; the units of the
+other step of the same host and group whose dependencies have all succeeded
+into ONE Puppet run; the units of the
 steps it took along then just report the outcome already recorded (the runner
 never runs two units of a host at once, so that run has finished by then).
 
@@ -14,8 +14,15 @@ Schedules:
 * ``waves`` (the default): group k starts when every step of group k-1 has
   ended; without ``continue_on_error`` it starts only when all of them
   succeeded, else nothing more starts and the rest is reported skipped.
-* ``dag``: a step starts as soon as the steps of its dependencies succeeded;
-  without ``continue_on_error`` a failure starts nothing new anywhere.
+* ``dag``: no barrier between groups: a host's run for group k starts as
+  soon as the dependencies of all of that host's group-k steps have ended
+  (not when all of group k-1 has, everywhere); without ``continue_on_error``
+  a failure starts nothing new anywhere. Batches are the same as in waves
+  (one Puppet run per host per group), each starting no later, so dag is
+  never slower than waves. A greedy dag (start whatever is ready, batch what
+  is ready with it) was measured slower than waves at 300 hosts: with run
+  times jittering, the steps of a group on a host became ready at different
+  moments and took several runs, each paying the agent's fixed ~2.5 s.
 
 With ``continue_on_error`` a step runs exactly when all its dependencies
 succeeded; the others are ``skipped``, naming the dependency that did not.
@@ -106,6 +113,22 @@ class StepRecord:
 
     def to_dict(self) -> Dict[str, Any]:
         data = asdict(self)
+        data["seconds"] = round(self.seconds, 3)
+        return data
+
+    def signature(self) -> tuple:
+        """Everything the state file holds of this record (to re-serialise only the records that changed)."""
+        return (self.status, self.group, self.started, self.ended, self.seconds, self.exit_code, self.attempts,
+                self.error, len(self.details), self.details[-1:], self.run, len(self.output),
+                self.output[-1:])
+
+    def state_entry(self) -> Dict[str, Any]:
+        """The record as the state file keeps it: Puppet's output only for a step that did not succeed
+        (a succeeded step's output is in the host's log; kept for all, the file grows with steps x lines
+        and is rewritten after every step)."""
+        data = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        data["details"] = list(self.details)
+        data["output"] = [] if self.ok else list(self.output)
         data["seconds"] = round(self.seconds, 3)
         return data
 
@@ -258,11 +281,23 @@ class Deployment:
         self.warn = warn
         self._lock = threading.RLock()
         self._by_id = {s.id: s for s in self.steps}
+        self._index = {s.id: i for i, s in enumerate(self.steps)}
+        self._of_host: Dict[str, List[Step]] = {}
+        for s in self.steps:
+            self._of_host.setdefault(s.host, []).append(s)
+        self._write_lock = threading.Lock()  # one writer of the state file at a time
+        self._generation = 0  # changes to the records so far
+        self._written = -1  # the generation the state file holds
+        self._fragments: Dict[str, tuple] = {}  # step id -> (signature, its JSON) as last written
+        self._dirty: Optional[set] = None  # ids changed since the last write (None: look at every record)
+        self._not_ok: set = set()  # ids of steps this run recorded as failed or skipped
+        self._merged: Dict[str, StepRecord] = {}  # what the state file holds: records of other runs, then ours
         self._state: Dict[str, StepRecord] = {}
         self.records: Dict[str, StepRecord] = {}
         self._settled: set = set()  # steps whose outcome this run decided
         self._in_flight_before: set = set()
         self._runner: Optional[Runner] = None
+        self._runners: Dict[str, Runner] = {}
         self._cancelled: Optional[str] = None
 
     # -- public ---------------------------------------------------------------------------
@@ -293,6 +328,8 @@ class Deployment:
                 rec = StepRecord(s.host, s.component, s.group)
                 todo.append(s)
             self.records[s.id] = rec
+        self._merged = dict(self._state)
+        self._merged.update(self.records)
         self._warn_outside(todo)
         if self.preflight is not None and todo:
             self.preflight(todo)
@@ -310,6 +347,7 @@ class Deployment:
                     if rec.status == PENDING:
                         self._finish(rec, outcome.SKIPPED, self._why_not_started(s))
                 self._save()
+            self._flush()
         return DeployResult([self.records[s.id] for s in self.steps], started, now_iso(),
                             time.monotonic() - clock, self.schedule, cancelled=self._cancelled)
 
@@ -337,20 +375,36 @@ class Deployment:
                 if blocker:
                     with self._lock:
                         self._finish(self.records[s.id], outcome.SKIPPED, blocker)
-                        self._save()
+                        self._save([self.records[s.id]])
                 else:
                     runnable.append(s)
+            self._flush()
             self._run_units(runnable, on_failure="dependents", dag=False)
 
     def _run_units(self, steps: List[Step], on_failure: str, dag: bool) -> None:
         if not steps:
             return
         ids = {s.id for s in steps}
+        # dag: the first step of a host's group (its leader) waits for the dependencies of all of the
+        # group's steps there, the others for the leader: its run carries them (one ordering edge each,
+        # not the group's dependencies again: at 300 hosts a step has ~150)
+        waits: Dict[tuple, set] = {}  # (host, group) -> the dependencies of all its steps
+        leader: Dict[tuple, str] = {}
+        for s in steps if dag else ():
+            waits.setdefault((s.host, s.group), set()).update(d for d in s.depends_on if d in ids)
+            leader.setdefault((s.host, s.group), s.id)
+
+        def after(s: Step) -> tuple:
+            first = leader[(s.host, s.group)]
+            if first != s.id:
+                return (first,)
+            return tuple(sorted(waits[(s.host, s.group)] - set(s.depends_on)))
+
         units = [Unit(s.host, s.component, self._unit_fn(s, dag), key=s.id,
-                      depends_on=tuple(d for d in s.depends_on if d in ids) if dag else ())
-                 for s in steps]
-        runner = Runner("deploy", on_failure=on_failure, listeners=self.listeners, handle_signals=False,
-                        **self.runner_options)
+                      depends_on=tuple(d for d in s.depends_on if d in ids) if dag else (),
+                      after=after(s) if dag else ())
+                 for s in steps]  # (waves: no edges, the barrier is between run_units calls)
+        runner = self._runner_for(on_failure)
         with self._lock:
             self._runner = runner
             if self._cancelled:
@@ -370,6 +424,15 @@ class Deployment:
                     # abandoned after the grace period: the state keeps "running" so a resume re-checks it
                     rec.error = unit.error or "outcome unknown"
             self._save()
+        self._flush()
+
+    def _runner_for(self, on_failure: str) -> Runner:
+        """One runner per policy for the whole deployment: its worker threads serve every group."""
+        runner = self._runners.get(on_failure)
+        if runner is None:
+            runner = self._runners[on_failure] = Runner("deploy", on_failure=on_failure, listeners=self.listeners,
+                                                        handle_signals=False, **self.runner_options)
+        return runner
 
     # -- one unit -------------------------------------------------------------------------
     def _unit_fn(self, step: Step, dag: bool):
@@ -378,16 +441,17 @@ class Deployment:
                 rec = self.records[step.id]
                 if step.id in self._settled:  # carried by an earlier run on this host
                     return self._answer(rec)
-                batch = [step] + [o for o in self.steps
-                                  if o.host == step.host and o.id != step.id and self._ready(o, step, dag)]
-                batch.sort(key=lambda s: self.steps.index(s))
+                batch = [step] + [o for o in self._of_host[step.host] if o.id != step.id and self._ready(o, step, dag)]
+                batch.sort(key=lambda s: self._index[s.id])
                 now = now_iso()
+                command = puppet_command([x.component for x in batch])
                 for s in batch:
                     r = self.records[s.id]
                     r.status, r.started, r.ended, r.attempts = RUNNING, now, None, ctx.attempt
-                    r.run = puppet_command([x.component for x in batch])
+                    r.run = command
                     self._settled.add(s.id)
-                self._save()
+                self._save([self.records[s.id] for s in batch])
+            self._flush()  # on disk before Puppet starts: a resume after a crash re-checks these steps
             try:
                 run = self._puppet(ctx, step.host, batch)
             except BaseException as exc:
@@ -400,8 +464,10 @@ class Deployment:
                             r.status, r.started = PENDING, None
                         else:
                             self._finish(r, outcome.FAILED, redact(str(exc)))
-                    self._save()
+                    self._save([self.records[s.id] for s in batch])
+                self._flush()
                 raise
+            self._flush()  # the outcome is on disk before the runner hears of it
             with self._lock:
                 return self._answer(self.records[step.id], run)
 
@@ -411,14 +477,9 @@ class Deployment:
         """Whether ``other`` may join ``leader``'s Puppet run now."""
         if other.id in self._settled or self.records[other.id].status != PENDING or self._cancelled:
             return False
-        if other.id not in self._todo_ids():
-            return False
-        if not dag and other.group != leader.group:
-            return False
+        if other.group != leader.group:
+            return False  # one run per host per group, in both schedules (the module docstring says why)
         return all(self.records[d].ok for d in other.depends_on if d in self.records)
-
-    def _todo_ids(self) -> set:
-        return {sid for sid, r in self.records.items() if r.status in (PENDING, RUNNING)}
 
     def _answer(self, rec: StepRecord, run: Optional[PuppetRun] = None):
         if rec.status == outcome.FAILED:
@@ -473,16 +534,22 @@ class Deployment:
                     self._finish(rec, outcome.FAILED, f"puppet exit {run.exit_code}: {got.error}", ended)
                 else:
                     self._finish(rec, got.status, "", ended)
-            self._save()
+            self._save([self.records[s.id] for s in batch])
         return run
 
     # -- records --------------------------------------------------------------------------
     def _finish(self, rec: StepRecord, status: str, error: str = "", ended: Optional[str] = None) -> None:
+        if self._dirty is not None:
+            self._dirty.add(rec.id)
+        if status not in outcome.SUCCEEDED:
+            self._not_ok.add(rec.id)
         rec.status = status
         rec.error = redact(error)
         rec.ended = ended or now_iso()
 
     def _failed_dependency(self, step: Step) -> str:
+        if not self._not_ok:
+            return ""  # nothing has failed or been skipped: no need to look at every dependency
         for d in step.depends_on:
             rec = self.records.get(d)
             if rec is not None and not rec.ok:
@@ -497,13 +564,42 @@ class Deployment:
             return f"not started: group {failed[0].group} did not succeed ({failed[0].id} failed)"
         return self._failed_dependency(step) or "not started"
 
-    def _save(self) -> None:
+    def _save(self, records: Optional[Iterable[StepRecord]] = None) -> None:
+        """Note that ``records`` (default: any record) changed, under ``self._lock``; ``_flush`` writes them."""
+        self._generation += 1
+        if records is None:
+            self._dirty = None
+        elif self._dirty is not None:
+            self._dirty.update(r.id for r in records)
+
+    def _flush(self) -> None:
+        """Replace the state file with every record as it is now, unless a write since the last change did.
+
+        Called (outside ``self._lock``) before a Puppet run starts and before a step's outcome is handed
+        to the runner, so the file on disk always holds them. Group commit: when many runs end at once,
+        one write carries all of them and the others find their change already written; each record's
+        JSON is kept and only the records that changed are serialised again.
+        """
         if not self.state_path:
             return
-        merged = dict(self._state)
-        merged.update(self.records)
-        data = {"schema": 1, "task": "deploy", "environment": self.environment, "updated": now_iso(),
-                "steps": [r.to_dict() for r in merged.values()]}
-        _write_atomic(self.state_path, redact(json.dumps(data, indent=1, ensure_ascii=False)) + "\n")
+        with self._write_lock:
+            with self._lock:
+                if self._written >= self._generation:
+                    return
+                generation = self._generation
+                merged = self._merged
+                changed = merged if self._dirty is None else self._dirty
+                self._dirty = set()
+                for sid in changed:
+                    rec = merged[sid]
+                    sig = rec.signature()
+                    cached = self._fragments.get(sid)
+                    if cached is None or cached[0] != sig:
+                        self._fragments[sid] = (sig, json.dumps(rec.state_entry(), ensure_ascii=False))
+                parts = [self._fragments[sid][1] for sid in merged]
+            head = json.dumps({"schema": 1, "task": "deploy", "environment": self.environment,
+                               "updated": now_iso()}, ensure_ascii=False)[:-1]
+            _write_atomic(self.state_path, redact(head + ', "steps": [\n ' + ",\n ".join(parts) + "\n]}") + "\n")
+            self._written = generation
 
     # -- signals --------------------------------------------------------------------------

@@ -1,10 +1,13 @@
 """Run units of work concurrently: ``max_parallel``, one unit per host at a time, failure policy, retries, cancellation.
 
-The scheduler is one loop in the calling thread; each unit runs in a daemon
-thread of its own (at most ``max_parallel`` at once). Daemon threads, not a
-``ThreadPoolExecutor``: after a cancellation's grace period the run returns
-even if a unit is stuck in a remote command, and the process can exit
-(an executor's threads are joined at interpreter exit).
+The scheduler is one loop in the calling thread; units run in daemon worker
+threads (at most ``max_parallel`` busy at once), which are reused for the next
+unit and between ``run`` calls of one runner, and end after ``IDLE_EXIT``
+seconds without work (starting a thread costs milliseconds when hundreds
+are busy: a thread per unit put that on every wave's critical path). Daemon
+threads, not a ``ThreadPoolExecutor``: after a cancellation's grace period
+the run returns even if a unit is stuck in a remote command, and the process
+can exit (an executor's threads are joined at interpreter exit).
 
 Failure policy (``on_failure``):
 
@@ -32,6 +35,7 @@ previous handler (Ctrl-C twice stops at once).
 
 from __future__ import annotations
 
+import heapq
 import queue
 import random as _random
 import threading
@@ -46,6 +50,7 @@ from .model import Event, RunResult, Unit, UnitResult, now_iso
 
 Listener = Callable[[Event], None]
 POLICIES = ("host", "run", "dependents")
+IDLE_EXIT = 2.0  # seconds a worker thread waits for its next unit before it ends
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -111,6 +116,9 @@ class Runner:
         self._emit_lock = threading.RLock()
         self._abandoned: set = set()
         self._host_locks: Dict[str, threading.Lock] = {}
+        self._pool_lock = threading.Lock()
+        self._jobs: "queue.SimpleQueue" = queue.SimpleQueue()
+        self._idle = 0  # worker threads waiting for a unit
 
     # -- public ------------------------------------------------------------------------
     def cancel(self, reason: str = "cancel") -> None:
@@ -166,43 +174,112 @@ class Runner:
 
     # -- scheduling --------------------------------------------------------------------
     def _schedule(self, units: List[Unit], results: Dict[str, UnitResult]) -> None:
-        pending = list(units)
-        running: Dict[str, threading.Thread] = {}  # unit id -> thread
+        """Start units as their dependencies end, one per host, at most ``max_parallel``; skip what cannot run.
+
+        Event-driven: a unit's dependencies are counted down as they end and the
+        hosts with a startable unit wait in a heap ordered by the units' order,
+        so each event costs what it touches (not a scan of every pending unit:
+        thousands of steps on hundreds of hosts would make that quadratic).
+        Units start in their given order among those startable, as before.
+        """
+        order = {u.id: i for i, u in enumerate(units)}
+        by_id = {u.id: u for u in units}
+        pending = set(order)  # neither started nor ended
+        waiting: Dict[str, int] = {}  # unit id -> dependencies not ended yet
+        dependents: Dict[str, List[str]] = {}
+        followers: Dict[str, List[str]] = {}  # unit id -> units ordered after it (whatever its outcome)
+        ready: Dict[str, List[tuple]] = {}  # host -> heap of (order, unit id) whose dependencies all ended
+        hosts: List[tuple] = []  # heap of (order of the host's first ready unit, host); stale entries skipped
+        running: Dict[str, Unit] = {}
         busy_hosts: Dict[str, str] = {}  # host -> unit id running there
         failed_hosts: Dict[str, str] = {}  # host -> id of the unit that failed there
         done: "queue.Queue[str]" = queue.Queue()
-        run_failed: Optional[str] = None
+        state = {"run_failed": None}
         deadline: Optional[float] = None
+
+        def make_ready(uid: str) -> None:
+            host = by_id[uid].host
+            heap = ready.setdefault(host, [])
+            heapq.heappush(heap, (order[uid], uid))
+            if host not in busy_hosts and heap[0][1] == uid:
+                heapq.heappush(hosts, (order[uid], host))
+
+        def skip(uids: Iterable[str], why: Optional[str] = None) -> None:
+            """Skip ``uids`` (those still pending), then whatever depends on them, in order."""
+            work = [(order[u], u) for u in uids if u in pending]
+            heapq.heapify(work)
+            while work:
+                _, uid = heapq.heappop(work)
+                if uid not in pending:
+                    continue
+                unit = by_id[uid]
+                reason = why or self._blocker(unit, results, failed_hosts, state["run_failed"]) or "not started"
+                pending.discard(uid)
+                self._skip(unit, results[uid], reason)
+                for k in ended(uid):
+                    heapq.heappush(work, (order[k], k))
+
+        def ended(uid: str) -> List[str]:
+            """Count ``uid`` down in its dependents; return those it now blocks (it did not succeed)."""
+            blocked = []
+            ok = results[uid].status in outcome.SUCCEEDED
+            for k in dependents.get(uid, ()):
+                waiting[k] -= 1
+                if k not in pending:
+                    continue
+                if not ok:
+                    blocked.append(k)
+                elif waiting[k] == 0:
+                    make_ready(k)
+            for k in followers.get(uid, ()):
+                waiting[k] -= 1
+                if k in pending and waiting[k] == 0:
+                    make_ready(k)
+            return blocked
+
+        for u in units:
+            uid = u.id  # a property: not once per dependency (a deployment has hundreds of thousands)
+            count = 0
+            for d in u.depends_on:
+                if d in by_id:
+                    dependents.setdefault(d, []).append(uid)
+                    count += 1
+                elif not results[d].ended:
+                    count += 1  # carried over without an end: it never ends (skipped below)
+            own = set(u.depends_on)
+            for d in u.after:
+                if d in by_id and d not in own:
+                    followers.setdefault(d, []).append(uid)
+                    count += 1
+            waiting[uid] = count
+        skip([u.id for u in units if self._blocker(u, results, failed_hosts, None) is not None])
+        for u in units:
+            if u.id in pending and waiting[u.id] == 0:
+                make_ready(u.id)
 
         while pending or running:
             if self._cancel.is_set():
-                for unit in pending:
-                    self._skip(unit, results[unit.id], f"not started: the run was cancelled ({self._signal})")
-                pending = []
+                skip(pending, f"not started: the run was cancelled ({self._signal})")
                 if deadline is None:
                     deadline = time.monotonic() + self.grace
-            still: List[Unit] = []
-            for unit in pending:
-                res = results[unit.id]
-                blocker = self._blocker(unit, results, failed_hosts, run_failed)
-                if blocker is not None:
-                    self._skip(unit, res, blocker)
+            while hosts and len(running) < self.max_parallel:
+                first, host = heapq.heappop(hosts)
+                heap = ready.get(host)
+                while heap and heap[0][1] not in pending:
+                    heapq.heappop(heap)  # skipped after it became ready
+                if host in busy_hosts or not heap:
                     continue
-                deps_done = all(results[d].ended and d not in running for d in unit.depends_on)
-                if not deps_done or unit.host in busy_hosts or len(running) >= self.max_parallel:
-                    still.append(unit)
+                if heap[0][0] != first:
+                    heapq.heappush(hosts, (heap[0][0], host))
                     continue
-                busy_hosts[unit.host] = unit.id
-                thread = threading.Thread(target=self._work, args=(unit, res, done), daemon=True,
-                                          name=f"runner-{unit.host}")
-                running[unit.id] = thread
-                thread.start()
-            pending = still
+                _, uid = heapq.heappop(heap)
+                pending.discard(uid)
+                busy_hosts[host] = uid
+                running[uid] = by_id[uid]
+                self._submit(by_id[uid], results[uid], done, len(running))
             if not running:
                 if pending:  # nothing can ever start them (should not happen after _check)
-                    for unit in pending:
-                        self._skip(unit, results[unit.id], "not started: its dependencies never finished")
-                    pending = []
+                    skip(pending, "not started: its dependencies never finished")
                 break
             timeout = self._poll
             if deadline is not None:
@@ -224,13 +301,51 @@ class Runner:
                         self._emit(Event("finished", unit_id, res.host, res.name, attempt=res.attempts, result=res))
                     return
                 continue
-            running.pop(finished)
+            unit = running.pop(finished)
             res = results[finished]
             busy_hosts.pop(res.host, None)
+            heap = ready.get(res.host)
+            if heap:
+                heapq.heappush(hosts, (heap[0][0], res.host))
+            blocked = ended(finished)
             if res.status == outcome.FAILED:
                 failed_hosts.setdefault(res.host, finished)
-                if run_failed is None:
-                    run_failed = finished
+                if state["run_failed"] is None:
+                    state["run_failed"] = finished
+                if self.on_failure == "run":
+                    blocked = list(pending)
+                elif self.on_failure == "host":
+                    blocked += [u for u in pending if by_id[u].host == unit.host]
+            skip(blocked)
+
+    def _submit(self, unit: Unit, res: UnitResult, done: "queue.Queue[str]", running: int) -> None:
+        """Hand a unit to an idle worker thread, or start one (workers are kept between ``run`` calls)."""
+        with self._pool_lock:
+            if self._idle > 0:
+                self._idle -= 1
+                self._jobs.put((unit, res, done))
+                return
+        thread = threading.Thread(target=self._worker, args=((unit, res, done),), daemon=True,
+                                  name=f"runner-{self.task}-{running}")
+        thread.start()
+
+    def _worker(self, job) -> None:
+        """A worker thread: run jobs; leave after ``IDLE_EXIT`` seconds without one."""
+        while True:
+            self._work(*job)
+            with self._pool_lock:
+                self._idle += 1
+            try:
+                job = self._jobs.get(timeout=IDLE_EXIT)
+                continue
+            except queue.Empty:
+                pass
+            with self._pool_lock:  # a job handed over while the wait timed out is ours: take it
+                try:
+                    job = self._jobs.get_nowait()
+                except queue.Empty:
+                    self._idle -= 1
+                    return
 
     def _blocker(self, unit: Unit, results, failed_hosts, run_failed) -> Optional[str]:
         """Why ``unit`` must be skipped now, or None."""
@@ -371,23 +486,36 @@ def _check(units: List[Unit]) -> None:
         if uid in seen:
             raise ValueError(f"two units have the id {uid!r}")
         seen.add(uid)
-    deps = {u.id: list(u.depends_on) for u in units}
+    deps = {u.id: list(u.depends_on) + [a for a in u.after if a in seen] for u in units}
     for u in units:
         for d in u.depends_on:
             if d not in seen:
                 raise ValueError(f"unit {u.id!r} depends on unknown unit {d!r}")
-    state: Dict[str, int] = {}
+    # Kahn's algorithm (linear in the edges: a deployment has hundreds of thousands); a cycle is what is left
+    indegree = {uid: len(ds) for uid, ds in deps.items()}
+    users: Dict[str, List[str]] = {}
+    for uid, ds in deps.items():
+        for d in ds:
+            users.setdefault(d, []).append(uid)
+    free = [uid for uid in ids if indegree[uid] == 0]
+    while free:
+        uid = free.pop()
+        for k in users.get(uid, ()):
+            indegree[k] -= 1
+            if indegree[k] == 0:
+                free.append(k)
+    left = [uid for uid in ids if indegree[uid] > 0]
+    if left:
+        raise ValueError("unit dependencies form a cycle: " + " -> ".join(_cycle(left[0], deps, set(left))))
 
-    def visit(uid: str, path: List[str]) -> None:
-        if state.get(uid) == 2:
-            return
-        if state.get(uid) == 1:
-            cycle = path[path.index(uid):] + [uid]
-            raise ValueError("unit dependencies form a cycle: " + " -> ".join(cycle))
-        state[uid] = 1
-        for d in deps[uid]:
-            visit(d, path + [uid])
-        state[uid] = 2
 
-    for uid in ids:
-        visit(uid, [])
+def _cycle(start: str, deps: Dict[str, List[str]], left: set) -> List[str]:
+    """A cycle among ``left`` (units Kahn's algorithm could not order), walked from ``start``."""
+    path: List[str] = []
+    where: Dict[str, int] = {}
+    node = start
+    while node not in where:
+        where[node] = len(path)
+        path.append(node)
+        node = next(d for d in deps[node] if d in left)  # every unit left waits for another unit left
+    return path[where[node]:] + [node]

@@ -38,8 +38,11 @@ class Unit:
     such as a step's ``StepResult``. It raises to fail.
 
     ``depends_on``: ids of units that must succeed first (a failed or
-    skipped one skips this unit). ``retryable`` overrides the runner's rule
-    for this unit. ``id`` defaults to ``host/name``.
+    skipped one skips this unit). ``after``: ids of units of the same run
+    that must have ended first, whatever their outcome (an ordering, not a
+    dependency; other ids are ignored).
+    ``retryable`` overrides the runner's rule for this unit. ``id`` defaults
+    to ``host/name``.
     """
 
     host: str
@@ -48,6 +51,7 @@ class Unit:
     depends_on: Sequence[str] = ()
     retryable: Retryable = None
     key: str = ""
+    after: Sequence[str] = ()
 
     @property
     def id(self) -> str:

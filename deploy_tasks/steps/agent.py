@@ -14,31 +14,30 @@ Check first, then only what is missing (DESIGN.md, "Windows nodes: the command c
 2. The node's fingerprint (``puppet agent --fingerprint``); no key yet -> a CSR
    (``puppet agent --test --noop --waitforcert 0``: ``--noop`` so that a
    certificate signed meanwhile never applies a catalog from this step).
-3. The master's view of the name (``puppetserver ca list``, batched): a request
-   whose fingerprint equals the node's is signed (``puppetserver ca sign``,
-   batched); any other request signs nothing and fails the host with both
-   fingerprints; a signed certificate for another key (a re-imaged node) fails
-   with what to do, or with ``reissue=True`` is cleaned on the master
-   (``puppetserver ca clean``), the node's SSL files removed (``puppet ssl
-   clean``) and the handshake repeated.
+3. The master's view of the name (the CA's certificate status, batched: see
+   ``puppet_ca``): a request whose fingerprint equals the node's is signed in
+   the same turn of the CA; any other request signs nothing and fails the host
+   with both fingerprints; a signed certificate for another key (a re-imaged
+   node) fails with what to do, or with ``reissue=True`` is cleaned on the
+   master (revoked and deleted, as ``puppetserver ca clean`` does), the node's
+   SSL files removed (``puppet ssl clean``) and the handshake repeated.
 4. Confirm: ``puppet agent --test --noop`` retrieves a catalog.
 
 ``autosign = true`` is never written; the CA is reached only through
-``CertificateAuthority`` (one CA command at a time, several names per command).
+``CertificateAuthority`` (one CA operation at a time, several names per operation).
 """
 
 from __future__ import annotations
 
 import re
-import shlex
-import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional
 
 from ..errors import DeployError, TransportError
 from ..transports.wincmd import cmd_line
 from . import StepResult
+from .puppet_ca import CaEntry, CaError, CertificateAuthority  # noqa: F401 - the CA, as callers know it
 
 STEP = "puppet-agent"
 MSI_LOG = r"C:\Windows\Temp\deploy_tasks-puppet-agent-install.log"
@@ -103,171 +102,6 @@ class Options:
     reissue: bool = False
     reboot_timeout_s: float = 900.0
     poll_s: float = 1.0
-
-
-@dataclass(frozen=True)
-class CaEntry:
-    state: str  # requested, signed, revoked, missing
-    fingerprint: str = ""
-
-
-# -- the master's CA -------------------------------------------------------------------------
-
-
-class _Batch:
-    """Names waiting for one CA action; the first waiter to hold the CA lock runs it for all of them."""
-
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.items: List[dict] = []
-
-
-class CertificateAuthority:
-    """``puppetserver ca`` on the master through its (SSH or local) shell: serialised, batched.
-
-    A caller asks about one name; callers that arrive while a CA command runs
-    wait for the lock and are then served together by one command
-    (``--certname a,b,c``), so 300 nodes cost a handful of CA commands, not 300.
-    The CLI is pointed at the master itself (127.0.0.1, a name the master's
-    certificate carries) with a private config file in a temporary directory;
-    the master's puppet.conf is never touched.
-    """
-
-    def __init__(self, shell, puppetserver: Optional[str] = None, puppet: Optional[str] = None):
-        self.shell = shell
-        self.puppetserver = puppetserver
-        self.puppet = puppet
-        self._lock = threading.Lock()  # one CA command at a time
-        self._batches: Dict[str, _Batch] = {a: _Batch() for a in ("list", "match", "sign", "clean")}
-        self._config: Optional[str] = None
-        self.commands = 0  # CA commands run (the benchmark and tests read it)
-        #: how long the caller that runs a CA command waits for others first: a CA command costs ~1 s
-        #: (`puppetserver ca` starts Ruby), so hosts that finish their CSR together share one
-        self.gather_s = 0.05
-        self._last_s = 1.0  # how long the last CA turn took
-
-    # what callers use
-    def status(self, certname: str) -> CaEntry:
-        return self._submit("list", certname)
-
-    def sign(self, certname: str) -> None:
-        self._submit("sign", certname)
-
-    def sign_if_matching(self, certname: str, fingerprint: str) -> Tuple[CaEntry, bool]:
-        """The master's entry for ``certname``; a request whose fingerprint is ``fingerprint`` is signed in the
-        same turn of the CA (one list and one sign command for every name waiting). -> (entry, signed)."""
-        return self._submit("match", (certname, fingerprint))
-
-    def clean(self, certname: str) -> None:
-        self._submit("clean", certname)
-
-    def close(self) -> None:
-        with self._lock:
-            if self._config:
-                try:
-                    self.shell.run(f"rm -rf {shlex.quote(self._config.rsplit('/', 1)[0])}", check=False)
-                except Exception:  # noqa: BLE001 - a temporary directory left behind is harmless
-                    pass
-                self._config = None
-
-    # machinery
-    def _submit(self, action: str, certname: str):
-        batch = self._batches[action]
-        item = {"name": certname, "done": False, "value": None, "error": None}
-        with batch.lock:
-            batch.items.append(item)
-        with self._lock:
-            if not item["done"]:
-                # let the callers arriving together share this command; only worth it when commands are slow
-                gather = min(self.gather_s, self._last_s / 4)
-                if gather > 0.001:
-                    time.sleep(gather)
-                with batch.lock:
-                    items, batch.items = batch.items, []
-                names = list(dict.fromkeys(i["name"] for i in items))  # a name, or (name, fingerprint)
-                began = time.monotonic()
-                try:
-                    results = getattr(self, "_" + action)(names)
-                except Exception as exc:  # noqa: BLE001 - every waiter of this batch gets the same error
-                    results = {n: exc for n in names}
-                self._last_s = time.monotonic() - began
-                for i in items:
-                    value = results.get(i["name"])
-                    i["error" if isinstance(value, Exception) else "value"] = value
-                    i["done"] = True
-        if item["error"] is not None:
-            raise item["error"]
-        return item["value"]
-
-    def _match(self, pairs: Sequence[Tuple[str, str]]) -> Dict[Tuple[str, str], object]:
-        entries = self._list(list(dict.fromkeys(n for n, _ in pairs)))
-        wanted = {n for n, fp in pairs if entries[n].state == "requested" and entries[n].fingerprint == fp.upper()}
-        signed = self._sign(sorted(wanted)) if wanted else {}
-        out: Dict[Tuple[str, str], object] = {}
-        for name, fp in pairs:
-            error = signed.get(name) if name in wanted else None
-            out[(name, fp)] = error if isinstance(error, Exception) else (entries[name], name in wanted)
-        return out
-
-    def _cli(self, action: str, names: Sequence[str], *extra: str) -> str:
-        conf = self._conf()
-        return " ".join(shlex.quote(a) for a in [self.puppetserver, "ca", action, "--config", conf,
-                                                 "--certname", ",".join(names), *extra])
-
-    def _conf(self) -> str:
-        if self._config is None:
-            if self.puppetserver is None or self.puppet is None:
-                from . import puppet_master, remote
-
-                layout = puppet_master.layout_for(remote.platform(self.shell))
-                self.puppetserver = self.puppetserver or layout.puppetserver
-                self.puppet = self.puppet or layout.puppet
-            got = self.shell.run(f"{shlex.quote(self.puppet)} config print certname ssldir cadir --section server",
-                                 hint="is Puppet installed on the master? (inv bootstrap --only puppet-master)")
-            conf = dict(line.split(" = ", 1) for line in got.stdout.splitlines() if " = " in line)
-            text = ("[main]\n" + "".join(f"{k} = {conf[k].strip()}\n" for k in ("certname", "ssldir", "cadir")
-                                         if conf.get(k))
-                    + "server = 127.0.0.1\nca_server = 127.0.0.1\nca_port = 8140\n")
-            # a private temporary file: reading the CA needs it in a dry run too, and it changes nothing
-            made = self.shell.run("d=$(mktemp -d /tmp/deploy_tasks-ca.XXXXXX) && printf %s "
-                                  f"{shlex.quote(text)} > \"$d/puppet.conf\" && echo \"$d/puppet.conf\"")
-            self._config = made.stdout.strip().splitlines()[-1]
-        return self._config
-
-    def _list(self, names: Sequence[str]) -> Dict[str, CaEntry]:
-        import json
-
-        self.commands += 1
-        got = self.shell.run(self._cli("list", names, "--format", "json"), check=False)
-        try:
-            data = json.loads(got.stdout.strip().splitlines()[-1] if got.stdout.strip() else "")
-        except ValueError:
-            raise AgentError(f"{self.shell.name}: puppetserver ca list failed (exit {got.exited}): "
-                             f"{got.output[-600:]}") from None
-        out = {n: CaEntry("missing") for n in names}
-        for state in ("requested", "signed", "revoked"):
-            for entry in data.get(state) or []:
-                fp = (entry.get("fingerprints") or {}).get("SHA256") or entry.get("fingerprint", "")
-                out[entry.get("name", "")] = CaEntry(state, fp.upper())
-        return out
-
-    def _sign(self, names: Sequence[str]) -> Dict[str, object]:
-        self.commands += 1
-        got = self.shell.change(self._cli("sign", names), check=False)
-        if self.shell.dry_run:
-            return {n: None for n in names}
-        return {n: None if f"signed certificate request for {n}" in got.output
-                else AgentError(f"{self.shell.name}: puppetserver ca sign --certname {n} failed "
-                                f"(exit {got.exited}): {got.output[-600:]}") for n in names}
-
-    def _clean(self, names: Sequence[str]) -> Dict[str, object]:
-        self.commands += 1
-        got = self.shell.change(self._cli("clean", names), check=False)
-        if self.shell.dry_run:
-            return {n: None for n in names}
-        return {n: None if (f"Cleaned files related to {n}" in got.output or f"{n} has been revoked" in got.output)
-                else AgentError(f"{self.shell.name}: puppetserver ca clean --certname {n} failed "
-                                f"(exit {got.exited}): {got.output[-600:]}") for n in names}
 
 
 # -- one node --------------------------------------------------------------------------------

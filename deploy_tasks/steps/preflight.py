@@ -454,7 +454,7 @@ def check_host(transport, server, components: Sequence[str], settings, ca: Optio
 def check_hosts(inventory, settings, targets: Mapping[str, Sequence[str]], winrm_pool, *,
                 ca: Optional[MasterCA] = None, compile_catalog: bool = True,
                 workers: Optional[int] = None) -> PreflightResult:
-    """``check_host`` on every target, in parallel (one WinRM shell per host and worker thread, from the pool)."""
+    """``check_host`` on every target, in parallel (the host's one WinRM shell of the run, from the pool)."""
     result = PreflightResult()
     servers = []
     for hostname in targets:
@@ -465,7 +465,9 @@ def check_hosts(inventory, settings, targets: Mapping[str, Sequence[str]], winrm
 
     def one(server):
         try:
-            return check_host(winrm_pool.for_server(server), server, tuple(targets[server.hostname]), settings, ca,
+            # borrow: the host's one shell of the run, still open when the deploy's first Puppet run
+            # borrows it (one connection and logon per host, paid here, not on the first group's path)
+            return check_host(winrm_pool.borrow(server), server, tuple(targets[server.hostname]), settings, ca,
                               compile_catalog=compile_catalog)
         except DeployError as exc:  # a setting or a quoting problem: still one located line
             r = PreflightResult()

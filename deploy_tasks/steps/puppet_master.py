@@ -141,6 +141,62 @@ def conf_satisfied(current: Optional[str], desired: str) -> bool:
     return True
 
 
+def configured_certname(conf: Optional[str]) -> Optional[str]:
+    """The certname a master's puppet.conf gives it ([server], then [master], then [main]); None when unset."""
+    if not conf:
+        return None
+    parsed = configparser.ConfigParser(interpolation=None, strict=False)
+    try:
+        parsed.read_string(conf)
+    except configparser.Error:
+        return None
+    for section in ("server", "master", "main"):
+        value = parsed.get(section, "certname", fallback=None)
+        if value and value.strip():
+            return value.strip()
+    return None
+
+
+def signed_nodes(shell, layout: Layout, *masters: str) -> list:
+    """The certnames the master's CA has signed, other than ``masters`` (its own names): its agents."""
+    got = shell.run(f"{q(layout.puppet)} config print cadir --section server",
+                    hint="is Puppet installed on the master?")
+    cadir = got.stdout.strip().splitlines()[-1].split(" = ", 1)[-1].strip() if got.stdout.strip() else ""
+    if not cadir.startswith("/"):
+        raise RemoteCommandError(shell.name, got.command, got.exited, got.output, "could not read the CA directory")
+    listed = shell.run(f"if [ -d {q(cadir + '/signed')} ]; then ls -1 {q(cadir + '/signed')}; fi")
+    names = [line[:-4] for line in listed.stdout.splitlines() if line.endswith(".pem")]
+    return sorted(n for n in names if n not in masters)
+
+
+def check_rename(shell, layout: Layout, old: Optional[str], new: str, allowed: bool) -> str:
+    """Refuse to change the master's certname from ``old`` to ``new`` when its CA has signed agents, unless
+    ``allowed``; -> what to report ("" when the name does not change or nothing depends on it).
+
+    A new certname gives the master a new certificate with the new names only, so every agent that
+    reaches it by the old name fails TLS, and the agents' own certnames follow the same domain: each of
+    them needs a new certificate. Checked before anything is written, also in a dry run.
+    """
+    if not old or old == new:
+        return ""
+    nodes = signed_nodes(shell, layout, old, new)
+    if not nodes:
+        return ""
+    shown = ", ".join(nodes[:5]) + (f" and {len(nodes) - 5} more" if len(nodes) > 5 else "")
+    if not allowed:
+        raise ConfigError(
+            f"{shell.name}: the Puppet master's certname would change from {old} to {new} (setting domain and "
+            f"the master's host name), but its CA has signed {len(nodes)} agent certificate(s) ({shown}). "
+            f"Renaming it breaks every one of those agents: they reach the master by its old name, which its "
+            f"new certificate no longer carries, and their own certnames change with the domain, so each has to "
+            f"be re-issued (inv bootstrap --only agents --reissue). If that is intended, run again with "
+            f"allow_master_rename=true (INVOKE_DEPLOY_ALLOW_MASTER_RENAME=true or deploy.allow_master_rename in "
+            f"invoke.yaml), then re-issue the agents; otherwise put the domain back so that the certname stays {old}")
+    did = "would rename" if shell.dry_run else "renamed"
+    return (f"{did} the master from {old} to {new} (allow_master_rename): its {len(nodes)} signed agent(s) "
+            f"must be re-issued (inv bootstrap --only agents --reissue)")
+
+
 def webserver_conf(current: Optional[str], layout: Layout, template_dir: str = "") -> str:
     """webserver.conf with ``ssl-protocols: [TLSv1.2]`` (the rest as it is)."""
     if current is None or not current.strip():
@@ -295,6 +351,10 @@ def run(shell, server, settings, result: StepResult) -> StepResult:
     conf_path = f"{layout.confdir}/puppet.conf"
     desired = puppet_conf(server, settings, layout)
     current = remote.read(shell, conf_path)
+    renamed = check_rename(shell, layout, configured_certname(current), server.certname(settings.domain),
+                           bool(settings.allow_master_rename))
+    if renamed:
+        result.details.append(renamed)
     if not conf_satisfied(current, desired):
         _replace(shell, conf_path, desired, current is not None)
         changed_files.append(conf_path)

@@ -29,7 +29,7 @@ def state_path(settings, given: Optional[str] = None) -> str:
 @task(help={
     "inventory": INVENTORY_HELP,
     "group": "Run only this dependency group (see inv plan); default: every group in order.",
-    "schedule": "waves (default: group k after all of group k-1) or dag (each step as soon as its dependencies are done).",
+    "schedule": "waves (default: group k after all of group k-1) or dag (a host's group as soon as its steps' dependencies are done).",
     "continue_on_error": "Keep going after a failure: run every step whose dependencies succeeded, skip the rest.",
     "resume": "Do not run again the steps the state file records as succeeded; re-check steps that were in flight.",
     "dry_run": "Print every Puppet command per group and host; contact nobody.",
@@ -77,8 +77,8 @@ def deploy(c, inventory=None, group=None, schedule="waves", continue_on_error=Fa
         for g, host, comps in batches_by_group(steps):
             console.say(f"group {g}  {host}  {puppet_command(comps)}")
         if schedule == "dag":
-            console.say("(dag: a host's run carries what is ready when it starts, so its runs may be batched "
-                        "differently than shown)")
+            console.say("(dag: the same runs, without the barrier between groups: a host's run for a group "
+                        "starts when the dependencies of its steps in that group are done)")
         return
     from ..transports.winrm import pool_from_settings
 

@@ -371,7 +371,7 @@ class WinRMTransport:
                            f"{USER_ENV}/{PASSWORD_ENV} and run again", user=cred.user, transport=self.options.transport)
 
     def _make_protocol(self):
-        from winrm.protocol import Protocol
+        from .winrm_messages import TemplatedProtocol as Protocol  # pywinrm's, cheaper per command message
 
         o = self.options
         o.check()  # a transport made without a pool is held to the same safe defaults
@@ -384,10 +384,12 @@ class WinRMTransport:
             cred = self.credential()
             kwargs.update(username=cred.user, password=cred.password)
         try:
-            return Protocol(self.endpoint, **kwargs)
+            protocol = Protocol(self.endpoint, **kwargs)
         except Exception as exc:  # noqa: BLE001 - pywinrm validates its arguments with assorted exceptions
             raise TransportError(self.name, f"WinRM client for {self.where} cannot be set up: "
                                             f"{console.redact(str(exc))}") from None
+        _without_environment_proxies(protocol.transport)
+        return protocol
 
     def _shell(self) -> str:
         if self._shell_id is None:
@@ -820,3 +822,24 @@ class WinRMPool:
 def pool_from_settings(settings, *, dry_run: bool = False, echo=None, warn=None) -> WinRMPool:
     """A WinRMPool from resolved settings (checked; warnings printed)."""
     return WinRMPool(options_from_settings(settings), dry_run=dry_run, echo=echo, warn=warn)
+
+
+_SESSION_BUILD = threading.Lock()
+
+
+def _without_environment_proxies(transport) -> None:
+    """Every requests session pywinrm builds for ``transport`` (again after each ``close_session``) ignores the
+    environment's proxy settings: ``proxy=None`` already means no proxy, and with ``trust_env`` requests asks
+    ``should_bypass_proxies`` on every message, which sets and deletes ``os.environ['no_proxy']`` around a scan
+    of the environment: not thread-safe (a host of a parallel run failed with ``KeyError: 'no_proxy'``) and
+    ~1 ms of CPU a WinRM message. pywinrm's own ``build_session`` does that once more while it builds the
+    session, so builds are serialised."""
+    build = transport.build_session
+
+    def build_session():
+        with _SESSION_BUILD:
+            session = build()
+        session.trust_env = False
+        return session
+
+    transport.build_session = build_session

@@ -1,0 +1,118 @@
+"""The templated Command/Receive/Signal messages are byte for byte what pywinrm renders, and read the same."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+pytest.importorskip("winrm")
+
+from winrm import protocol as pywinrm_protocol  # noqa: E402
+from winrm.protocol import Protocol  # noqa: E402
+
+from deploy_tasks.transports.winrm_messages import TemplatedProtocol  # noqa: E402
+
+FIXED = uuid.UUID("3c2f7b4e-1d2a-4e5f-9a8b-7c6d5e4f3a2b")
+SHELL = "11111111-2222-3333-4444-555555555555"
+COMMAND_ID = "AAAAAAAA-BBBB-CCCC-DDDD-EEEEEEEEEEEE"
+REPLY_COMMAND = (f'<s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope" '
+                 f'xmlns:rsp="http://schemas.microsoft.com/wbem/wsman/1/windows/shell"><s:Body>'
+                 f'<rsp:CommandResponse><rsp:CommandId>{COMMAND_ID}</rsp:CommandId></rsp:CommandResponse>'
+                 f'</s:Body></s:Envelope>').encode()
+REPLY_SIGNAL = (f'<s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope" '
+                f'xmlns:a="http://schemas.xmlsoap.org/ws/2004/08/addressing"><s:Header>'
+                f'<a:RelatesTo>uuid:{FIXED}</a:RelatesTo></s:Header><s:Body/></s:Envelope>').encode()
+
+
+def reply_receive(done: bool) -> bytes:
+    state = "Done" if done else "Running"
+    code = "<rsp:ExitCode>3</rsp:ExitCode>" if done else ""
+    return (f'<s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope" '
+            f'xmlns:rsp="http://schemas.microsoft.com/wbem/wsman/1/windows/shell"><s:Body><rsp:ReceiveResponse>'
+            f'<rsp:Stream Name="stdout" CommandId="{COMMAND_ID}">aMOpbGxvCg==</rsp:Stream>'
+            f'<rsp:Stream Name="stderr" CommandId="{COMMAND_ID}">ZXJyCg==</rsp:Stream>'
+            f'<rsp:Stream Name="stdout" CommandId="{COMMAND_ID}" End="true"></rsp:Stream>'
+            f'<rsp:CommandState CommandId="{COMMAND_ID}" '
+            f'State="http://schemas.microsoft.com/wbem/wsman/1/windows/shell/CommandState/{state}">{code}'
+            f'</rsp:CommandState></rsp:ReceiveResponse></s:Body></s:Envelope>').encode()
+
+
+class Recording:
+    """Stands in for the HTTP transport: records each message, answers with the reply given."""
+
+    def __init__(self, reply: bytes):
+        self.reply = reply
+        self.sent = []
+
+    def __call__(self, message):
+        self.sent.append(message)
+        return self.reply
+
+
+def both(monkeypatch, reply: bytes, timeout: int = 20):
+    monkeypatch.setattr(pywinrm_protocol.uuid, "uuid4", lambda: FIXED)
+    made = []
+    for cls in (Protocol, TemplatedProtocol):
+        p = cls("https://127.0.0.1:5986/wsman", transport="basic", username="u", password="p",
+                operation_timeout_sec=timeout, read_timeout_sec=timeout + 10)
+        p.send_message = Recording(reply)
+        made.append(p)
+    return made
+
+
+HOSTILE = ['puppet agent --test --tags a,b', 'cmd /c "echo <b> & del x > y" \'q\'', "ünïcødé ✓ %PATH% ^& |",
+           "a]]>b <![CDATA[ x ]]>", "@@text@@ @@mid@@ @@shell@@"]
+
+
+@pytest.mark.parametrize("command", HOSTILE)
+@pytest.mark.parametrize("console,skip", [(True, False), (False, True)])
+def test_command_message_is_pywinrms_byte_for_byte(monkeypatch, command, console, skip):
+    ref, ours = both(monkeypatch, REPLY_COMMAND)
+    assert ref.run_command(SHELL, command, console_mode_stdin=console, skip_cmd_shell=skip) == COMMAND_ID
+    assert ours.run_command(SHELL, command, console_mode_stdin=console, skip_cmd_shell=skip) == COMMAND_ID
+    theirs_ref, ours_ref = ref.send_message.sent[0], ours.send_message.sent[0]
+    assert ours_ref == theirs_ref
+    assert list(ours._templates) == [("Command", console, skip, 20)]  # rendered from the template, not pywinrm    # rendered twice from the template: the second message carries its own values
+    ours.run_command(SHELL.replace("1", "9"), command + "!", console_mode_stdin=console, skip_cmd_shell=skip)
+    ref.run_command(SHELL.replace("1", "9"), command + "!", console_mode_stdin=console, skip_cmd_shell=skip)
+    assert ours.send_message.sent[1] == ref.send_message.sent[1]
+
+
+@pytest.mark.parametrize("done", [False, True])
+def test_receive_message_and_reading_match_pywinrm(monkeypatch, done):
+    ref, ours = both(monkeypatch, reply_receive(done))
+    expected = ref.get_command_output_raw(SHELL, COMMAND_ID)
+    assert ours.get_command_output_raw(SHELL, COMMAND_ID) == expected
+    assert expected == ("héllo\n".encode(), b"err\n", 3 if done else -1, done)
+    assert ("Receive", 20) in ours._templates
+    assert ours.send_message.sent == ref.send_message.sent
+
+
+def test_the_operation_timeout_in_the_header_follows_the_protocol(monkeypatch):
+    ref, ours = both(monkeypatch, reply_receive(False))
+    for seconds in (20, 3, 20):  # the transport lowers it near a command's deadline, then restores it
+        ref.operation_timeout_sec = ours.operation_timeout_sec = seconds
+        ref.get_command_output_raw(SHELL, COMMAND_ID)
+        ours.get_command_output_raw(SHELL, COMMAND_ID)
+    assert ours.send_message.sent == ref.send_message.sent
+    assert "PT3S" in ours.send_message.sent[1] and "PT20S" in ours.send_message.sent[2]
+
+
+def test_signal_message_matches_and_checks_relates_to(monkeypatch):
+    ref, ours = both(monkeypatch, REPLY_SIGNAL)
+    monkeypatch.setattr("deploy_tasks.transports.winrm_messages.uuid.uuid4", lambda: FIXED)
+    ref.cleanup_command(SHELL, COMMAND_ID)
+    ours.cleanup_command(SHELL, COMMAND_ID)
+    assert ours.send_message.sent == ref.send_message.sent and ("Signal", 20) in ours._templates
+    ours.send_message.reply = REPLY_SIGNAL.replace(str(FIXED).encode(), str(uuid.UUID(int=1)).encode())
+    with pytest.raises(AssertionError):
+        ours.cleanup_command(SHELL, COMMAND_ID)
+
+
+@pytest.mark.parametrize("shell", ['x"y', "a&b", "x@@text@@"])
+def test_ids_that_need_quoting_go_through_pywinrm_itself(monkeypatch, shell):
+    ref, ours = both(monkeypatch, REPLY_COMMAND)
+    ref.run_command(shell, "dir")
+    ours.run_command(shell, "dir")
+    assert ours.send_message.sent == ref.send_message.sent and not ours._templates
