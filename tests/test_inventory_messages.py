@@ -123,3 +123,11 @@ def test_a_component_keeps_its_class_without_leading_colons_and_its_description(
     component = load_inventory(wb.write(tmp_path, data)).component("catalog")
     assert (component.puppet_class, component.description, component.timeout_s) == ("acme::catalog",
                                                                                      "the catalogue", 1)
+
+
+def test_a_port_cell_showing_an_error_says_what_to_do(tmp_path):
+    data = wb.sheets()
+    wb.set_cell(data, "Servers", _server(data, "ZDB01"), "WinRM Port", "#REF!")  # openpyxl writes an error cell
+    with pytest.raises(InventoryError) as err:
+        load_inventory(wb.write(tmp_path, data))
+    assert str(err.value.problems[0]) == "Servers!E3: the cell shows the error #REF! (fix the formula or type the port)"
