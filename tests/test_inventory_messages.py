@@ -84,10 +84,34 @@ PORT_HINT = "(use a whole number from 1 to 65535)"
      "Settings!B13: setting 'inventory' belongs to the controller, not the workbook: it is a path, and the "
      "workbook (which anyone may edit) never names a path on the controller (set it in invoke.yaml "
      "(deploy.inventory), INVOKE_DEPLOY_INVENTORY or a --flag)"),
+    (_set_server("ZDB01", "Hostname", "zdb01."),
+     "Servers!A3: hostname 'zdb01.' ends with a dot (write the host name without the trailing dot (the domain "
+     "setting completes it))"),
+    (_set_server("ZAPP01", "Hostname", "-bad-"),
+     "Servers!A4: hostname '-bad-' is not a valid host name (letters, digits and hyphens, dot-separated labels of "
+     "at most 63 characters, not starting or ending with a hyphen)"),
+    (_set_server("ZAPP02", "Hostname", "zapp01"),
+     "Servers!A5: hostname 'zapp01' is already used in Servers!A4 (host names are compared ignoring case)"),
+    (_set_server("ZAPP02", "Hostname", None), "Servers!A5: Hostname is empty"),
+    (_set_server("ZWEB01", "OS", "windoze"),
+     "Servers!C8: OS 'windoze' is not one of windows, linux (did you mean 'windows'?)"),
+    (_set_server("ZWEB01", "OS", "beos"),
+     "Servers!C8: OS 'beos' is not one of windows, linux (write the OS family only: windows or linux)"),
+    (_set_server("ZWEB01", "Roles", "web, zzzzzz"),
+     "Servers!D8: unknown role 'zzzzzz' (known roles: puppet-master, package-server, app, db, web, zeo, search, "
+     "mail, reporting, ldap, cache, worker, proxy, monitoring)"),
+    (_set_server("ZWEB01", "Roles", "web\nproxy"), "Servers!D8: roles 'web\\nproxy' must be separated by commas"),
+    (lambda d: d.__setitem__("Servers", ([], [])),
+     "Servers sheet: the sheet is empty; it needs a header row: Hostname, Address, OS, Roles, WinRM Port, Notes"),
+    (lambda d: d["Servers"][0].__setitem__(5, "Hostname"),
+     "Servers!F1: column 'Hostname' appears twice (also Servers!A1) (delete one of them)"),
+    (lambda d: d["Servers"][0].__setitem__(5, "Qqqqqq"),
+     "Servers!F1: unknown column 'Qqqqqq' (known columns: Hostname, Address, OS, Roles, WinRM Port, Notes)"),
 ], ids=["port-0", "port-65536", "port-text", "port-bool", "timeout-0", "timeout-date", "name-suggested",
         "name-no-suggestion", "name-reserved", "name-device", "version", "artifact-path", "artifact-device",
         "puppet-class", "depends-line-break", "unknown-column", "parameter-column", "parameter-reserved",
-        "controller-msi", "controller-path"])
+        "controller-msi", "controller-path", "host-dot", "host-invalid", "host-twice", "host-empty", "os-near",
+        "os-far", "role-unknown", "roles-line-break", "sheet-empty", "column-twice", "column-unknown"])
 def test_the_first_problem_word_for_word(tmp_path, edit, expected):
     data = wb.sheets()
     edit(data)
@@ -99,10 +123,14 @@ def test_the_first_problem_word_for_word(tmp_path, edit, expected):
 def test_warnings_word_for_word(tmp_path):
     data = wb.sheets()
     wb.set_cell(data, "Servers", _server(data, "deploy01"), "WinRM Port", 5985)
+    wb.set_cell(data, "Servers", _server(data, "ZAPP02"), "Address", "127.0.0.11")
+    wb.set_cell(data, "Servers", _server(data, "deploy01"), "Address", "LOCAL")
     wb.set_cell(data, "Components", _component(data, "catalog"), "Version", 1.5)
     inv = load_inventory(wb.write(tmp_path, data))
+    assert inv.server("deploy01").address == "local"
     assert [str(w) for w in inv.warnings] == [
         "Servers!E2: a WinRM port on a linux server is ignored",
+        "Servers!B5: address '127.0.0.11' is also used in Servers!B3",
         "Components!B16: version '1.5' is stored as a number, so 1.10 would read as 1.1 (format the Version column "
         "as text and retype the version)"]
     assert {w.severity for w in inv.warnings} == {"warning"}
@@ -131,3 +159,32 @@ def test_a_port_cell_showing_an_error_says_what_to_do(tmp_path):
     with pytest.raises(InventoryError) as err:
         load_inventory(wb.write(tmp_path, data))
     assert str(err.value.problems[0]) == "Servers!E3: the cell shows the error #REF! (fix the formula or type the port)"
+
+
+def _swap_first_columns(data, sheet):
+    headers, rows = data[sheet]
+    headers[0], headers[1] = headers[1], headers[0]
+    for row in rows:
+        row[0], row[1] = row[1], row[0]
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (_set_server("ZDB01", "Hostname", "zdb01."), "Servers!B3: hostname 'zdb01.' ends with a dot"),
+    (_set_server("ZAPP01", "Hostname", "-bad-"), "Servers!B4: hostname '-bad-' is not a valid host name"),
+    (_set_server("ZAPP02", "Hostname", "zapp01"), "Servers!B5: hostname 'zapp01' is already used in Servers!B4"),
+    (_set_component("catalog", "Component", "Catalog-2"), "Components!B16: component name 'Catalog-2' must match"),
+    (_set_component("catalog", "Component", "class"), "Components!B16: component name 'class' is a Puppet reserved"),
+    (_set_component("catalog", "Component", "con"), "Components!B16: component name 'con' is a Windows device name"),
+    (_set_component("zeo_server", "Component", "catalog"), "Components!B16: component 'catalog' is already defined "
+                                                           "in Components!B"),
+], ids=["host-dot", "host-invalid", "host-twice", "name", "name-reserved", "name-device", "name-twice"])
+def test_a_problem_points_at_its_column_wherever_the_column_is(tmp_path, edit, expected):
+    # the key column second: a message must name the cell of that column, not column A
+    data = wb.sheets()
+    edit(data)
+    _swap_first_columns(data, "Servers")
+    _swap_first_columns(data, "Components")
+    with pytest.raises(InventoryError) as err:
+        load_inventory(wb.write(tmp_path, data))
+    texts = [str(p) for p in err.value.problems]
+    assert any(t.startswith(expected) for t in texts), texts
