@@ -8,7 +8,6 @@ import uuid
 
 import pytest
 
-from deploy_tasks import outcome
 from deploy_tasks.errors import DeployError, RemoteCommandError
 from deploy_tasks.redact import add_secret
 from deploy_tasks.runner import Runner, Unit, is_retryable
