@@ -271,3 +271,38 @@ def test_a_run_still_going_after_the_grace_period_stays_running_in_the_state_fil
     assert "still running" in record.error
     saved = json.loads(state.read_text())["steps"][0]
     assert saved["status"] == "running" and "still running" in saved["error"]
+
+
+# -- retries, an interrupt inside a step, the counts and the dry run's batches ---------------
+def test_an_unreachable_host_is_retried_after_the_backoff_and_then_deployed():
+    class Flaky(Node):
+        def change_argv(self, argv, check=False, timeout=None):
+            if not self.looked:
+                self.looked.append("refused")
+                raise HostUnreachable("H1", "connection refused")
+            return super().change_argv(argv, check, timeout)
+
+    node = Flaky("H1")
+    result = deploy([Step("H1", "a", 1)], {"H1": node}, schedule="waves", retries=1, backoff=0.01, backoff_max=0.01)
+    assert result.ok and tags_run(node) == [["a"]]
+    assert by_id(result)["H1/a"].attempts == 2
+
+
+def test_an_interrupt_inside_a_step_cancels_the_deploy_and_says_so():
+    class Interrupted(Node):
+        def change_argv(self, argv, check=False, timeout=None):
+            raise KeyboardInterrupt()
+
+    result = deploy(TWO_GROUPS[:1] + TWO_GROUPS[2:3], {"H1": Interrupted("H1")}, schedule="waves")
+    assert result.cancelled == "KeyboardInterrupt" and not result.ok
+    assert by_id(result)["H1/x"].error == "not started: the deploy was cancelled (KeyboardInterrupt)"
+
+
+def test_the_counts_and_the_dry_runs_batches():
+    from deploy_tasks.runner.deploy import batches_by_group
+
+    result = deploy(TWO_GROUPS, {"H1": Node("H1", fail={"a"}), "H2": Node("H2")}, schedule="waves",
+                    continue_on_error=True)
+    assert result.counts() == {"failed": 1, "changed": 2, "skipped": 1}
+    steps = TWO_GROUPS + [Step("H1", "w", 2)]
+    assert batches_by_group(steps) == [(1, "H1", ["a"]), (1, "H2", ["b"]), (2, "H1", ["x", "w"]), (2, "H2", ["y"])]
