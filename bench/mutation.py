@@ -59,7 +59,8 @@ TESTS = {
     # the deploy scheduler (plans steps into groups, drives the runner, keeps the resume state)
     # test_deploy.py's tests that start `inv deploy` in a subprocess cannot run under mutmut (see steps/deploy.py
     # below); its in-process ones drive the emulated fleet (seconds each)
-    "deploy_tasks/runner/deploy.py": ["tests/test_deploy_schedule.py", "tests/test_deploy_scheduler_units.py"] + [f"tests/test_deploy.py::{t}" for t in (
+    "deploy_tasks/runner/deploy.py": ["tests/test_deploy_schedule.py", "tests/test_deploy_scheduler_units.py",
+                                      "tests/test_deploy_scheduler_mutants.py"] + [f"tests/test_deploy.py::{t}" for t in (
         "test_steps_depend_on_every_host_of_their_dependencies_and_narrow",
         "test_the_example_deploys_completely_in_dependency_order",
         "test_a_failure_stops_the_next_group_and_resume_finishes_without_redoing",
