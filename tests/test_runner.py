@@ -16,18 +16,9 @@ import pytest
 from deploy_tasks import outcome
 from deploy_tasks.errors import DeployError, RunFailed
 from deploy_tasks.runner import RunResult, Runner, Unit
+from tests.support.runners import Transient, runner
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-class Transient(DeployError):
-    retryable = True
-
-
-def runner(**options) -> Runner:
-    options.setdefault("handle_signals", False)
-    options.setdefault("poll", 0.01)
-    return Runner("test", **options)
 
 
 def test_one_unit_per_host_at_a_time_and_max_parallel_respected():

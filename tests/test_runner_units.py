@@ -11,16 +11,7 @@ import pytest
 from deploy_tasks.errors import DeployError, RemoteCommandError
 from deploy_tasks.redact import add_secret
 from deploy_tasks.runner import Runner, Unit, is_retryable
-
-
-class Transient(DeployError):
-    retryable = True
-
-
-def runner(**options) -> Runner:
-    options.setdefault("handle_signals", False)
-    options.setdefault("poll", 0.01)
-    return Runner("test", **options)
+from tests.support.runners import Transient, runner
 
 
 def test_an_exception_is_retryable_only_when_it_says_so():
