@@ -152,7 +152,7 @@ def test_the_state_file_names_its_task_schema_and_environment(tmp_path):
 
 def write_state(path, records):
     path.write_text(json.dumps({"schema": 1, "task": "deploy", "environment": "",
-                                "steps": [r.to_dict() for r in records]}))
+                                "steps": [r.state_entry() for r in records]}))
 
 
 # -- resume and the in-flight re-check ------------------------------------------------------

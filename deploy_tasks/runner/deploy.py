@@ -52,7 +52,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 from .. import outcome
@@ -110,11 +110,6 @@ class StepRecord:
     @property
     def ok(self) -> bool:
         return self.status in outcome.SUCCEEDED
-
-    def to_dict(self) -> Dict[str, Any]:
-        data = asdict(self)
-        data["seconds"] = round(self.seconds, 3)
-        return data
 
     def signature(self) -> tuple:
         """Everything the state file holds of this record (to re-serialise only the records that changed)."""
