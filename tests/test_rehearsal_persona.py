@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import http.server
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -135,6 +136,51 @@ def test_sandbox_is_c_drive_and_cannot_be_escaped(host, tmp_path):
     (host.sandbox / "link").symlink_to(tmp_path)
     with pytest.raises(FileNotFoundError):
         host.to_sandbox(r"C:\link\secret.txt")
+
+
+def _age(root: Path, when: float) -> None:
+    """Set the mtime of every folder under ``root`` (and its own) to ``when``: folders untouched since."""
+    old = when
+    for folder in [root, *(p for p in root.rglob("*") if p.is_dir())]:
+        os.utime(folder, (old, old))
+
+
+def test_program_lookups_are_kept_until_a_folder_on_the_search_changes(host, monkeypatch):
+    searches = []
+    search = host._search_executable
+    monkeypatch.setattr(host, "_search_executable", lambda *a: searches.append(a) or search(*a))
+    ages = iter(range(int(time.time()) - 600, int(time.time()) - 60, 10))  # past times, each later than the one before
+    _age(host.sandbox, next(ages))
+    assert host.resolve_executable("tool") is None
+    assert host.resolve_executable("hostname") == "hostname"
+    assert host.resolve_executable("tool") is None and host.resolve_executable("HOSTNAME") == "hostname"
+    assert len(searches) == 3  # "tool" answered from what was kept; HOSTNAME is another name (a search of its own)
+    # a program added to a PATH folder (its mtime changes): found
+    (host.sandbox / "Windows" / "Tool.EXE").write_text("x")
+    assert host.resolve_executable("tool") == "tool" and len(searches) == 4
+    # changed within the racy window: searched again each time, until the folder is older than that
+    assert host.resolve_executable("tool") == "tool" and len(searches) == 5
+    _age(host.sandbox, next(ages))
+    assert host.resolve_executable("tool") == "tool" and len(searches) == 6
+    assert host.resolve_executable("tool") == "tool" and len(searches) == 6
+    # removed: gone; a new folder on the PATH given: found there
+    (host.sandbox / "Windows" / "Tool.EXE").unlink()
+    _age(host.sandbox, next(ages))
+    assert host.resolve_executable("tool") is None and len(searches) == 7
+    bin_dir = host.sandbox / "Tools" / "Bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "tool.cmd").write_text("x")
+    _age(host.sandbox, next(ages))
+    assert host.resolve_executable("tool", path=r"C:\tools\bin") == "tool"
+    assert host.resolve_executable("tool") is None  # not on the default PATH
+    # a PATH folder that does not exist yet, then does (the first folder above it that existed changes)
+    assert host.resolve_executable("tool", path=r"C:\later\bin") is None
+    count = len(searches)
+    assert host.resolve_executable("tool", path=r"C:\later\bin") is None and len(searches) == count
+    (host.sandbox / "later" / "bin").mkdir(parents=True)
+    (host.sandbox / "later" / "bin" / "tool.bat").write_text("x")
+    _age(host.sandbox, next(ages))
+    assert host.resolve_executable("tool", path=r"C:\later\bin") == "tool" and len(searches) == count + 1
 
 
 def test_powershell_encodedcommand_subset_and_clixml_errors(host):

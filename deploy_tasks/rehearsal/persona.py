@@ -20,6 +20,8 @@ programs and ``base.Persona`` for the endpoint.
 
 from __future__ import annotations
 
+import os
+import stat
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -50,6 +52,23 @@ PROGRAMS: Dict[str, Callable[[Host], Program]] = {
 SYSTEM32 = r"C:\Windows\System32"
 POWERSHELL_DIR = r"C:\Windows\System32\WindowsPowerShell\v1.0"
 _BASE_PATH = [SYSTEM32, r"C:\Windows", r"C:\Windows\System32\Wbem", POWERSHELL_DIR]
+_MAPPED = "\0unmapped"  # in a search's folders: a path could not be mapped (the answer is not kept)
+_RACY_NS = 2_000_000_000
+
+
+def _stamps(folders: List[str]) -> List[Optional[int]]:
+    """Each folder's mtime_ns, None for one that does not exist (or is not a folder)."""
+    out: List[Optional[int]] = []
+    for folder in folders:
+        try:
+            st = os.stat(folder)
+        except OSError:
+            out.append(None)
+            continue
+        out.append(st.st_mtime_ns if stat.S_ISDIR(st.st_mode) else None)
+    return out
+
+
 _SYSTEM_EXES = {
     SYSTEM32: ("cmd.exe", "hostname.exe", "whoami.exe", "msiexec.exe", "sc.exe", "shutdown.exe", "cscript.exe",
                "certutil.exe", "netstat.exe"),
@@ -83,6 +102,7 @@ class WindowsPersona:
         self._state.booted(now(), rebooted=False)
         self._lay_out_system()
         self.programs: Dict[str, Program] = {name: make(self) for name, make in PROGRAMS.items()}
+        self._resolved: Dict[Tuple[str, str, str], tuple] = {}  # resolve_executable's answers (see there)
 
     @property
     def cmd(self) -> CmdShell:
@@ -261,10 +281,44 @@ class WindowsPersona:
         return self.programs.get(stem) if stem else None
 
     def resolve_executable(self, name: str, cwd: str = PROFILE_DIR, path: Optional[str] = None) -> Optional[str]:
-        """The name (``msiexec``, ``puppet``...) of the executable file ``name`` finds, or None."""
+        """The name (``msiexec``, ``puppet``...) of the executable file ``name`` finds, or None.
+
+        Every command line resolves its program through the current directory and the PATH
+        (folders times PATHEXT's extensions: ~30 lookups, each matched case-insensitively). The
+        answer is kept while the modification time of every folder the search walked through is
+        unchanged (a file added, removed or renamed changes its folder's), and not kept when one
+        of them changed within ``_RACY_NS`` of the search (git's "racy clean" rule, as ``Sandbox.find``).
+        """
         if not name:
             return None
-        for base in self._program_bases(name, cwd, path):
+        if path is None:
+            path = ";".join(self._path())
+        key = (name, cwd, path)
+        kept = self._resolved.get(key)
+        if kept is not None and _stamps(kept[1]) == kept[2]:
+            return kept[0]
+        searched = time.time_ns()
+        found, folders = self._search_executable(name, cwd, path)
+        if folders is not None:
+            stamps = _stamps(folders)
+            if all(s is None or searched - s >= _RACY_NS for s in stamps):
+                if len(self._resolved) > 256:
+                    self._resolved.clear()
+                self._resolved[key] = (found, folders, stamps)
+        return found
+
+    def _search_executable(self, name: str, cwd: str, path: str) -> Tuple[Optional[str], Optional[List[str]]]:
+        """``resolve_executable``'s search: what it finds, and every folder it walked through (None when a
+        path could not be mapped: such an answer is not kept)."""
+        folders: Dict[str, None] = {}
+        root = str(self.sandbox)
+        for base in self._program_bases(name, cwd, path, folders):
+            folder = str(base.parent)
+            while True:  # the base's folder and each folder above it, up to C:\
+                folders[folder] = None
+                if len(folder) <= len(root):
+                    break
+                folder = os.path.dirname(folder)
             for ext in _PATHEXT:
                 found = Sandbox.find(base.with_name(base.name + ext) if ext else base)
                 if found is None or not found.is_file():
@@ -272,20 +326,27 @@ class WindowsPersona:
                 low = found.name.lower()
                 for known in _PATHEXT[1:]:
                     if low.endswith(known):
-                        return low[: -len(known)]
-                return None  # a file without an executable extension does not run
-        return None
+                        return low[: -len(known)], (list(folders) if _MAPPED not in folders else None)
+                return None, (list(folders) if _MAPPED not in folders else None)  # no executable extension
+        return None, (list(folders) if _MAPPED not in folders else None)
 
-    def _program_bases(self, name: str, cwd: str, path: Optional[str]) -> Iterator[Path]:
-        """Where ``name`` may be, in search order: itself when it has a folder, else cwd and each PATH entry."""
+    def _program_bases(self, name: str, cwd: str, path: Optional[str], unmapped: Optional[dict] = None) -> Iterator[Path]:
+        """Where ``name`` may be, in search order: itself when it has a folder, else cwd and each PATH entry.
+
+        A path that cannot be mapped (another drive, a link leading out) is skipped, and
+        marked in ``unmapped`` when given."""
         try:
             if "\\" in name or "/" in name or name[1:2] == ":":
                 yield self.to_sandbox(name, cwd)
                 return
         except FileNotFoundError:
+            if unmapped is not None:
+                unmapped[_MAPPED] = None
             return
         for folder in [cwd] + [p for p in (path if path is not None else ";".join(self._path())).split(";") if p]:
             try:
                 yield self.to_sandbox(folder, cwd) / name
             except FileNotFoundError:
+                if unmapped is not None:
+                    unmapped[_MAPPED] = None
                 continue  # a PATH entry on another drive
