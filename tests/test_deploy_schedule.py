@@ -97,3 +97,76 @@ def test_the_state_file_holds_each_outcome_and_keeps_output_only_for_failures(tm
                                                        for line in saved["H3/x"]["output"])
     assert saved["H1/a"]["status"] == "changed" and saved["H1/a"]["output"] == []
     assert result.steps[0].output  # the reports still get every step's output from the records
+
+
+class Witness(Host):
+    """A host that reads the state file as each of its Puppet runs starts."""
+
+    def __init__(self, name, state, seen, delay=0.01):
+        super().__init__(name, delay)
+        self.state, self.seen = state, seen
+
+    def change_argv(self, argv, check=False, timeout=None):
+        data = json.loads(self.state.read_text())
+        self.seen.append((self.name, argv[argv.index("--tags") + 1].split(","),
+                          {f"{s['host']}/{s['component']}": s["status"] for s in data["steps"]}))
+        return super().change_argv(argv, check, timeout)
+
+
+def test_a_run_starts_only_when_the_state_file_holds_its_mark_and_its_dependencies_outcomes(tmp_path):
+    state, seen = tmp_path / "state.json", []
+    hosts = {name: Witness(name, state, seen) for name in ("H1", "H2", "H3")}
+    for schedule in ("waves", "dag"):
+        seen.clear()
+        assert deploy(hosts, schedule, state_path=str(state)).ok
+        by_id = {s.id: s for s in STEPS}
+        assert sorted(c for _, tags, _ in seen for c in tags) == sorted(s.component for s in STEPS)
+        for host, tags, on_disk in seen:
+            for c in tags:
+                step = by_id[f"{host}/{c}"]
+                assert on_disk[step.id] == "running", (schedule, step.id, on_disk)
+                for d in step.depends_on:  # ended before this run, written no later than this run's mark
+                    assert on_disk[d] == "changed", (schedule, step.id, d, on_disk)
+        final = {f"{s['host']}/{s['component']}": s["status"] for s in json.loads(state.read_text())["steps"]}
+        assert set(final.values()) == {"changed"}
+
+
+def test_runs_that_start_and_end_together_share_the_state_file_s_writes(tmp_path, monkeypatch):
+    from deploy_tasks.runner import deploy as deploy_module
+
+    writes = []
+    real = deploy_module._write_atomic
+    def slow(path, text):  # a slow disk: what changes meanwhile rides the next write
+        writes.append(path)
+        time.sleep(0.02)
+        real(path, text)
+
+    monkeypatch.setattr(deploy_module, "_write_atomic", slow)
+    steps = [Step(f"H{i:02d}", "a", 1) for i in range(40)]
+    hosts = {s.host: Host(s.host, 0.05) for s in steps}
+    result = Deployment(steps, lambda h: hosts[h], release=lambda t: None, schedule="waves", max_parallel=40,
+                        handle_signals=False, retries=0, state_path=str(tmp_path / "state.json")).run()
+    assert result.ok and len(hosts["H00"].runs) == 1
+    # 40 "running" marks and 40 outcomes: one write carries whatever changed while the previous one
+    # was on its way (one write per change would be 80)
+    assert 2 <= len(writes) <= 10, len(writes)
+    saved = json.loads((tmp_path / "state.json").read_text())["steps"]
+    assert {s["status"] for s in saved} == {"changed"} and len(saved) == 40
+
+
+def test_a_state_file_that_cannot_be_written_stops_the_deploy_before_any_run(tmp_path, monkeypatch):
+    import errno
+
+    import pytest
+
+    from deploy_tasks.errors import DeployError
+    from deploy_tasks.runner import deploy as deploy_module
+
+    def full(path, text):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(deploy_module, "_write_atomic", full)
+    hosts = fleet(H1=0.01, H2=0.01, H3=0.01)
+    with pytest.raises(DeployError, match=r"the state file .*state.json cannot be written \(.*No space left"):
+        deploy(hosts, "waves", state_path=str(tmp_path / "state.json"))
+    assert not any(h.runs for h in hosts.values())

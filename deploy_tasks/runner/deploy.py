@@ -68,6 +68,7 @@ SCHEDULES = ("waves", "dag")
 RUNNING = "running"  # in the state file only: a step whose Puppet run had started and not ended
 PENDING = "pending"
 OUTPUT_LINES_KEPT = 400
+IDLE_WRITER = 2.0  # seconds the state file's writer thread waits for work before it ends (a new one starts on demand)
 
 
 @dataclass(frozen=True)
@@ -281,6 +282,11 @@ class Deployment:
         for s in self.steps:
             self._of_host.setdefault(s.host, []).append(s)
         self._write_lock = threading.Lock()  # one writer of the state file at a time
+        self._mine = threading.local()  # .generation: the calling thread's last change (see _flush)
+        self._wake = threading.Condition(self._lock)  # the writer: something changed
+        self._wrote = threading.Condition(self._lock)  # the waiting threads: a write ended
+        self._writer: Optional[threading.Thread] = None
+        self._write_error: Optional[BaseException] = None
         self._generation = 0  # changes to the records so far
         self._written = -1  # the generation the state file holds
         self._fragments: Dict[str, tuple] = {}  # step id -> (signature, its JSON) as last written
@@ -462,7 +468,7 @@ class Deployment:
                     self._save([self.records[s.id] for s in batch])
                 self._flush()
                 raise
-            self._flush()  # the outcome is on disk before the runner hears of it
+            self._flush(wait=False)  # written with the next write (a dependent's run waits for its own mark)
             with self._lock:
                 return self._answer(self.records[step.id], run)
 
@@ -562,25 +568,49 @@ class Deployment:
     def _save(self, records: Optional[Iterable[StepRecord]] = None) -> None:
         """Note that ``records`` (default: any record) changed, under ``self._lock``; ``_flush`` writes them."""
         self._generation += 1
+        self._mine.generation = self._generation  # this thread's last change: its _flush waits for no later one
         if records is None:
             self._dirty = None
         elif self._dirty is not None:
             self._dirty.update(r.id for r in records)
 
-    def _flush(self) -> None:
-        """Replace the state file with every record as it is now, unless a write since the last change did.
+    def _flush(self, wait: bool = True) -> None:
+        """Have every record as it is now written to the state file; with ``wait``, return once the
+        calling thread's own last change (``_save``) is on disk.
 
-        Called (outside ``self._lock``) before a Puppet run starts and before a step's outcome is handed
-        to the runner, so the file on disk always holds them. Group commit: when many runs end at once,
-        one write carries all of them and the others find their change already written; each record's
-        JSON is kept and only the records that changed are serialised again.
+        Called (outside ``self._lock``) before a Puppet run starts (waiting: the file holds the
+        "running" mark before Puppet starts, so a resume after a crash re-checks the step) and after
+        a run ends (not waiting: the outcome follows within one write; a step that starts after it
+        waits for its own mark, written with it). One writer thread replaces the file: when many runs
+        start or end at once, one write carries all of their changes (group commit); each record's
+        JSON is kept and only the records that changed are serialised again. A write that fails is
+        raised to every thread waiting for it, and to the next ``_flush``.
         """
         if not self.state_path:
             return
-        with self._write_lock:
+        mine = getattr(self._mine, "generation", None)
+        with self._lock:
+            target = self._generation if mine is None else mine
+            if self._written < target and self._write_error is None:
+                if self._writer is None or not self._writer.is_alive():
+                    self._writer = threading.Thread(target=self._write_loop, name="deploy-state-writer", daemon=True)
+                    self._writer.start()
+                self._wake.notify()
+                while wait and self._written < target and self._write_error is None:
+                    self._wrote.wait()
+            if self._write_error is not None and (wait or mine is None):
+                raise DeployError(f"the state file {self.state_path} cannot be written "
+                                  f"({self._write_error}); nothing after this is recorded")
+
+    def _write_loop(self) -> None:
+        """The state file's one writer (see ``_flush``); ends after ``IDLE_WRITER`` seconds with nothing to write."""
+        while True:
             with self._lock:
-                if self._written >= self._generation:
-                    return
+                idle_since = time.monotonic()
+                while self._written >= self._generation:
+                    if not self._wake.wait(IDLE_WRITER) and time.monotonic() - idle_since >= IDLE_WRITER:
+                        self._writer = None
+                        return
                 generation = self._generation
                 merged = self._merged
                 changed = merged if self._dirty is None else self._dirty
@@ -594,7 +624,16 @@ class Deployment:
                 parts = [self._fragments[sid][1] for sid in merged]
             head = json.dumps({"schema": 1, "task": "deploy", "environment": self.environment,
                                "updated": now_iso()}, ensure_ascii=False)[:-1]
-            _write_atomic(self.state_path, redact(head + ', "steps": [\n ' + ",\n ".join(parts) + "\n]}") + "\n")
-            self._written = generation
+            try:
+                _write_atomic(self.state_path, redact(head + ', "steps": [\n ' + ",\n ".join(parts) + "\n]}") + "\n")
+            except Exception as exc:  # noqa: BLE001 - disk full, permissions: raised to the waiting threads
+                with self._lock:
+                    self._write_error = exc
+                    self._writer = None
+                    self._wrote.notify_all()
+                return
+            with self._lock:
+                self._written = generation
+                self._wrote.notify_all()
 
     # -- signals --------------------------------------------------------------------------
