@@ -281,7 +281,6 @@ class Deployment:
         self._of_host: Dict[str, List[Step]] = {}
         for s in self.steps:
             self._of_host.setdefault(s.host, []).append(s)
-        self._write_lock = threading.Lock()  # one writer of the state file at a time
         self._mine = threading.local()  # .generation: the calling thread's last change (see _flush)
         self._wake = threading.Condition(self._lock)  # the writer: something changed
         self._wrote = threading.Condition(self._lock)  # the waiting threads: a write ended
