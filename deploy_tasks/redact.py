@@ -22,6 +22,12 @@ def add_secret(value: str) -> None:
             _secrets.add(value)
 
 
+def registered() -> frozenset:
+    """The secrets registered so far (to tell whether text redacted earlier is still redacted enough)."""
+    with lock:
+        return frozenset(_secrets)
+
+
 def redact(text: str) -> str:
     """``text`` with every registered secret replaced by ********."""
     with lock:

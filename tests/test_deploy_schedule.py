@@ -170,3 +170,32 @@ def test_a_state_file_that_cannot_be_written_stops_the_deploy_before_any_run(tmp
     with pytest.raises(DeployError, match=r"the state file .*state.json cannot be written \(.*No space left"):
         deploy(hosts, "waves", state_path=str(tmp_path / "state.json"))
     assert not any(h.runs for h in hosts.values())
+
+
+def test_a_secret_registered_mid_run_is_redacted_from_records_written_before_it(tmp_path):
+    import uuid
+
+    from deploy_tasks.redact import add_secret
+
+    secret = f"pw-{uuid.uuid4().hex}"
+
+    class Leaky(Host):  # its run fails and prints the secret (group 1)
+        def change_argv(self, argv, check=False, timeout=None):
+            result = super().change_argv(argv, check, timeout)
+            return Result(result.command, 6, f"Error: /Stage[main]/Main/Product::Component[a]/Exec[x]: {secret}\n", "")
+
+    class Learns(Host):  # learns that it is a secret (group 2), after the failure was written
+        def change_argv(self, argv, check=False, timeout=None):
+            assert secret in state.read_text()  # written before anyone knew
+            add_secret(secret)
+            return super().change_argv(argv, check, timeout)
+
+    state = tmp_path / "state.json"
+    steps = [Step("H1", "a", 1), Step("H2", "b", 2)]
+    hosts = {"H1": Leaky("H1"), "H2": Learns("H2")}
+    result = Deployment(steps, lambda h: hosts[h], release=lambda t: None, schedule="waves", max_parallel=2,
+                        handle_signals=False, retries=0, continue_on_error=True, state_path=str(state)).run()
+    assert [r.status for r in result.steps] == ["failed", "changed"]
+    text = state.read_text()
+    assert secret not in text and "********" in text
+    assert json.loads(text)["steps"][0]["status"] == "failed"

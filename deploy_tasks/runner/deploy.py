@@ -57,7 +57,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 from .. import outcome
 from ..errors import ConfigError, DeployError
-from ..redact import redact
+from ..redact import redact, registered
 from ..steps.deploy import PuppetRun, puppet_command, run_puppet, wait_until_idle
 from .engine import Runner
 from . import signals
@@ -288,7 +288,8 @@ class Deployment:
         self._write_error: Optional[BaseException] = None
         self._generation = 0  # changes to the records so far
         self._written = -1  # the generation the state file holds
-        self._fragments: Dict[str, tuple] = {}  # step id -> (signature, its JSON) as last written
+        self._fragments: Dict[str, tuple] = {}  # step id -> (signature, its redacted JSON in UTF-8) as last written
+        self._redacted_for: frozenset = frozenset()  # the secrets registered when the fragments were redacted
         self._dirty: Optional[set] = None  # ids changed since the last write (None: look at every record)
         self._not_ok: set = set()  # ids of steps this run recorded as failed or skipped
         self._merged: Dict[str, StepRecord] = {}  # what the state file holds: records of other runs, then ours
@@ -612,19 +613,28 @@ class Deployment:
                         return
                 generation = self._generation
                 merged = self._merged
-                changed = merged if self._dirty is None else self._dirty
+                secrets = registered()
+                again = secrets != self._redacted_for  # a secret registered since: every record redacted again
+                self._redacted_for = secrets
+                changed = merged if self._dirty is None or again else self._dirty
                 self._dirty = set()
                 for sid in changed:
                     rec = merged[sid]
                     sig = rec.signature()
                     cached = self._fragments.get(sid)
-                    if cached is None or cached[0] != sig:
-                        self._fragments[sid] = (sig, json.dumps(rec.state_entry(), ensure_ascii=False))
+                    if cached is None or cached[0] != sig or again:
+                        text = redact(json.dumps(rec.state_entry(), ensure_ascii=False))
+                        self._fragments[sid] = (sig, text.encode("utf-8"))
                 parts = [self._fragments[sid][1] for sid in merged]
-            head = json.dumps({"schema": 1, "task": "deploy", "environment": self.environment,
-                               "updated": now_iso()}, ensure_ascii=False)[:-1]
+            head = redact(json.dumps({"schema": 1, "task": "deploy", "environment": self.environment,
+                                      "updated": now_iso()}, ensure_ascii=False)[:-1])
+            # each record's JSON is redacted on its own: a secret lies within one record's text, unless it
+            # spans lines (the records are joined by ",\n "), and then the whole text is redacted as well
+            data = (head + ', "steps": [\n ').encode("utf-8") + b",\n ".join(parts) + b"\n]}\n"
+            if any("\n" in x for x in secrets):
+                data = redact(data.decode("utf-8")).encode("utf-8")
             try:
-                _write_atomic(self.state_path, redact(head + ', "steps": [\n ' + ",\n ".join(parts) + "\n]}") + "\n")
+                _write_atomic(self.state_path, data)
             except Exception as exc:  # noqa: BLE001 - disk full, permissions: raised to the waiting threads
                 with self._lock:
                     self._write_error = exc

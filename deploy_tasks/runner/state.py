@@ -44,13 +44,14 @@ def load(path: str) -> Optional[RunResult]:
         raise ConfigError(f"the state file {path} cannot be read ({exc}): move it away to start afresh") from None
 
 
-def _write_atomic(path: str, text: str) -> None:
+def _write_atomic(path: str, text) -> None:
+    """Replace ``path`` with ``text`` (str, written as UTF-8, or bytes): a temporary file, then a rename."""
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".state-", dir=directory)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(text.encode("utf-8") if isinstance(text, str) else text)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
