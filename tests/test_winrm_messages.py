@@ -116,3 +116,44 @@ def test_ids_that_need_quoting_go_through_pywinrm_itself(monkeypatch, shell):
     ref.run_command(shell, "dir")
     ours.run_command(shell, "dir")
     assert ours.send_message.sent == ref.send_message.sent and not ours._templates
+
+
+@pytest.mark.parametrize("auth", ["ntlm", "basic"])
+def test_a_session_s_request_prepared_once_is_the_request_pywinrm_prepares(auth):
+    from types import SimpleNamespace
+
+    from deploy_tasks.transports.winrm import _prepare_once, _without_environment_proxies
+
+    sent = {}
+    for name, fast in (("pywinrm", False), ("once", True)):
+        transport = Protocol("https://127.0.0.1:5986/wsman", transport=auth, username="u", password="p",
+                             server_cert_validation="ignore").transport
+        _without_environment_proxies(transport)
+        if fast:
+            _prepare_once(transport)
+        requests = sent[name] = []
+        transport._send_message_request = lambda session, prepared, out=requests: (
+            out.append(prepared) or SimpleNamespace(content=b"<reply/>"))
+        session = transport.build_session()
+        prepare = session.prepare_request
+        prepared_anew = []
+        session.prepare_request = lambda request: prepared_anew.append(request) or prepare(request)
+        for body in ("<s:Envelope>first</s:Envelope>", "<s:Envelope>s\u00e9cond, longer</s:Envelope>".encode()):
+            assert transport.send_message(body) == b"<reply/>"
+        assert len(prepared_anew) == (1 if fast else 2)
+    for ours, theirs in zip(sent["once"], sent["pywinrm"], strict=True):
+        assert (ours.method, ours.url, ours.body) == (theirs.method, theirs.url, theirs.body)
+        assert dict(ours.headers) == dict(theirs.headers)
+        assert ours.headers["Content-Length"] == str(len(theirs.body))
+        assert [getattr(h, "__name__", h) for h in ours.hooks["response"]] == [
+            getattr(h, "__name__", h) for h in theirs.hooks["response"]]
+
+
+def test_kerberos_keeps_pywinrm_s_own_path():
+    from deploy_tasks.transports.winrm import _prepare_once
+
+    transport = Protocol("https://127.0.0.1:5986/wsman", transport="basic", username="u", password="p").transport
+    own = transport.send_message
+    transport.auth_method = "kerberos"
+    _prepare_once(transport)
+    assert transport.send_message == own
