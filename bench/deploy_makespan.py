@@ -1,7 +1,7 @@
 """Benchmark: inv deploy's makespan on the TIMING-MODEL fleet, waves and dag, against their lower bounds and the seed's method.
 
     .venv/bin/python bench/deploy_makespan.py [--hosts 6,60,300] [--pin] [--overhead 2.47] [--per-component 0.17]
-        [--methods waves,dag,seed]
+        [--methods waves,dag,seed] [--edges]
 
 The fleet runs in a child process (as `inv fleet.up` runs it). Its persona is the
 timing model (deploy_tasks/rehearsal/puppet.py, mode "timing"): a Puppet run costs
@@ -52,6 +52,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import List
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -200,6 +201,37 @@ def replay(steps, o: float, c: float, schedule: str) -> float:
     return max(end.values())
 
 
+def edges(root: Path, state: Path, steps, overhead: float, since: float) -> List[str]:
+    """Where each group's time went (``--edges``): from the state file (the controller's marks and outcomes)
+    and the fleet's Puppet journals (when each run started and finished on its host), in seconds after the
+    first run started: the controller starting the group's runs, the hosts starting them (the spread is the
+    start lag: WinRM and CPU at the group's start), the hosts finishing, the controller recording the last."""
+    from datetime import datetime
+
+    def at(text):
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+    group = {(s.host, s.component): s.group for s in steps}
+    recs = {(r["host"], r["component"]): r for r in json.loads(state.read_text())["steps"]}
+    runs = [(r["host"].upper(), at(r["started"]) - overhead, at(r["finished"]), r["tags"])
+            for j in root.rglob("puppet-journal.json") for r in json.loads(j.read_text())["runs"]
+            if r.get("mode") == "timing" and at(r["started"]) - overhead >= since - 1.0]
+    t0 = min(at(r["started"]) for r in recs.values())
+    lines, before = [], t0
+    for g in sorted(set(group.values())):
+        mine = [r for r in runs if group.get((r[0], r[3][0])) == g]
+        if not mine:
+            continue
+        marks = [at(recs[(r[0], r[3][0])]["started"]) for r in mine]
+        ended = max(at(recs[(r[0], c)]["ended"]) for r in mine for c in r[3])
+        lines.append(f"      group {g}: {len(mine):3d} runs; controller starts {min(marks) - t0:6.2f}-{max(marks) - t0:6.2f}s, "
+                     f"hosts start {min(r[1] for r in mine) - t0:6.2f}-{max(r[1] for r in mine) - t0:6.2f}s, "
+                     f"hosts end {min(r[2] for r in mine) - t0:6.2f}-{max(r[2] for r in mine) - t0:6.2f}s, "
+                     f"recorded by {ended - t0:6.2f}s (start lag {max(r[1] for r in mine) - before:.2f}s)")
+        before = ended
+    return lines
+
+
 def cpu() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
@@ -261,9 +293,12 @@ def run_size(n: int, args) -> list:
                         return Deployment(steps, lambda host: pool.borrow(servers[host.upper()]),
                                           release=lambda transport: None, schedule=schedule, max_parallel=n,
                                           handle_signals=False, retries=0, state_path=str(state)).run().ok
+                    since = time.time()
                     row = measure(schedule, go, steps, child.pid)
                     row["ok"] = row["ok"] and answered.count(0) == len(answered)
                     row["preflight"] = preflight
+                    if args.edges:
+                        row["edges"] = edges(Path(tmp), state, steps, args.overhead, since)
                 results.append(row)
 
             import winrm
@@ -311,6 +346,8 @@ def main() -> int:
     p.add_argument("--pin", action="store_true",
                    help="run the emulated fleet on the last CPU core and the controller on the others")
     p.add_argument("--methods", default="waves,dag,seed", help="which to measure (comma-separated; default all three)")
+    p.add_argument("--edges", action="store_true",
+                   help="also print, per group, when the controller and the hosts started and ended its runs")
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--root", help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, help=argparse.SUPPRESS)
@@ -336,6 +373,8 @@ def main() -> int:
             print(f"{r['hosts']:>5} {r['steps']:>5} {r['method']:>6} {r['seconds']:>8.2f}s {r['bound']:>6.2f}s "
                   f"{r['seconds'] / r['bound']:>6.2f} {r['cpu_ms_per_step']:>11.1f} {r['fleet_cpu_ms_per_step']:>9.1f} "
                   f"{r['preflight']:>9.2f}s {r['model'] / r['bound']:>11.2f}  {r['ok']}")
+            for line in r.get("edges", ()):
+                print(line)
         ratios = [f"{a}/{b} {by[a]['seconds'] / by[b]['seconds']:.2f}" for a, b in (("dag", "waves"), ("seed", "waves"))
                   if a in by and b in by]
         print(f"{n:>5}       " + "   ".join(ratios))
