@@ -169,6 +169,29 @@ def test_a_connection_that_breaks_during_a_command_is_named(sshd, monkeypatch):
 
 
 @pytest.mark.integration
+def test_a_timeout_invoke_did_not_call_one_is_still_named(sshd, monkeypatch):
+    # Invoke decides "timed out" by whether its timer thread is still alive when the run ends: a race it
+    # sometimes loses (the CI run of 2026-11-30 met it), and the run then ends with no exit status (-1)
+    shell = Shell("deploy01", "127.0.0.1", ssh_config=sshd.ssh_config)
+    try:
+        shell.open()
+        shell._root = True
+
+        def killed_by_the_timer(*args, timeout=None, **kwargs):
+            import time
+
+            time.sleep(timeout)
+            return SimpleNamespace(exited=-1, stdout="", stderr="")
+
+        monkeypatch.setattr(shell.connection(), "run", killed_by_the_timer)
+        with pytest.raises(RemoteCommandError) as err:
+            shell.run("sleep 5", timeout=1)
+        assert str(err.value) == "deploy01: command failed with exit code -1: sleep 5\n  hint: did not finish within 1 s"
+    finally:
+        shell.close()
+
+
+@pytest.mark.integration
 def test_without_the_ssh_config_setting_the_user_s_own_ssh_config_is_read(sshd):
     ssh_dir = Path.home() / ".ssh"  # HOME is a fresh directory in every test
     ssh_dir.mkdir(exist_ok=True)

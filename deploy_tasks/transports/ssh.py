@@ -226,7 +226,13 @@ class Shell:
             if self.local:
                 raise
             raise _transport_error(self.name, conn, exc) from None
-        return Result(command, r.exited, r.stdout, r.stderr, time.monotonic() - started)
+        elapsed = time.monotonic() - started
+        if timeout and r.exited == -1 and elapsed >= timeout:
+            # Invoke's timer killed the command, but its thread was still alive when the run ended, so
+            # Invoke did not call it a timeout (Runner.timed_out asks whether the timer thread is alive):
+            # no exit status after the whole timeout is the same timeout
+            raise RemoteCommandError(self.name, command, -1, "", f"did not finish within {timeout} s")
+        return Result(command, r.exited, r.stdout, r.stderr, elapsed)
 
     def _password(self) -> str:
         if self._sudo_password is None:
