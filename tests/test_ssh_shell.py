@@ -10,6 +10,7 @@ user should do is a pure function, tested with the real exception types.
 from __future__ import annotations
 
 import socket
+import time
 import uuid
 from pathlib import Path
 from types import SimpleNamespace
@@ -149,46 +150,42 @@ def test_a_connection_lost_between_commands_that_cannot_come_back_is_named(sshd)
         shell.close()
 
 
-@pytest.mark.integration
-def test_a_connection_that_breaks_during_a_command_is_named(sshd, monkeypatch):
-    # the link breaking mid-command cannot be timed on a real sshd: the Connection's run stands in
+@pytest.fixture
+def opened(sshd):
+    """A root shell connected to the test sshd, for tests that stand in for its Connection's run."""
     shell = Shell("deploy01", "127.0.0.1", ssh_config=sshd.ssh_config)
     try:
         shell.open()
         shell._root = True
-
-        def broken(*args, **kwargs):
-            raise OSError("Socket is closed")
-
-        monkeypatch.setattr(shell.connection(), "run", broken)
-        with pytest.raises(TransportError) as err:
-            shell.run("true")
-        assert str(err.value) == f"deploy01: SSH to 127.0.0.1:{sshd.port} failed: OSError: Socket is closed"
+        yield shell
     finally:
         shell.close()
 
 
 @pytest.mark.integration
-def test_a_timeout_invoke_did_not_call_one_is_still_named(sshd, monkeypatch):
+def test_a_connection_that_breaks_during_a_command_is_named(opened, sshd, monkeypatch):
+    # the link breaking mid-command cannot be timed on a real sshd: the Connection's run stands in
+    def broken(*args, **kwargs):
+        raise OSError("Socket is closed")
+
+    monkeypatch.setattr(opened.connection(), "run", broken)
+    with pytest.raises(TransportError) as err:
+        opened.run("true")
+    assert str(err.value) == f"deploy01: SSH to 127.0.0.1:{sshd.port} failed: OSError: Socket is closed"
+
+
+@pytest.mark.integration
+def test_a_timeout_invoke_did_not_call_one_is_still_named(opened, monkeypatch):
     # Invoke decides "timed out" by whether its timer thread is still alive when the run ends: a race it
     # sometimes loses (the CI run of 2026-11-30 met it), and the run then ends with no exit status (-1)
-    shell = Shell("deploy01", "127.0.0.1", ssh_config=sshd.ssh_config)
-    try:
-        shell.open()
-        shell._root = True
+    def killed_by_the_timer(*args, timeout=None, **kwargs):
+        time.sleep(timeout)
+        return SimpleNamespace(exited=-1, stdout="", stderr="")
 
-        def killed_by_the_timer(*args, timeout=None, **kwargs):
-            import time
-
-            time.sleep(timeout)
-            return SimpleNamespace(exited=-1, stdout="", stderr="")
-
-        monkeypatch.setattr(shell.connection(), "run", killed_by_the_timer)
-        with pytest.raises(RemoteCommandError) as err:
-            shell.run("sleep 5", timeout=1)
-        assert str(err.value) == "deploy01: command failed with exit code -1: sleep 5\n  hint: did not finish within 1 s"
-    finally:
-        shell.close()
+    monkeypatch.setattr(opened.connection(), "run", killed_by_the_timer)
+    with pytest.raises(RemoteCommandError) as err:
+        opened.run("sleep 5", timeout=1)
+    assert str(err.value) == "deploy01: command failed with exit code -1: sleep 5\n  hint: did not finish within 1 s"
 
 
 @pytest.mark.integration
