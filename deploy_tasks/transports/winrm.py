@@ -854,10 +854,10 @@ _PREPARE_ONCE_AUTH = ("ntlm", "basic", "plaintext", "certificate", "ssl")
 
 def _prepare_once(transport) -> None:
     """Every message of ``transport`` is a POST of a new body to the one endpoint: pywinrm has requests prepare
-    each from scratch (merge the session's headers, cookies, auth and hooks, parse the URL: ~12% of the
-    controller's CPU per message at 300 hosts). The session's prepared request is made once and copied with
-    the new body instead; the same request, byte for byte (tests/test_winrm_messages.py). Message encryption
-    (NTLM over HTTP), cookies from the server and the other authentications take pywinrm's own path."""
+    each from scratch (merge the session's headers, cookies, auth and hooks, parse the URL: 61 us a message).
+    The session's prepared request is made once and copied with the new body instead (4 us): the same method,
+    URL, headers, body and hooks (tests/test_winrm_messages.py). Message encryption (NTLM over HTTP), cookies
+    from the server and the other authentications take pywinrm's own path."""
     if transport.auth_method not in _PREPARE_ONCE_AUTH:
         return
     import requests
