@@ -6,10 +6,17 @@ timing-model fleet in tests/test_deploy.py covers the real WinRM path).
 
 from __future__ import annotations
 
+import errno
 import json
 import threading
 import time
+import uuid
 
+import pytest
+
+from deploy_tasks.errors import DeployError
+from deploy_tasks.redact import add_secret
+from deploy_tasks.runner import deploy as deploy_module
 from deploy_tasks.runner.deploy import Deployment, Step
 from deploy_tasks.transports.base import Result
 
@@ -132,10 +139,9 @@ def test_a_run_starts_only_when_the_state_file_holds_its_mark_and_its_dependenci
 
 
 def test_runs_that_start_and_end_together_share_the_state_file_s_writes(tmp_path, monkeypatch):
-    from deploy_tasks.runner import deploy as deploy_module
-
     writes = []
     real = deploy_module._write_atomic
+
     def slow(path, text):  # a slow disk: what changes meanwhile rides the next write
         writes.append(path)
         time.sleep(0.02)
@@ -155,13 +161,6 @@ def test_runs_that_start_and_end_together_share_the_state_file_s_writes(tmp_path
 
 
 def test_a_state_file_that_cannot_be_written_stops_the_deploy_before_any_run(tmp_path, monkeypatch):
-    import errno
-
-    import pytest
-
-    from deploy_tasks.errors import DeployError
-    from deploy_tasks.runner import deploy as deploy_module
-
     def full(path, text):
         raise OSError(errno.ENOSPC, "No space left on device")
 
@@ -173,10 +172,6 @@ def test_a_state_file_that_cannot_be_written_stops_the_deploy_before_any_run(tmp
 
 
 def test_a_secret_registered_mid_run_is_redacted_from_records_written_before_it(tmp_path):
-    import uuid
-
-    from deploy_tasks.redact import add_secret
-
     secret = f"pw-{uuid.uuid4().hex}"
 
     class Leaky(Host):  # its run fails and prints the secret (group 1)

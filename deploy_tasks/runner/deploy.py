@@ -600,7 +600,8 @@ class Deployment:
                     self._wrote.wait()
             if self._write_error is not None and (wait or mine is None):
                 raise DeployError(f"the state file {self.state_path} cannot be written "
-                                  f"({self._write_error}); nothing after this is recorded")
+                                  f"({self._write_error}); nothing after this is recorded: free the disk (or "
+                                  f"give another file with --state) and run again with --resume")
 
     def _write_loop(self) -> None:
         """The state file's one writer (see ``_flush``); ends after ``IDLE_WRITER`` seconds with nothing to write."""
