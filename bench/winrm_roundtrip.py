@@ -12,7 +12,10 @@ Measured, each for 1 and 8 client threads (every thread its own Session/Protocol
   NTLM a new connection + handshake every time: pywinrm closes it with the shell)
 - reused shell: ``Protocol.open_shell`` once, then run_command / get_command_output /
   cleanup_command per command (what deploy_tasks' transport does)
-for Basic over HTTPS and NTLM over HTTP with message encryption.
+for Basic over HTTPS and NTLM over HTTP with message encryption; then deploy_tasks' own transport
+(WinRMTransport.run_argv, NTLM over HTTPS, shell reused) with every message through pywinrm's requests path,
+and "direct": as it runs, the connection spoken to directly after its first message
+(transports/winrm_channel.py). Each row also prints the client's CPU per command.
 Baseline, measured in the same run: a bare HTTPS POST round trip (requests, Basic,
 keep-alive) to the same server at 1 thread. Ratios are against it (cmd/s over req/s).
 Targets for the 8-thread reused-shell rows: >= 200 cmd/s Basic, >= 100 cmd/s NTLM.
@@ -21,8 +24,10 @@ Targets for the 8-thread reused-shell rows: >= 200 cmd/s Basic, >= 100 cmd/s NTL
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -57,8 +62,14 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _client_cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def _run_threads(n: int, seconds: float, make_worker, server_pid: int = 0) -> tuple:
-    """Run ``n`` workers for ``seconds``; return (operations per second, server CPU share of one core)."""
+    """Run ``n`` workers for ``seconds``; return (operations per second, server CPU share of one core,
+    client CPU ms per operation)."""
     stop = threading.Event()
     counts = [0] * n
     errors = []
@@ -75,6 +86,7 @@ def _run_threads(n: int, seconds: float, make_worker, server_pid: int = 0) -> tu
 
     threads = [threading.Thread(target=loop, args=(i,)) for i in range(n)]
     cpu0 = _cpu_s(server_pid) if server_pid else 0.0
+    client0 = _client_cpu_s()
     started = time.perf_counter()
     for t in threads:
         t.start()
@@ -84,9 +96,10 @@ def _run_threads(n: int, seconds: float, make_worker, server_pid: int = 0) -> tu
         t.join(60)
     elapsed = time.perf_counter() - started
     cpu = (_cpu_s(server_pid) - cpu0) if server_pid else 0.0
+    client = _client_cpu_s() - client0
     if errors:
         raise SystemExit("benchmark failed: " + "; ".join(errors[:3]))
-    return sum(counts) / elapsed, cpu / elapsed
+    return sum(counts) / elapsed, cpu / elapsed, 1000 * client / max(1, sum(counts))
 
 
 def main() -> None:
@@ -109,6 +122,7 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="winrm-bench-"))
     child = subprocess.Popen([sys.executable, __file__, "--serve", "--root", str(root), "--hosts", str(args.hosts),
                               "--persona", args.persona], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                             env=dict(os.environ, PYTHONPATH=str(ROOT)),
                              cwd=str(ROOT))
     try:
         if child.stdout.readline().strip() != "ready":
@@ -154,26 +168,52 @@ def main() -> None:
                 return op
             return make
 
+        def ours():
+            """deploy_tasks' WinRMTransport, NTLM over HTTPS, each thread its own host's transport (the channel
+            on or off: see ``_channel``)."""
+            from deploy_tasks.transports import winrm as w
+
+            def make(i):
+                h = hosts[i % len(hosts)]
+                t = w.WinRMTransport(f"H{i}", h["address"], w.WinRMOptions(transport="ntlm", scheme="https",
+                                                                         ca_path=ca),
+                                     port=h["https_port"], credential=w.Credential(user, password))
+
+                def op():
+                    r = t.run_argv(["echo", "bench"])
+                    assert r.exited == 0 and r.stdout == "bench\n", r
+                return op
+            return make
+
         threads = [int(t) for t in args.threads.split(",")]
         print(f"emulated WinRM endpoint, real pywinrm client; {os.cpu_count()} cores; {args.hosts} hosts; "
               f"{args.seconds:g} s per row")
         print("(server CPU: the fleet process's CPU time over the row, in cores; the client is one Python process)")
-        baseline, cpu = _run_threads(1, args.seconds, bare_post, child.pid)
+        baseline, cpu, client = _run_threads(1, args.seconds, bare_post, child.pid)
         print(f"{'baseline: bare HTTPS POST (requests, Basic, keep-alive)':42s} {'1':>3s} thr {baseline:8.1f} req/s  "
-              f"1.00x  server CPU {cpu:.2f}")
+              f"1.00x  server CPU {cpu:.2f}  client CPU {client:.3f} ms/req")
         rows = [
             ("run_cmd        Basic/HTTPS", run_cmd("basic", "https")),
             ("reused shell   Basic/HTTPS", reused("basic", "https")),
             ("run_cmd        NTLM/HTTP + encryption", run_cmd("ntlm", "http")),
             ("reused shell   NTLM/HTTP + encryption", reused("ntlm", "http")),
+            ("deploy_tasks   NTLM/HTTPS, pywinrm path", ours()),
+            ("deploy_tasks   NTLM/HTTPS, direct", ours()),
         ]
         results = {}
         for name, make in rows:
             for n in threads:
-                rate, cpu = _run_threads(n, args.seconds, make, child.pid)
-                results[(name, n)] = rate
-                print(f"{name:42s} {n:>3d} thr {rate:8.1f} cmd/s  {rate / baseline:.2f}x  server CPU {cpu:.2f}")
+                with _channel(not name.endswith("pywinrm path")):
+                    rate, cpu, client = _run_threads(n, args.seconds, make, child.pid)
+                results[(name, n)] = (rate, client)
+                print(f"{name:42s} {n:>3d} thr {rate:8.1f} cmd/s  {rate / baseline:.2f}x  server CPU {cpu:.2f}  "
+                      f"client CPU {client:.3f} ms/cmd")
         top = max(threads)
+        results = {k: v[0] for k, v in results.items()} | {("cpu",) + k: v[1] for k, v in results.items()}
+        slow, fast = (results.get(("cpu", f"deploy_tasks   NTLM/HTTPS, {m}", 1)) for m in ("pywinrm path", "direct"))
+        if slow and fast:
+            print(f"deploy_tasks, 1 thread: client CPU a command (Command, Receive, Signal), direct / pywinrm path: "
+                  f"{fast / slow:.2f}")
         for auth in ("Basic/HTTPS", "NTLM/HTTP + encryption"):
             rc, rs = results.get((f"run_cmd        {auth}", top)), results.get((f"reused shell   {auth}", top))
             if rc and rs:
@@ -187,6 +227,21 @@ def main() -> None:
     finally:
         child.stdin.close()
         child.wait(30)
+
+
+@contextlib.contextmanager
+def _channel(on: bool):
+    """deploy_tasks' transports take their connection out of the pool (on), or never do (every message through
+    pywinrm's requests path), for the rows run inside."""
+    from deploy_tasks.transports import winrm_channel
+
+    take = winrm_channel.Channel.take
+    if not on:
+        winrm_channel.Channel.take = classmethod(lambda cls, *a, **kw: None)
+    try:
+        yield
+    finally:
+        winrm_channel.Channel.take = take
 
 
 if __name__ == "__main__":
