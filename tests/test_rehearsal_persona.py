@@ -333,6 +333,38 @@ def test_names_resolve_through_the_hosts_file(host, packages):
     assert host.installed_products()["Zope"]["source"] == url
 
 
+def test_the_hosts_file_is_kept_read_until_it_changes(host, monkeypatch):
+    from deploy_tasks.rehearsal.network import HOSTS_FILE
+
+    hosts = host.to_sandbox(HOSTS_FILE)
+    reads = []
+    read_text = Path.read_text
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **kw: (
+        reads.append(self) if self == hosts else None) or read_text(self, *a, **kw))
+    past = iter(range(int(time.time()) - 600, int(time.time()) - 60, 10))
+
+    def age():
+        when = next(past)
+        os.utime(hosts, (when, when))
+
+    host.add_hosts_entry("Master.example.test", "10.0.0.1")
+    age()
+    assert host.resolve("master.EXAMPLE.test") == "10.0.0.1" and host.resolve("other") == "other"
+    assert len(reads) == 1  # kept: one read for both
+    host.add_hosts_entry("pkgs.example.test", "10.0.0.2")
+    host.add_hosts_entry("master.example.test", "10.0.0.9")  # a later line for a name: the first one counts
+    assert host.resolve("pkgs.example.test") == "10.0.0.2" and host.resolve("master.example.test") == "10.0.0.1"
+    assert len(reads) == 3  # changed within the racy window: read each time until it is older than that
+    age()
+    assert host.resolve("pkgs.example.test") == "10.0.0.2" and host.resolve("pkgs.example.test") == "10.0.0.2"
+    assert len(reads) == 4
+    text = hosts.read_bytes()
+    hosts.write_bytes(text.replace(b"10.0.0.2", b"10.0.0.3"))  # the same size, a new mtime
+    assert host.resolve("pkgs.example.test") == "10.0.0.3"
+    hosts.unlink()
+    assert host.resolve("pkgs.example.test") == "pkgs.example.test"
+
+
 def test_agent_before_7_takes_puppet_master_server(tmp_path, packages):
     old = make_host(tmp_path, name="ZOLD")
     assert old.run(install_cmd(packages.url + "/renamed.msi", PUPPET_MASTER_SERVER="deploy01"))[2] == 0

@@ -374,7 +374,7 @@ class CatalogApplier:
     def _apply_recorded(self, r: dict, where: str) -> Tuple[str, str]:
         key = f"{r['type']}[{r['title']}]"
         params = r.get("parameters", {})
-        recorded = self.host.state().get("resources", {}).get(key)
+        recorded = self.host.state_value("resources", {}).get(key)
         if recorded == params:
             return "unchanged", ""
         result = self._change(where, "ensure", "(emulated) recorded", "(emulated) would be recorded")

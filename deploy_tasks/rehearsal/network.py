@@ -7,13 +7,15 @@ package download, a Puppet ``File`` with an http source).
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 import urllib.parse
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import requests
 
-from .paths import Sandbox
+from .paths import _RACY_NS, Sandbox
 
 HOSTS_FILE = r"C:\Windows\System32\drivers\etc\hosts"
 _HOSTS_TEMPLATE = (b"# Copyright (c) 1993-2009 Microsoft Corp.\r\n#\r\n# This is a sample HOSTS file used by "
@@ -27,6 +29,7 @@ class Network:
     def __init__(self, sandbox: Sandbox):
         self.sandbox = sandbox
         self._lock = threading.Lock()
+        self._names: Optional[tuple] = None  # (the hosts file's path and stat, {name: address})
 
     def lay_out(self) -> None:
         """Write Windows' stock hosts file when the host has none yet."""
@@ -36,16 +39,28 @@ class Network:
             hosts.write_bytes(_HOSTS_TEMPLATE)
 
     def resolve(self, name: str) -> str:
-        """The address the host's ``hosts`` file gives ``name``, else ``name`` itself."""
+        """The address the host's ``hosts`` file gives ``name``, else ``name`` itself.
+
+        The file's names are kept while its inode, size and mtime are unchanged (every Puppet run resolves
+        its server); a file changed within 2 s of reading is read again next time (git's racy rule)."""
         try:
-            text = self.sandbox.to_sandbox(HOSTS_FILE).read_text(errors="replace")
-        except (FileNotFoundError, IsADirectoryError):
+            path = self.sandbox.to_sandbox(HOSTS_FILE)
+            st = os.stat(path)
+            key = (os.fspath(path), st.st_ino, st.st_size, st.st_mtime_ns)
+            names = self._names if self._names is not None and self._names[0] == key else None
+            if names is None:
+                text = path.read_text(errors="replace")
+                table: Dict[str, str] = {}
+                for line in text.splitlines():
+                    fields = line.split("#", 1)[0].split()
+                    for f in fields[1:]:
+                        table.setdefault(f.lower(), fields[0])
+                names = (key, table)
+                if time.time_ns() - st.st_mtime_ns > _RACY_NS:
+                    self._names = names
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             return name
-        for line in text.splitlines():
-            fields = line.split("#", 1)[0].split()
-            if len(fields) >= 2 and name.lower() in (f.lower() for f in fields[1:]):
-                return fields[0]
-        return name
+        return names[1].get(name.lower(), name)
 
     def add_hosts_entry(self, name: str, address: str) -> None:
         """Add ``address name`` to the host's hosts file."""

@@ -29,6 +29,7 @@ class Sandbox:
 
     def __init__(self, root: Path):
         self.root = Path(root)
+        self._real_root: Optional[str] = None
 
     def to_sandbox(self, win_path: str, cwd: str = PROFILE_DIR) -> Path:
         """Map a Windows path (``C:\\X\\Y``, ``C:/X/Y``, ``\\X``, relative to ``cwd``) into the sandbox."""
@@ -55,7 +56,9 @@ class Sandbox:
         current = self.root
         for part in parts:
             current = self.find(current / part) or current / part
-        root = os.path.realpath(self.root)
+        root = self._real_root
+        if root is None:  # the sandbox's own place does not move: resolved once (its links, up to /)
+            root = self._real_root = os.path.realpath(self.root)
         real = os.path.realpath(current)
         if real != root and not real.startswith(root + os.sep):
             raise FileNotFoundError(win_path)

@@ -136,6 +136,10 @@ class WindowsPersona:
         """A copy of the host's recorded state (products, services, boot times, pending reboot...)."""
         return self._state.snapshot()
 
+    def state_value(self, key: str, default=None):
+        """A copy of one entry of the host's recorded state (cheaper than ``state()`` for one entry)."""
+        return self._state.get(key, default)
+
     def update_state(self, fn: Callable[[dict], None]) -> None:
         self._state.update(fn)
 

@@ -63,7 +63,7 @@ def write_windows_puppet_conf(host: Host) -> None:
     """Write C:\\ProgramData\\PuppetLabs\\puppet\\etc\\puppet.conf from the recorded settings, as the MSI does."""
     path = host.to_sandbox(WIN_CONFDIR + "/puppet.conf")
     path.parent.mkdir(parents=True, exist_ok=True)
-    settings = host.state().get("puppet_settings") or {}
+    settings = host.state_value("puppet_settings") or {}
     lines = ["[main]"] + [f"{k}={v}" for k, v in sorted(settings.items())]
     path.write_text("\r\n".join(lines) + "\r\n")
 
@@ -179,7 +179,7 @@ class PuppetAgent:
         return product["version"] if product else None
 
     def settings(self) -> Dict[str, str]:
-        return dict(self.host.state().get("puppet_settings") or {})
+        return dict(self.host.state_value("puppet_settings") or {})
 
     def setting(self, key: str) -> str:
         s = self.settings()
@@ -504,7 +504,7 @@ class PuppetAgent:
         proc.out(f"Info: Using environment '{eff['environment']}'\nInfo: (timing model) no catalog is compiled\n")
         spec = self.host.spec
         failing = set(self.host.faults.puppet_fail)
-        done = set(self.host.state().get("timing_applied", []))
+        done = set(self.host.state_value("timing_applied", []))
         components, order, resources = {}, [], []
         changed = failed = 0
         for comp in opts.tags:

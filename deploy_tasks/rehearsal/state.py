@@ -24,6 +24,7 @@ class HostState:
             self._state = json.loads(self.file.read_text())
         except (OSError, ValueError):
             self._state = {"products": {}, "services": {}, "path": list(system_path), "pending_reboot": False}
+        self._text = json.dumps(self._state, sort_keys=True)  # as last written: a snapshot is one decode of it
 
     def update(self, fn: Callable[[dict], None]) -> None:
         """Apply ``fn`` to the state and save it, under the host's lock."""
@@ -32,13 +33,15 @@ class HostState:
             tmp = self.file.with_suffix(".tmp")
             # no indent: with one, json falls back to its pure-Python encoder, and this runs on every
             # change of every emulated host (the fleet's CPU competes with the controller's in benches)
-            tmp.write_text(json.dumps(self._state, sort_keys=True))
+            text = json.dumps(self._state, sort_keys=True)
+            tmp.write_text(text)
             os.replace(tmp, self.file)
+            self._text = text
 
     def snapshot(self) -> dict:
         """A copy of the whole state."""
         with self._lock:
-            return json.loads(json.dumps(self._state))
+            return json.loads(self._text)
 
     def get(self, key: str, default=None):
         """A copy of one entry."""
