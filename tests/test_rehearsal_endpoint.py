@@ -466,3 +466,46 @@ def test_idle_timeout_in_milliseconds_is_a_schema_error(winrm_fleet):
     shell = p.open_shell(idle_timeout="PT3600S")
     assert winrm_fleet.host("ZDB01").shells[shell].idle_timeout_s == 3600.0
     p.close_shell(shell)
+
+
+def _parsed(raw: bytes, parse):
+    """(ok, close_connection, headers, what was written back) after ``parse`` read the request ``raw``."""
+    import io
+
+    from deploy_tasks.rehearsal.server import _Handler
+
+    handler = object.__new__(_Handler)
+    handler.rfile, handler.wfile = io.BytesIO(raw), io.BytesIO()
+    handler.client_address, handler.request_version = ("127.0.0.1", 1), "HTTP/0.9"
+    handler.raw_requestline = handler.rfile.readline(65537)
+    ok = parse(handler)
+    headers = list(handler.headers.items()) if ok else None
+    return ok, handler.close_connection, headers, handler.wfile.getvalue().split(b"\r\n", 1)[0], handler.rfile.read()
+
+
+@pytest.mark.parametrize("raw", [
+    b"POST /wsman HTTP/1.1\r\nHost: 127.0.0.11:5986\r\nContent-Type: application/soap+xml;charset=UTF-8\r\n"
+    b"Authorization: Negotiate TlRMTVNTUAAB\r\nContent-Length: 4\r\n\r\nbody",
+    b"POST /wsman HTTP/1.1\r\nConnection: close\r\nX-Spaces:   a  b  \r\nX-Empty:\r\nx-dup: 1\r\nX-Dup: 2\r\n\r\n",
+    b"POST //wsman HTTP/1.0\r\nContent-Length: 0\r\n\r\n",
+    b"POST /wsman HTTP/1.0\r\nConnection: keep-alive\r\n\n",
+    b"POST /wsman HTTP/1.1\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(101)) + b"\r\n",
+    b"POST /wsman HTTP/1.1\r\nX-Long: " + b"a" * 70000 + b"\r\n\r\n",
+    b"GET /wsman HTTP/2.0\r\n\r\n",
+    b"GET /wsman\r\n\r\n",
+])
+def test_the_endpoint_reads_request_headers_as_http_server_does(raw):
+    from http.server import BaseHTTPRequestHandler
+
+    from deploy_tasks.rehearsal.server import _Handler
+
+    assert _parsed(raw, _Handler.parse_request) == _parsed(raw, BaseHTTPRequestHandler.parse_request)
+
+
+def test_a_header_line_without_a_name_is_refused():
+    from deploy_tasks.rehearsal.server import _Handler
+
+    for line in (b"no colon here", b" folded: line", b": no name"):
+        ok, _, _, status, _ = _parsed(b"POST /wsman HTTP/1.1\r\nHost: x\r\n" + line + b"\r\n\r\n",
+                                      _Handler.parse_request)
+        assert not ok and status.startswith(b"HTTP/1.1 400 ")
