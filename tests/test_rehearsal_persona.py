@@ -138,6 +138,24 @@ def test_sandbox_is_c_drive_and_cannot_be_escaped(host, tmp_path):
         host.to_sandbox(r"C:\link\secret.txt")
 
 
+def test_a_path_maps_to_what_matching_it_name_by_name_finds(host):
+    from deploy_tasks.rehearsal.paths import Sandbox
+
+    (host.sandbox / "Data" / "Sub").mkdir(parents=True)
+    (host.sandbox / "Data" / "Sub" / "File.TXT").write_text("x")
+
+    def name_by_name(win_path):  # the mapping's definition: each name matched on disk in turn
+        current = host.sandbox
+        for part in win_path[3:].split("\\"):
+            current = Sandbox.find(current / part) or current / part
+        return current
+
+    for win_path in (r"C:\Data\Sub\File.TXT", r"C:\data\SUB\file.txt", r"C:\Data\Sub\new.txt",
+                     r"C:\DATA\sub\new.txt", r"C:\Data\Missing\file.txt", r"C:\data\missing\x\y",
+                     r"C:\Data", r"C:\data\sub"):
+        assert host.to_sandbox(win_path) == name_by_name(win_path), win_path
+
+
 def _age(root: Path, when: float) -> None:
     """Set the mtime of every folder under ``root`` (and its own) to ``when``: folders untouched since."""
     old = when

@@ -53,9 +53,16 @@ class Sandbox:
                     parts.pop()
                 continue
             parts.append(part.rstrip(" ."))  # Windows drops trailing dots and spaces
-        current = self.root
-        for part in parts:
-            current = self.find(current / part) or current / part
+        # a path that exists as given is itself, and one whose folder does needs only its last name found:
+        # a stat or two, not one for every name on the way (four times in every Puppet run)
+        current = self.root.joinpath(*parts)
+        if not os.path.exists(current):
+            if parts and os.path.isdir(current.parent):
+                current = self.find(current) or current
+            else:
+                current = self.root
+                for part in parts:
+                    current = self.find(current / part) or current / part
         root = self._real_root
         if root is None:  # the sandbox's own place does not move: resolved once (its links, up to /)
             root = self._real_root = os.path.realpath(self.root)
