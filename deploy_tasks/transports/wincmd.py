@@ -61,6 +61,8 @@ def quote_arg(arg: str) -> str:
     """One argument (not the program) by the ``CommandLineToArgvW`` rules: quoted only when it holds
     whitespace or is empty; a quote becomes ``\\"`` and the backslashes before it double (as list2cmdline)."""
     quote = not arg or any(c in arg for c in WHITESPACE)
+    if not quote and '"' not in arg:
+        return arg  # nothing to quote or escape (backslashes double only before a quote)
     out: List[str] = ['"'] if quote else []
     run = 0  # backslashes just written: they double before a quote
     for c in arg:
