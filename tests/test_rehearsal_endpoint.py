@@ -502,6 +502,23 @@ def test_the_endpoint_reads_request_headers_as_http_server_does(raw):
     assert _parsed(raw, _Handler.parse_request) == _parsed(raw, BaseHTTPRequestHandler.parse_request)
 
 
+def test_request_headers_answer_lookups_as_an_http_message_does():
+    import email.parser
+    import http.client
+
+    from deploy_tasks.rehearsal.server import _Headers
+
+    block = "Host: x\r\nContent-Type: a\r\ncontent-type: b\r\nX-Empty: \r\nAuthorization: Negotiate abc\r\n\r\n"
+    theirs = email.parser.Parser(_class=http.client.HTTPMessage).parsestr(block)
+    ours = _Headers()
+    for name, value in theirs.items():
+        ours.add(name, value)
+    for name in ("Host", "CONTENT-TYPE", "x-empty", "Authorization", "Missing"):
+        assert (ours.get(name), ours.get(name, "d"), ours[name], name in ours, ours.get_all(name)) == (
+            theirs.get(name), theirs.get(name, "d"), theirs[name], name in theirs, theirs.get_all(name)), name
+    assert ours.items() == theirs.items() and ours.keys() == theirs.keys() and len(ours) == len(theirs)
+
+
 def test_a_header_line_without_a_name_is_refused():
     from deploy_tasks.rehearsal.server import _Handler
 

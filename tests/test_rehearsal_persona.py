@@ -134,8 +134,14 @@ def test_sandbox_is_c_drive_and_cannot_be_escaped(host, tmp_path):
         out, err, code = host.run(f"type {escape}")
         assert code == 1 and "outside" not in out, escape
     (host.sandbox / "link").symlink_to(tmp_path)
-    with pytest.raises(FileNotFoundError):
-        host.to_sandbox(r"C:\link\secret.txt")
+    (host.sandbox / "data" / "deeper").symlink_to(tmp_path / "secret.txt")
+    (host.sandbox / "data" / "dangling").symlink_to(tmp_path / "not-there")
+    (host.sandbox / "data" / "inside").symlink_to(host.sandbox / "data" / "Note.txt")
+    for escape in (r"C:\link\secret.txt", r"C:\link", r"C:\DATA\deeper", r"C:\data\dangling",
+                   r"C:\data\dangling\x", r"C:\LINK\new.txt"):
+        with pytest.raises(FileNotFoundError):
+            host.to_sandbox(escape)
+    assert host.to_sandbox(r"C:\data\INSIDE") == host.sandbox / "data" / "inside"  # a link that stays inside
 
 
 def test_a_path_maps_to_what_matching_it_name_by_name_finds(host):

@@ -63,13 +63,33 @@ class Sandbox:
                 current = self.root
                 for part in parts:
                     current = self.find(current / part) or current / part
-        root = self._real_root
-        if root is None:  # the sandbox's own place does not move: resolved once (its links, up to /)
-            root = self._real_root = os.path.realpath(self.root)
-        real = os.path.realpath(current)
-        if real != root and not real.startswith(root + os.sep):
-            raise FileNotFoundError(win_path)
+        if self._has_link_below_root(current):
+            root = self._real_root
+            if root is None:  # the sandbox's own place does not move: resolved once (its links, up to /)
+                root = self._real_root = os.path.realpath(self.root)
+            real = os.path.realpath(current)
+            if real != root and not real.startswith(root + os.sep):
+                raise FileNotFoundError(win_path)
         return current
+
+    def _has_link_below_root(self, path: Path) -> bool:
+        """Whether a name on the way from the root to ``path`` is a symbolic link (only then can a path made of
+        names, none of them ``..``, lead out: it is resolved then). One ``lstat`` a name, up to the first that
+        does not exist, instead of ``realpath``'s one a name of the whole path from ``/`` on."""
+        text, root = os.fspath(path), os.fspath(self.root)
+        if text == root:
+            return False
+        walked = root
+        for name in text[len(root) + 1:].split(os.sep):
+            walked = walked + os.sep + name
+            try:
+                if stat.S_ISLNK(os.lstat(walked).st_mode):
+                    return True
+            except FileNotFoundError:
+                return False  # nothing below a name that does not exist: no link there
+            except OSError:
+                return True  # (not a folder on the way, no permission...: let realpath decide)
+        return False
 
     def to_windows(self, path: Path) -> str:
         """The Windows path of a sandbox path (``C:\\`` for the root)."""
