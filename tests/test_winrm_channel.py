@@ -240,3 +240,60 @@ def test_closing_the_session_closes_the_connection_it_took(host):
     channel = channel_of(transport)
     transport.close_session()
     assert channel.closed and channel.sock.fileno() == -1 and channel_of(transport) is None
+
+
+def test_a_message_interrupted_mid_reply_leaves_the_connection_unused(host):
+    import signal
+
+    h = host(ok(b"<one/>"), ("sleep", 1.0, ok(b"<reply-to-b/>")), ok(b"<reply-to-c/>"))
+    transport = transport_for(h)
+    transport.send_message(b"<a/>")
+
+    def interrupt(*_):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 0.3)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            transport.send_message(b"<b/>")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert transport.send_message(b"<c/>") == b"<reply-to-c/>"  # not b's reply, still on its way
+    assert [(n, body) for n, _, body in h.seen] == [(1, b"<a/>"), (1, b"<b/>"), (2, b"<c/>")]
+
+
+@pytest.mark.parametrize("reply, error", [
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 4x\r\n\r\n<x/>", requests.exceptions.ConnectionError),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: -4\r\n\r\n<x/>", requests.exceptions.ConnectionError),
+    (b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 4\r\n\r\nnope",
+     requests.exceptions.ContentDecodingError),
+])
+def test_a_reply_that_cannot_be_read_is_requests_error_and_the_next_message_reconnects(host, reply, error):
+    h = host(ok(), (reply + b"trailing junk"), ok(b"<next/>"))
+    transport = transport_for(h)
+    transport.send_message(b"<a/>")
+    with pytest.raises(error):
+        transport.send_message(b"<b/>")
+    assert transport.send_message(b"<c/>") == b"<next/>" and h.connections == 2
+
+
+def test_bytes_the_host_sent_unasked_are_not_read_as_the_next_reply(host):
+    h = host(ok(b"<one/>"), ok(b"<two/>") + b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n<junk/>", ok(b"<three/>"))
+    transport = transport_for(h)
+    transport.send_message(b"<a/>")
+    assert transport.send_message(b"<b/>") == b"<two/>"
+    time.sleep(0.1)
+    assert transport.send_message(b"<c/>") == b"<three/>"
+    assert [(n, body) for n, _, body in h.seen] == [(1, b"<a/>"), (1, b"<b/>"), (2, b"<c/>")]
+
+
+def test_a_cookie_the_host_sets_is_kept_and_sent_as_pywinrm_would(host):
+    h = host(ok(b"<one/>"), ok(b"<two/>", b"Set-Cookie: lb=node7; Path=/\r\n"), ok(b"<three/>"))
+    transport = transport_for(h)
+    transport.send_message(b"<a/>")
+    assert transport.send_message(b"<b/>") == b"<two/>"
+    assert transport.build_session().cookies.get("lb") == "node7"
+    assert transport.send_message(b"<c/>") == b"<three/>"
+    assert "Cookie: lb=node7" in h.seen[2][1] and channel_of(transport) is None  # pywinrm's way from now on

@@ -906,8 +906,7 @@ def _prepare_once(transport) -> None:
         response = transport._send_message_request(session, prepared)
         text = transport._get_message_response_text(response)
         if not session.cookies:
-            made["channel"] = Channel.take(session, transport.endpoint, made["request"].headers,
-                                           transport.read_timeout_sec)
+            made["channel"] = Channel.take(session, made["request"], transport.read_timeout_sec)
         return text
 
     def close():

@@ -8,22 +8,27 @@ hosts that is what makes the last host of a wave start its Puppet run late (benc
 Once pywinrm's own path has set a connection up and a message has come back 200 on it (NTLM authenticates
 the connection; Basic and certificates are fixed headers), every later message is the same POST with a new
 body. A ``Channel`` takes that connection out of urllib3's pool and speaks to it itself: the request head
-is made once and written with the body in one write; the reply's status line and headers are read by the
-small HTTP/1.1 reader below (a Content-Length or chunked body, as Windows' HTTP.sys sends; gzip/deflate
-decoded, as requests would). A command (Command, Receive, Signal) then costs 0.26 ms of the controller's CPU
+is made once and written with the body in one write; the reply is read by the small HTTP/1.1 reader below
+(a Content-Length or chunked body, as Windows' HTTP.sys sends; gzip/deflate decoded, as requests would; its
+own buffer, so bytes left after a reply are seen). A command (Command, Receive, Signal) then costs 0.26 ms of the controller's CPU
 instead of 0.99 (bench/winrm_roundtrip.py, the deploy_tasks rows, one thread).
 
 What it cannot do leaves the channel, never a message twice:
-- before anything is sent: the host closed the idle connection (it is readable) -> ``Left``: the message
-  goes pywinrm's way, which connects and logs on again;
+- before anything is sent: the host closed the idle connection, or sent something unasked (the socket is
+  readable, or bytes are left after the last reply) -> ``Left``: the message goes pywinrm's way, which
+  connects and logs on again;
 - a 401 where the connection carried the logon (NTLM: the host lost it and did nothing) -> ``Left``
   likewise; where the request carries it (Basic), the credential was refused: ``InvalidCredentialsError``
   as pywinrm raises it, not asked again (domain accounts lock out);
-- after the message was sent: a timeout, a reset, a reply this reader does not understand -> the error
-  requests raises there (``ReadTimeout``, ``ConnectionError``), the connection closed. The message is not
-  sent again (a Command sent twice would run twice): the caller reports its outcome as unknown.
+- after the message was sent: a timeout, a reset, a reply this reader cannot read or decode -> the error
+  requests raises there (``ReadTimeout``, ``ConnectionError``, ``ContentDecodingError``), the connection
+  closed. The message is not sent again (a Command sent twice would run twice): the caller reports its
+  outcome as unknown. Anything else that stops a message half way (an interrupt) closes the connection
+  too: a later message never reads an earlier one's reply;
 - any other status: what pywinrm raises (``WinRMTransportError`` with the reply, which pywinrm's
-  ``Protocol`` reads as a WS-Man fault), the connection kept unless the host said ``Connection: close``.
+  ``Protocol`` reads as a WS-Man fault), the connection kept unless the host said ``Connection: close``;
+- a cookie the host sets goes into the session's jar, as requests keeps it, and the session's later
+  messages go pywinrm's way (which sends it).
 """
 
 from __future__ import annotations
@@ -48,32 +53,35 @@ class _Broken(Exception):
 
 class Channel:
     """One host's authenticated connection, taken out of urllib3's pool. Used by one thread at a time (the
-    transport's lock); closed with its session, or when the host closes it (``closed``)."""
+    transport's lock); closed with its session, when the host closes it, or after anything unexpected
+    (``closed``: the caller drops the channel)."""
 
-    def __init__(self, conn, session, endpoint: str, headers, timeout: float):
+    def __init__(self, conn, session, request, timeout: float):
         self.conn = conn
         self.session = session
+        self.request = request  # the session's prepared request (its URL and headers; cookies go into the jar)
         self.closed = False
         self.sock = conn.sock
-        self.rfile = self.sock.makefile("rb")
+        self._buf = bytearray()  # read from the connection, not yet parsed
         self.timeout = timeout
-        parts = urlsplit(endpoint)
+        parts = urlsplit(request.url)
         host = parts.hostname or ""
         default = 443 if parts.scheme == "https" else 80
         self.where = f"{host}:{parts.port or default}"
         netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port not in (None, default)
                                                             else "")
         lines = [f"POST {parts.path or '/'} HTTP/1.1", f"Host: {netloc}"]
-        lines += [f"{k}: {v}" for k, v in headers.items() if k.lower() not in ("content-length", "host")]
-        self._authorizes = any(k.lower() == "authorization" for k in headers)
+        lines += [f"{k}: {v}" for k, v in request.headers.items() if k.lower() not in ("content-length", "host")]
+        self._authorizes = any(k.lower() == "authorization" for k in request.headers)
         self._head = ("\r\n".join(lines) + "\r\nContent-Length: ").encode("latin-1")
 
     @classmethod
-    def take(cls, session, endpoint: str, headers, timeout: float) -> Optional["Channel"]:
-        """The connection that just carried ``session``'s last message, out of the pool; None if there is not
-        exactly one pool (one endpoint) or no idle connection in it."""
+    def take(cls, session, request, timeout: float) -> Optional["Channel"]:
+        """The connection that just carried ``session``'s last message (``request``: the session's prepared
+        request), out of the pool; None if there is not exactly one pool (one endpoint) or no idle
+        connection in it."""
         try:
-            pools = session.get_adapter(endpoint).poolmanager.pools
+            pools = session.get_adapter(request.url).poolmanager.pools
             keys = list(pools.keys())
             if len(keys) != 1:
                 return None
@@ -86,43 +94,50 @@ class Channel:
         if getattr(conn, "sock", None) is None or _readable(conn.sock):
             conn.close()
             return None
-        return cls(conn, session, endpoint, headers, timeout)
+        return cls(conn, session, request, timeout)
 
     def close(self) -> None:
         """Close the connection (idempotent); ``closed`` tells the caller to drop the channel."""
-        if self.closed:
-            return
-        self.closed = True
-        try:
-            self.rfile.close()
-        finally:
+        if not self.closed:
+            self.closed = True
+            self._buf.clear()
             self.conn.close()
 
     # -- one message ------------------------------------------------------------------
     def send(self, body: bytes) -> bytes:
         """POST ``body``; the reply's body (200). Raises ``Left`` (nothing sent: go pywinrm's way), requests'
-        ``ReadTimeout``/``ConnectionError`` (sent, no reply: connection closed) or pywinrm's
-        ``WinRMTransportError`` (another status)."""
+        ``ReadTimeout``/``ConnectionError``/``ContentDecodingError`` (sent, no usable reply: connection
+        closed) or pywinrm's ``WinRMTransportError`` (another status)."""
         import requests
         from winrm.exceptions import InvalidCredentialsError, WinRMTransportError
 
-        if _readable(self.sock):  # closed by the host while idle (or it sent something unasked)
+        if self._buf or _pending(self.sock) or _readable(self.sock):
+            # closed by the host while idle, or it sent something unasked: nothing here can be trusted
             self.close()
             raise Left("the host closed the idle connection")
+        done = False
         try:
             self.sock.settimeout(self.timeout)
             self.sock.sendall(self._head + str(len(body)).encode("ascii") + b"\r\n\r\n" + body)
-            status, data, keep = self._reply()
+            status, data, keep, cookies = self._reply()
+            done = True
         except (socket.timeout, TimeoutError):
-            self.close()
             raise requests.exceptions.ReadTimeout(
                 f"{self.where}: Read timed out. (read timeout={self.timeout})") from None
-        except (_Broken, OSError, ssl.SSLError, ValueError) as exc:
-            self.close()
+        except zlib.error as exc:
+            raise requests.exceptions.ContentDecodingError(
+                f"{self.where}: the reply could not be decoded: {exc}") from None
+        except (_Broken, OSError, ssl.SSLError, ValueError, OverflowError, MemoryError) as exc:
             raise requests.exceptions.ConnectionError(
                 f"{self.where}: connection broken: {type(exc).__name__}: {exc}") from None
+        finally:
+            if not done:  # whatever stopped it (an interrupt too): the connection is mid-message, never reused
+                self.close()
+        if cookies:  # kept as requests keeps them; with cookies the session's messages go pywinrm's way
+            _store_cookies(self.session, self.request, cookies)
+            keep = False
         if not keep:
-            self.close()  # the host said so: the next message connects again (pywinrm's way)
+            self.close()  # the host said so (or cookies): the next message connects again (pywinrm's way)
         if status == 200:
             return data
         if status == 401:
@@ -132,33 +147,67 @@ class Channel:
             raise Left("401: the connection's logon is gone")
         raise WinRMTransportError("http", status, data.decode("utf-8", "replace"))
 
-    def _reply(self):
-        f = self.rfile
+    # -- reading ----------------------------------------------------------------------
+    def _fill(self) -> bool:
+        chunk = self.sock.recv(65536)
+        self._buf += chunk
+        return bool(chunk)
+
+    def _line(self) -> bytes:
+        """The next line (with its line break; short or empty at the end of the connection)."""
+        start = 0
         while True:
-            line = f.readline(MAX_LINE + 1)
+            end = self._buf.find(b"\n", start)
+            if end >= 0:
+                line = bytes(self._buf[:end + 1])
+                del self._buf[:end + 1]
+                return line
+            if len(self._buf) > MAX_LINE:
+                raise _Broken("a reply line is longer than 64 KiB")
+            start = len(self._buf)
+            if not self._fill():
+                line = bytes(self._buf)
+                self._buf.clear()
+                return line
+
+    def _exact(self, n: int) -> bytes:
+        while len(self._buf) < n:
+            if not self._fill():
+                raise _Broken(f"the reply ended after {len(self._buf)} of {n} bytes")
+        data = bytes(self._buf[:n])
+        del self._buf[:n]
+        return data
+
+    def _reply(self):
+        while True:
+            line = self._line()
             if not line:
                 raise _Broken("the host closed the connection without a reply")
             parts = line.split(None, 2)
             if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
                 raise _Broken(f"not an HTTP status line: {line[:80]!r}")
             status = int(parts[1])
-            length, chunked, keep, encoding = None, False, parts[0] != b"HTTP/1.0", b""
+            length, chunked, keep, encoding, cookies = None, False, parts[0] != b"HTTP/1.0", b"", []
             for _ in range(MAX_HEADERS + 1):
-                header = f.readline(MAX_LINE + 1)
+                header = self._line()
                 if header in (b"\r\n", b"\n"):
                     break
-                if not header or len(header) > MAX_LINE:
-                    raise _Broken("a reply header was cut off or too long")
+                if not header.endswith(b"\n"):
+                    raise _Broken("the reply's headers were cut off")
                 name, _, value = header.partition(b":")
-                name, value = name.strip().lower(), value.strip().lower()
+                name, value = name.strip().lower(), value.strip()
                 if name == b"content-length":
                     length = int(value)
+                    if length < 0:
+                        raise _Broken(f"a negative Content-Length: {length}")
                 elif name == b"transfer-encoding":
-                    chunked = value.endswith(b"chunked")
+                    chunked = value.lower().endswith(b"chunked")
                 elif name == b"connection":
-                    keep = b"close" not in value if keep else b"keep-alive" in value
+                    keep = b"close" not in value.lower() if keep else b"keep-alive" in value.lower()
                 elif name == b"content-encoding":
-                    encoding = value
+                    encoding = value.lower()
+                elif name == b"set-cookie":
+                    cookies.append(value.decode("latin-1"))
             else:
                 raise _Broken(f"more than {MAX_HEADERS} reply headers")
             if 100 <= status < 200:
@@ -167,13 +216,14 @@ class Channel:
         if chunked:
             data = self._chunks()
         elif length is not None:
-            data = f.read(length)
-            if len(data) != length:
-                raise _Broken(f"the reply ended after {len(data)} of {length} bytes")
+            data = self._exact(length)
         elif status in (204, 304):
             data = b""
         else:  # delimited by the end of the connection
-            data, keep = f.read(), False
+            while self._fill():
+                pass
+            data, keep = bytes(self._buf), False
+            self._buf.clear()
         if encoding in (b"gzip", b"x-gzip"):
             data = zlib.decompress(data, 16 + zlib.MAX_WBITS)
         elif encoding == b"deflate":
@@ -183,21 +233,40 @@ class Channel:
                 data = zlib.decompress(data, -zlib.MAX_WBITS)
         elif encoding not in (b"", b"identity"):
             raise _Broken(f"a reply encoded as {encoding.decode('latin-1')}")
-        return status, data, keep
+        return status, data, keep, cookies
 
     def _chunks(self) -> bytes:
-        f, out = self.rfile, []
+        out = []
         while True:
-            size = int(f.readline(MAX_LINE + 1).split(b";", 1)[0].strip(), 16)
+            size = int(self._line().split(b";", 1)[0].strip(), 16)
             if size == 0:
                 for _ in range(MAX_HEADERS + 1):  # trailers, then the blank line
-                    if f.readline(MAX_LINE + 1) in (b"\r\n", b"\n", b""):
+                    if self._line() in (b"\r\n", b"\n", b""):
                         return b"".join(out)
                 raise _Broken("too many trailers")
-            chunk = f.read(size)
-            if len(chunk) != size or f.readline(MAX_LINE + 1) not in (b"\r\n", b"\n"):
+            chunk = self._exact(size)
+            if self._line() not in (b"\r\n", b"\n"):
                 raise _Broken("a chunk was cut off")
             out.append(chunk)
+
+
+def _store_cookies(session, request, values) -> None:
+    """Put a reply's Set-Cookie values into the session's jar, as requests does for a reply it reads."""
+    import http.client
+    from types import SimpleNamespace
+
+    from requests.cookies import extract_cookies_to_jar
+
+    headers = http.client.HTTPMessage()
+    for value in values:
+        headers["Set-Cookie"] = value
+    extract_cookies_to_jar(session.cookies, request, SimpleNamespace(_original_response=SimpleNamespace(msg=headers)))
+
+
+def _pending(sock) -> int:
+    """Bytes TLS has decrypted and not handed over yet (0 for a plain socket)."""
+    pending = getattr(sock, "pending", None)
+    return pending() if pending is not None else 0
 
 
 def _readable(sock) -> bool:
