@@ -490,6 +490,11 @@ def _parsed(raw: bytes, parse):
     b"POST //wsman HTTP/1.0\r\nContent-Length: 0\r\n\r\n",
     b"POST /wsman HTTP/1.0\r\nConnection: keep-alive\r\n\n",
     b"POST /wsman HTTP/1.1\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(101)) + b"\r\n",
+    b"POST /wsman HTTP/1.1\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(100)) + b"\r\n",
+    b"POST /wsman HTTP/1.1\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(99)) + b"\r\n",
+    b"POST /wsman HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 0\r\n\r\n",
+    b"POST /wsman HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 0\r\n\r\n",
+    "POST\xa0/wsman HTTP/1.1\r\n\r\n".encode("latin-1"),
     b"POST /wsman HTTP/1.1\r\nX-Long: " + b"a" * 70000 + b"\r\n\r\n",
     b"GET /wsman HTTP/2.0\r\n\r\n",
     b"GET /wsman\r\n\r\n",
@@ -517,6 +522,7 @@ def test_request_headers_answer_lookups_as_an_http_message_does():
         assert (ours.get(name), ours.get(name, "d"), ours[name], name in ours, ours.get_all(name)) == (
             theirs.get(name), theirs.get(name, "d"), theirs[name], name in theirs, theirs.get_all(name)), name
     assert ours.items() == theirs.items() and ours.keys() == theirs.keys() and len(ours) == len(theirs)
+    assert list(ours) == list(theirs)
 
 
 def test_a_header_line_without_a_name_is_refused():

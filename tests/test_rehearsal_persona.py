@@ -357,6 +357,20 @@ def test_names_resolve_through_the_hosts_file(host, packages):
     assert host.installed_products()["Zope"]["source"] == url
 
 
+def test_a_state_change_that_fails_half_way_is_not_kept(host):
+    before = host.state()
+
+    def half(state):
+        state["products"]["Half"] = {"version": "1"}
+        raise RuntimeError("failed half way")
+
+    with pytest.raises(RuntimeError):
+        host.update_state(half)
+    assert host.state() == before and "Half" not in host.state_value("products")
+    host.update_state(lambda s: s["services"].update(zeta={}, alpha={}))
+    assert list(host.state()["services"])[-2:] == ["zeta", "alpha"]  # entries in the order they were made
+
+
 def test_the_hosts_file_is_kept_read_until_it_changes(host, monkeypatch):
     from deploy_tasks.rehearsal.network import HOSTS_FILE
 

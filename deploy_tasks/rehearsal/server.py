@@ -1018,6 +1018,9 @@ class _Headers:
     def keys(self) -> list:
         return [k for k, _ in self._items]
 
+    def __iter__(self):
+        return iter(self.keys())
+
     def __len__(self) -> int:
         return len(self._items)
 
@@ -1058,19 +1061,23 @@ class _Handler(BaseHTTPRequestHandler):
         per request, which at 300 hosts competes with the controller's on the same cores), kept in a
         ``_Headers`` (looked up like an ``HTTPMessage``, without the email package's policy work per lookup).
         A request line of any other shape goes to http.server's own parser, errors and all."""
-        words = self.raw_requestline.rstrip(b"\r\n").split()
-        if len(words) != 3 or words[2] not in (b"HTTP/1.1", b"HTTP/1.0"):
+        requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
+        words = requestline.split()  # (as http.server splits it)
+        if len(words) != 3 or words[2] not in ("HTTP/1.1", "HTTP/1.0"):
             return super().parse_request()
-        self.requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
-        command, path, version = (w.decode("iso-8859-1") for w in words)
+        self.requestline = requestline
+        command, path, version = words
         self.command, self.request_version = command, version
         self.path = "/" + path.lstrip("/") if path.startswith("//") else path
         self.close_connection = version == "HTTP/1.0"
         headers = _Headers()
-        for _ in range(self._MAX_HEADERS + 1):
+        for count in range(1, self._MAX_HEADERS + 2):  # (the blank line counts, as http.client counts it)
             line = self.rfile.readline(self._MAX_LINE + 1)
             if len(line) > self._MAX_LINE:
                 self.send_error(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "Line too long")
+                return False
+            if count > self._MAX_HEADERS:
+                self.send_error(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "Too many headers")
                 return False
             if line in (b"\r\n", b"\n", b""):
                 break
@@ -1080,16 +1087,14 @@ class _Handler(BaseHTTPRequestHandler):
                 self.send_error(HTTPStatus.BAD_REQUEST, f"Bad header line {text[:40]!r}")
                 return False
             headers.add(name, value.lstrip(" \t"))  # (trailing blanks kept, as the email package keeps them)
-        else:
-            self.send_error(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "Too many headers")
-            return False
         self.headers = headers
         connection = (headers.get("Connection") or "").lower()
         if connection == "close":
             self.close_connection = True
         elif connection == "keep-alive":
             self.close_connection = False
-        if (headers.get("Expect") or "").lower() == "100-continue" and not self.handle_expect_100():
+        if (version == "HTTP/1.1" and (headers.get("Expect") or "").lower() == "100-continue"
+                and not self.handle_expect_100()):
             return False
         return True
 

@@ -24,19 +24,22 @@ class HostState:
             self._state = json.loads(self.file.read_text())
         except (OSError, ValueError):
             self._state = {"products": {}, "services": {}, "path": list(system_path), "pending_reboot": False}
-        self._text = json.dumps(self._state, sort_keys=True)  # as last written: a snapshot is one decode of it
+        self._text = json.dumps(self._state)  # as last saved, in its own order: a snapshot is one decode of it
 
     def update(self, fn: Callable[[dict], None]) -> None:
-        """Apply ``fn`` to the state and save it, under the host's lock."""
+        """Apply ``fn`` to the state and save it, under the host's lock; if ``fn`` raises, nothing changes."""
         with self._lock:
-            fn(self._state)
+            try:
+                fn(self._state)
+            except BaseException:
+                self._state = json.loads(self._text)  # a change that failed half way is not kept
+                raise
             tmp = self.file.with_suffix(".tmp")
             # no indent: with one, json falls back to its pure-Python encoder, and this runs on every
             # change of every emulated host (the fleet's CPU competes with the controller's in benches)
-            text = json.dumps(self._state, sort_keys=True)
-            tmp.write_text(text)
+            tmp.write_text(json.dumps(self._state, sort_keys=True))
             os.replace(tmp, self.file)
-            self._text = text
+            self._text = json.dumps(self._state)
 
     def snapshot(self) -> dict:
         """A copy of the whole state."""
