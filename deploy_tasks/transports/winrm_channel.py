@@ -10,8 +10,9 @@ the connection; Basic and certificates are fixed headers), every later message i
 body. A ``Channel`` takes that connection out of urllib3's pool and speaks to it itself: the request head
 is made once and written with the body in one write; the reply is read by the small HTTP/1.1 reader below
 (a Content-Length or chunked body, as Windows' HTTP.sys sends; gzip/deflate decoded, as requests would; its
-own buffer, so bytes left after a reply are seen). A command (Command, Receive, Signal) then costs 0.26 ms of the controller's CPU
-instead of 0.99 (bench/winrm_roundtrip.py, the deploy_tasks rows, one thread).
+own buffer, so bytes left after a reply are seen). A command (Command, Receive, Signal) then costs
+0.26-0.27 ms of the controller's CPU instead of 0.97-0.99 (bench/winrm_roundtrip.py, the deploy_tasks
+rows, one thread).
 
 What it cannot do leaves the channel, never a message twice:
 - before anything is sent: the host closed the idle connection, or sent something unasked (the socket is
