@@ -1056,11 +1056,12 @@ class _Handler(BaseHTTPRequestHandler):
     _MAX_HEADERS = 100
 
     def parse_request(self) -> bool:
-        """http.server's, with the headers of an ordinary HTTP/1.x request read by a plain loop into the same
-        ``HTTPMessage`` (http.server has the email package parse them: the largest part of this fleet's CPU
-        per request, which at 300 hosts competes with the controller's on the same cores), kept in a
-        ``_Headers`` (looked up like an ``HTTPMessage``, without the email package's policy work per lookup).
-        A request line of any other shape goes to http.server's own parser, errors and all."""
+        """http.server's, with the headers of an ordinary HTTP/1.x request read by a plain loop into a
+        ``_Headers`` (looked up as an ``HTTPMessage`` is). http.server has the email package parse them and
+        answer each lookup: the largest part of this fleet's CPU per request, which at 300 hosts competes
+        with the controller's on the same cores. The same limits, errors and connection handling as
+        http.server (tests/test_rehearsal_endpoint.py compares them); a request line of any other shape
+        goes to http.server's own parser."""
         requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
         words = requestline.split()  # (as http.server splits it)
         if len(words) != 3 or words[2] not in ("HTTP/1.1", "HTTP/1.0"):
