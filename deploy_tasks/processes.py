@@ -130,12 +130,21 @@ class ProcessRecord:
             return None
 
 
-def _reap(pid: int) -> None:
-    """Collect the exit status when ``pid`` is our own child, so it does not linger as a zombie."""
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
+def _reap(pid: int, within: float = 2.0) -> None:
+    """Collect the exit status when ``pid`` is our own child, so it does not linger as a zombie.
+
+    Called once the process is seen gone, which it is (its command line empty) a moment before the kernel
+    makes it a zombie that can be collected: so wait up to ``within`` seconds for that (a CI run caught the
+    child still there right after a single try)."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return  # not ours (or collected already)
+        if done or time.monotonic() >= deadline:
+            return
+        time.sleep(0.005)
 
 
 # -- the ledger: where CI finds what to stop -------------------------------------------
