@@ -171,6 +171,24 @@ def test_a_state_file_that_cannot_be_written_stops_the_deploy_before_any_run(tmp
     assert not any(h.runs for h in hosts.values())
 
 
+@pytest.mark.timeout(60)
+def test_a_record_that_cannot_be_serialised_stops_the_deploy_and_wakes_every_waiting_run(tmp_path, monkeypatch):
+    # the writer serialises outside the lock and wakes only the runs whose change it wrote: a failure there
+    # (a bug) must still reach every run waiting for its mark, not leave them waiting for ever
+    real = deploy_module.json.dumps
+
+    def broken(obj, *a, **kw):
+        if isinstance(obj, dict) and obj.get("status") == "running":
+            raise TypeError("Object of type X is not JSON serializable")
+        return real(obj, *a, **kw)
+
+    monkeypatch.setattr(deploy_module.json, "dumps", broken)
+    hosts = fleet(H1=0.01, H2=0.01, H3=0.01)
+    with pytest.raises(DeployError, match=r"the state file .*state.json cannot be written \(.*not JSON serializable"):
+        deploy(hosts, "waves", state_path=str(tmp_path / "state.json"))
+    assert not any(h.runs for h in hosts.values())
+
+
 def test_a_secret_registered_mid_run_is_redacted_from_records_written_before_it(tmp_path):
     secret = f"pw-{uuid.uuid4().hex}"
 

@@ -53,7 +53,7 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .. import outcome
 from ..errors import ConfigError, DeployError
@@ -283,7 +283,10 @@ class Deployment:
             self._of_host.setdefault(s.host, []).append(s)
         self._mine = threading.local()  # .generation: the calling thread's last change (see _flush)
         self._wake = threading.Condition(self._lock)  # the writer: something changed
-        self._wrote = threading.Condition(self._lock)  # the waiting threads: a write ended
+        # threads waiting for a write: (the generation they need on disk, their event); each is woken by the
+        # write that carries its change, and only then (a wave's 300 runs wait at once: a wake-all after
+        # every write had them all take the lock again, in turn, while other runs waited to mark theirs)
+        self._waiters: List[Tuple[int, threading.Event]] = []
         self._writer: Optional[threading.Thread] = None
         self._write_error: Optional[BaseException] = None
         self._generation = 0  # changes to the records so far
@@ -589,6 +592,7 @@ class Deployment:
         if not self.state_path:
             return
         mine = getattr(self._mine, "generation", None)
+        written = None
         with self._lock:
             target = self._generation if mine is None else mine
             if self._written < target and self._write_error is None:
@@ -596,12 +600,16 @@ class Deployment:
                     self._writer = threading.Thread(target=self._write_loop, name="deploy-state-writer", daemon=True)
                     self._writer.start()
                 self._wake.notify()
-                while wait and self._written < target and self._write_error is None:
-                    self._wrote.wait()
-            if self._write_error is not None and (wait or mine is None):
-                raise DeployError(f"the state file {self.state_path} cannot be written "
-                                  f"({self._write_error}); nothing after this is recorded: free the disk (or "
-                                  f"give another file with --state) and run again with --resume")
+                if wait:
+                    written = threading.Event()
+                    self._waiters.append((target, written))
+        if written is not None:
+            written.wait()  # set by the write that carries ``target`` (or by a failed write)
+        error = self._write_error  # set once, before the waiters are woken
+        if error is not None and (wait or mine is None):
+            raise DeployError(f"the state file {self.state_path} cannot be written "
+                              f"({error}); nothing after this is recorded: free the disk (or "
+                              f"give another file with --state) and run again with --resume")
 
     def _write_loop(self) -> None:
         """The state file's one writer (see ``_flush``); ends after ``IDLE_WRITER`` seconds with nothing to write."""
@@ -619,31 +627,42 @@ class Deployment:
                 self._redacted_for = secrets
                 changed = merged if self._dirty is None or again else self._dirty
                 self._dirty = set()
+                entries = []  # the changed records as they are now; serialised below, outside the lock
                 for sid in changed:
                     rec = merged[sid]
                     sig = rec.signature()
                     cached = self._fragments.get(sid)
                     if cached is None or cached[0] != sig or again:
-                        text = redact(json.dumps(rec.state_entry(), ensure_ascii=False))
-                        self._fragments[sid] = (sig, text.encode("utf-8"))
-                parts = [self._fragments[sid][1] for sid in merged]
-            head = redact(json.dumps({"schema": 1, "task": "deploy", "environment": self.environment,
-                                      "updated": now_iso()}, ensure_ascii=False)[:-1])
-            # each record's JSON is redacted on its own: a secret lies within one record's text, unless it
-            # spans lines (the records are joined by ",\n "), and then the whole text is redacted as well
-            data = (head + ', "steps": [\n ').encode("utf-8") + b",\n ".join(parts) + b"\n]}\n"
-            if any("\n" in x for x in secrets):
-                data = redact(data.decode("utf-8")).encode("utf-8")
+                        entries.append((sid, sig, rec.state_entry()))
+            # JSON and redaction outside the lock: with a wave's runs starting at once, every run's mark
+            # waited for it (the fragments are this thread's alone: one writer at a time; _merged is set
+            # once per run and only its records change, under the lock, as copied above)
             try:
+                for sid, sig, entry in entries:
+                    self._fragments[sid] = (sig, redact(json.dumps(entry, ensure_ascii=False)).encode("utf-8"))
+                parts = [self._fragments[sid][1] for sid in merged]
+                head = redact(json.dumps({"schema": 1, "task": "deploy", "environment": self.environment,
+                                          "updated": now_iso()}, ensure_ascii=False)[:-1])
+                # each record's JSON is redacted on its own: a secret lies within one record's text, unless it
+                # spans lines (the records are joined by ",\n "), and then the whole text is redacted as well
+                data = (head + ', "steps": [\n ').encode("utf-8") + b",\n ".join(parts) + b"\n]}\n"
+                if any("\n" in x for x in secrets):
+                    data = redact(data.decode("utf-8")).encode("utf-8")
                 _write_atomic(self.state_path, data)
-            except Exception as exc:  # noqa: BLE001 - disk full, permissions: raised to the waiting threads
+            except Exception as exc:  # noqa: BLE001 - disk full, permissions (or a bug): raised to the waiting threads
                 with self._lock:
                     self._write_error = exc
                     self._writer = None
-                    self._wrote.notify_all()
+                    woken, self._waiters = self._waiters, []
+                for _, event in woken:
+                    event.set()
                 return
             with self._lock:
                 self._written = generation
-                self._wrote.notify_all()
+                woken = [w for w in self._waiters if w[0] <= generation]
+                if woken:
+                    self._waiters = [w for w in self._waiters if w[0] > generation]
+            for _, event in woken:
+                event.set()
 
     # -- signals --------------------------------------------------------------------------
