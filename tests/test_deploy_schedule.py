@@ -189,6 +189,64 @@ def test_a_record_that_cannot_be_serialised_stops_the_deploy_and_wakes_every_wai
     assert not any(h.runs for h in hosts.values())
 
 
+@pytest.mark.timeout(60)
+def test_a_record_that_cannot_be_copied_for_the_state_file_stops_the_deploy_too(tmp_path, monkeypatch):
+    def broken(self):
+        raise RecursionError("the record cannot be copied")
+
+    monkeypatch.setattr(deploy_module.StepRecord, "state_entry", broken)
+    hosts = fleet(H1=0.01, H2=0.01, H3=0.01)
+    with pytest.raises(DeployError, match=r"the state file .*state.json cannot be written \(.*cannot be copied"):
+        deploy(hosts, "waves", state_path=str(tmp_path / "state.json"))
+    assert not any(h.runs for h in hosts.values())
+
+
+@pytest.mark.timeout(60)
+def test_a_change_made_as_the_idle_writer_leaves_is_still_written(tmp_path, monkeypatch):
+    # The writer leaves after IDLE_WRITER seconds with nothing to write. A run that marks a change between
+    # the writer's timed-out wait and its taking the lock back sees the writer alive (so starts none) and
+    # waits: the writer must see that change before it leaves (the old loop left, and the run waited for ever).
+    monkeypatch.setattr(deploy_module, "IDLE_WRITER", 0.2)
+    d = Deployment([], connect=None, state_path=str(tmp_path / "state.json"), handle_signals=False)
+    d._merged = {}
+
+    class Preempted(threading.Condition):  # the writer preempted after its wait timed out, before the lock
+        late = None
+
+        def wait(self, timeout=None):
+            woke = super().wait(timeout)
+            if not woke and Preempted.late is not None:
+                late, Preempted.late = Preempted.late, None
+                saved = self._release_save()
+                late()
+                time.sleep(0.2)
+                self._acquire_restore(saved)
+            return woke
+
+    d._wake = Preempted(d._lock)
+
+    def change_and_flush():
+        with d._lock:
+            d._save()
+        d._flush()
+
+    change_and_flush()  # the first write; the writer then idles
+    runs = []
+
+    def late():
+        runs.append(threading.Thread(target=change_and_flush, daemon=True))
+        runs[0].start()
+
+    Preempted.late = late
+    deadline = time.monotonic() + 5
+    while not runs and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert runs, "the writer never idled out"
+    runs[0].join(5)
+    assert not runs[0].is_alive(), "the run waits for a write that never comes"
+    assert d._written == d._generation
+
+
 def test_a_secret_registered_mid_run_is_redacted_from_records_written_before_it(tmp_path):
     secret = f"pw-{uuid.uuid4().hex}"
 

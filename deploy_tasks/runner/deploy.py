@@ -612,14 +612,35 @@ class Deployment:
                               f"give another file with --state) and run again with --resume")
 
     def _write_loop(self) -> None:
-        """The state file's one writer (see ``_flush``); ends after ``IDLE_WRITER`` seconds with nothing to write."""
+        """The state file's one writer (see ``_flush``); ends after ``IDLE_WRITER`` seconds with nothing to write.
+
+        Whatever stops it other than that (a write that fails, a record that cannot be copied or
+        serialised: a bug) is the state file's error: raised to every run waiting for a write, and to
+        the next ``_flush``; a run never waits for a writer that is gone.
+        """
+        try:
+            self._write_until_idle()
+        except BaseException as exc:  # noqa: BLE001 - see above
+            with self._lock:
+                if self._write_error is None:
+                    self._write_error = exc
+                self._writer = None
+                woken, self._waiters = self._waiters, []
+            for _, event in woken:
+                event.set()
+
+    def _write_until_idle(self) -> None:
         while True:
             with self._lock:
                 idle_since = time.monotonic()
                 while self._written >= self._generation:
-                    if not self._wake.wait(IDLE_WRITER) and time.monotonic() - idle_since >= IDLE_WRITER:
+                    # leave only after seeing, under the lock, that nothing is left to write: a change made
+                    # between a timed-out wait and taking the lock back would otherwise wait for ever
+                    left = idle_since + IDLE_WRITER - time.monotonic()
+                    if left <= 0:
                         self._writer = None
                         return
+                    self._wake.wait(left)
                 generation = self._generation
                 merged = self._merged
                 secrets = registered()
@@ -637,26 +658,17 @@ class Deployment:
             # JSON and redaction outside the lock: with a wave's runs starting at once, every run's mark
             # waited for it (the fragments are this thread's alone: one writer at a time; _merged is set
             # once per run and only its records change, under the lock, as copied above)
-            try:
-                for sid, sig, entry in entries:
-                    self._fragments[sid] = (sig, redact(json.dumps(entry, ensure_ascii=False)).encode("utf-8"))
-                parts = [self._fragments[sid][1] for sid in merged]
-                head = redact(json.dumps({"schema": 1, "task": "deploy", "environment": self.environment,
-                                          "updated": now_iso()}, ensure_ascii=False)[:-1])
-                # each record's JSON is redacted on its own: a secret lies within one record's text, unless it
-                # spans lines (the records are joined by ",\n "), and then the whole text is redacted as well
-                data = (head + ', "steps": [\n ').encode("utf-8") + b",\n ".join(parts) + b"\n]}\n"
-                if any("\n" in x for x in secrets):
-                    data = redact(data.decode("utf-8")).encode("utf-8")
-                _write_atomic(self.state_path, data)
-            except Exception as exc:  # noqa: BLE001 - disk full, permissions (or a bug): raised to the waiting threads
-                with self._lock:
-                    self._write_error = exc
-                    self._writer = None
-                    woken, self._waiters = self._waiters, []
-                for _, event in woken:
-                    event.set()
-                return
+            for sid, sig, entry in entries:
+                self._fragments[sid] = (sig, redact(json.dumps(entry, ensure_ascii=False)).encode("utf-8"))
+            parts = [self._fragments[sid][1] for sid in merged]
+            head = redact(json.dumps({"schema": 1, "task": "deploy", "environment": self.environment,
+                                      "updated": now_iso()}, ensure_ascii=False)[:-1])
+            # each record's JSON is redacted on its own: a secret lies within one record's text, unless it
+            # spans lines (the records are joined by ",\n "), and then the whole text is redacted as well
+            data = (head + ', "steps": [\n ').encode("utf-8") + b",\n ".join(parts) + b"\n]}\n"
+            if any("\n" in x for x in secrets):
+                data = redact(data.decode("utf-8")).encode("utf-8")
+            _write_atomic(self.state_path, data)  # a failure: _write_loop raises it to the waiting runs
             with self._lock:
                 self._written = generation
                 woken = [w for w in self._waiters if w[0] <= generation]
