@@ -7,12 +7,13 @@ playing example host i mod 6), deployed in waves by deploy_tasks.runner.deploy.D
 through a stand-in transport: each Puppet run spends ``--command-cpu-ms`` of CPU (what
 starting a command over WinRM costs the controller; bench/winrm_roundtrip.py measures it)
 and then sleeps 0.5 s. What is measured is the controller's own cost of starting runs:
-per group, the spread of the runs' "running" marks (first to last), which is the least a
-group's last host can start after its first, whatever the hosts do.
+per group, the spread of the moments the runs reach the transport (first to last), which
+is the least a group's last host can start after its first, whatever the hosts do.
 
 Rows, each measured in the same run (these machines are noisy: compare ratios):
 - no state file: the runner and the deployment only (the baseline);
-- state file: as inv deploy runs, each run's mark written (and fsynced) before it starts.
+- state file: as inv deploy runs, each run's "running" mark in the state file (written,
+  file replaced) before the run reaches the transport.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,11 +34,15 @@ def once(steps, hosts: int, cpu_s: float, state: bool):
     from deploy_tasks.runner.deploy import Deployment
     from deploy_tasks.transports.base import Result
 
+    group_of = {s.component: s.group for s in steps}
+    starts = {}  # group -> when its runs reached the transport
+
     class Transport:  # a host that answers at once: the command's CPU on the controller, then the run
         def __init__(self, name):
             self.name = name
 
         def change_argv(self, argv, check=False, timeout=None):
+            starts.setdefault(group_of[argv[-1].split(",")[0]], []).append(time.monotonic())
             t = time.thread_time()
             while time.thread_time() - t < cpu_s:
                 pass
@@ -54,10 +58,8 @@ def once(steps, hosts: int, cpu_s: float, state: bool):
         t0 = time.monotonic()
         ok = deployment.run().ok
         seconds = time.monotonic() - t0
-    marks = {}
-    for rec in deployment.records.values():
-        marks.setdefault(rec.group, []).append(datetime.fromisoformat(rec.started.replace("Z", "+00:00")).timestamp())
-    spread = {g: (max(v) - min(v)) * 1000 for g, v in sorted(marks.items())}
+    assert sum(len(v) for v in starts.values()) == len({(s.host, s.group) for s in steps})  # one run per host and group
+    spread = {g: (max(v) - min(v)) * 1000 for g, v in sorted(starts.items())}
     return ok, seconds, spread
 
 
@@ -71,7 +73,7 @@ def main() -> int:
 
     steps, _ = steps_for(args.hosts)
     print(f"{args.hosts} hosts, {len(steps)} steps, waves; each command {args.command_cpu_ms:g} ms of controller "
-          f"CPU then 0.5 s; the spread of each group's run marks in ms (median of {args.repeat}, interleaved)")
+          f"CPU then 0.5 s; the spread of each group's run starts in ms (median of {args.repeat}, interleaved)")
     rows = {"no state file": [], "state file": []}
     for _ in range(args.repeat):
         for label, state in (("no state file", False), ("state file", True)):

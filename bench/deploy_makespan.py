@@ -280,7 +280,7 @@ def run_size(n: int, args) -> list:
                      "--parts", str(parts), "--overhead", str(args.overhead), "--per-component", str(args.per_component)],
                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                     env=dict(os.environ, PYTHONPATH=str(ROOT), **account)))
-            if args.pin:  # the fleet on the last core, this controller on the others: neither steals the other's
+            if args.pin:  # the fleet (all its processes) on the last core, this controller on the others
                 cores = sorted(os.sched_getaffinity(0))
                 for child in children:
                     os.sched_setaffinity(child.pid, {cores[-1]})
@@ -357,9 +357,13 @@ def run_size(n: int, args) -> list:
             return results
         finally:
             for child in children:
-                child.stdin.close()
+                child.stdin.close()  # a child stops its fleet when its stdin ends
             for child in children:
-                child.wait(timeout=60)
+                try:
+                    child.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    child.kill()  # our own child, by its Popen handle: still that process
+                    child.wait()
 
 
 def main() -> int:
@@ -386,6 +390,8 @@ def main() -> int:
     if args.serve:
         serve(args)
         return 0
+    if args.fleet_processes < 1:
+        p.error("--fleet-processes: at least 1")
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = set(args.methods) - {"waves", "dag", "seed"}
     if unknown:
@@ -395,7 +401,8 @@ def main() -> int:
     args.per_component *= args.scale
     print(f"timing model: {measured[0]:g} s per Puppet run + {measured[1]:g} s per component (measured on the "
           f"real-agent fleet), scaled by {args.scale:g}: {args.overhead:g} s + {args.per_component:g} s; "
-          f"the emulated fleet in {args.fleet_processes} process(es){', pinned to its own core' if args.pin else ''}")
+          f"the emulated fleet in {args.fleet_processes} process(es) (fewer when fewer hosts)"
+          f"{', all on one core of their own (--pin)' if args.pin else ''}")
     print(f"{'hosts':>5} {'steps':>5} {'method':>6} {'makespan':>9} {'bound':>7} {'ratio':>6} {'cpu ms/step':>11} "
           f"{'fleet cpu':>9} {'pre-flight':>10} {'no-overhead':>11}  ok")
     for n in [int(x) for x in args.hosts.split(",")]:
