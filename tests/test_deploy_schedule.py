@@ -172,31 +172,29 @@ def test_a_state_file_that_cannot_be_written_stops_the_deploy_before_any_run(tmp
 
 
 @pytest.mark.timeout(60)
-def test_a_record_that_cannot_be_serialised_stops_the_deploy_and_wakes_every_waiting_run(tmp_path, monkeypatch):
-    # the writer serialises outside the lock and wakes only the runs whose change it wrote: a failure there
-    # (a bug) must still reach every run waiting for its mark, not leave them waiting for ever
-    real = deploy_module.json.dumps
+@pytest.mark.parametrize("where", ["serialised", "copied"])
+def test_a_record_the_writer_cannot_take_stops_the_deploy_and_wakes_every_waiting_run(tmp_path, monkeypatch, where):
+    # the writer copies a changed record under the lock, serialises it outside and wakes only the runs whose
+    # change it wrote: a failure in either (a bug) must still reach every run waiting for its mark, not
+    # leave them waiting for ever
+    if where == "serialised":
+        real = deploy_module.json.dumps
 
-    def broken(obj, *a, **kw):
-        if isinstance(obj, dict) and obj.get("status") == "running":
-            raise TypeError("Object of type X is not JSON serializable")
-        return real(obj, *a, **kw)
+        def dumps(obj, *a, **kw):
+            if isinstance(obj, dict) and obj.get("status") == "running":
+                raise TypeError("Object of type X is not JSON serializable")
+            return real(obj, *a, **kw)
 
-    monkeypatch.setattr(deploy_module.json, "dumps", broken)
+        monkeypatch.setattr(deploy_module.json, "dumps", dumps)
+        said = "not JSON serializable"
+    else:
+        def state_entry(self):
+            raise RecursionError("the record cannot be copied")
+
+        monkeypatch.setattr(deploy_module.StepRecord, "state_entry", state_entry)
+        said = "cannot be copied"
     hosts = fleet(H1=0.01, H2=0.01, H3=0.01)
-    with pytest.raises(DeployError, match=r"the state file .*state.json cannot be written \(.*not JSON serializable"):
-        deploy(hosts, "waves", state_path=str(tmp_path / "state.json"))
-    assert not any(h.runs for h in hosts.values())
-
-
-@pytest.mark.timeout(60)
-def test_a_record_that_cannot_be_copied_for_the_state_file_stops_the_deploy_too(tmp_path, monkeypatch):
-    def broken(self):
-        raise RecursionError("the record cannot be copied")
-
-    monkeypatch.setattr(deploy_module.StepRecord, "state_entry", broken)
-    hosts = fleet(H1=0.01, H2=0.01, H3=0.01)
-    with pytest.raises(DeployError, match=r"the state file .*state.json cannot be written \(.*cannot be copied"):
+    with pytest.raises(DeployError, match=rf"the state file .*state.json cannot be written \(.*{said}"):
         deploy(hosts, "waves", state_path=str(tmp_path / "state.json"))
     assert not any(h.runs for h in hosts.values())
 
