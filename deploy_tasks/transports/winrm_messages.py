@@ -10,8 +10,9 @@ rendering sits on every wave's critical path.
 ``TemplatedProtocol`` renders each message *shape* once per process (shared by
 every host: pywinrm's header names no host, its ``a:To`` is a fixed
 placeholder address), with pywinrm's own header builder and xmltodict,
-placeholders where the values go, and fills in the escaped values afterwards: the same bytes pywinrm would send
-(tests/test_winrm_messages.py compares them, hostile command text included).
+placeholders where the values go, and fills in the escaped values
+afterwards: the same bytes pywinrm would send (tests/test_winrm_messages.py
+compares them, hostile command text included).
 The replies are read exactly as pywinrm reads them (its code, repeated here
 because in pywinrm it sits in the same method as the rendering). A value
 that would need attribute quoting (never the case for Windows' shell and
