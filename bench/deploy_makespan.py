@@ -122,6 +122,24 @@ def serve(args) -> None:
     fleet.stop()
 
 
+def fleet_dir():
+    """Where the emulated hosts' disks go by default: /dev/shm when it is a writable tmpfs, else None (the
+    temporary directory).
+
+    Each emulated host stands for a Windows machine with a disk of its own. Its Puppet runs write a lock file,
+    the run journal and the host's state, each a new file renamed into place; 300 hosts doing that at a wave's
+    start on this machine's one ext4 disk spent about a quarter of the fleet's CPU in the kernel finding free
+    inodes (perf, 300 hosts: ext4's inode allocator under open(O_CREAT) and rename), CPU the controller then
+    lacked. The controller's own state file stays on this disk, as inv deploy keeps it."""
+    shm = Path("/dev/shm")
+    try:
+        fstype = next((line.split()[2] for line in Path("/proc/mounts").read_text().splitlines()
+                       if line.split()[1] == str(shm)), "")
+    except OSError:
+        return None
+    return str(shm) if fstype == "tmpfs" and os.access(shm, os.W_OK | os.X_OK) else None
+
+
 # -- the controller ----------------------------------------------------------------------------
 def steps_for(n: int):
     from deploy_tasks.inventory import load_inventory
@@ -269,14 +287,17 @@ def run_size(n: int, args) -> list:
     from deploy_tasks.runner.deploy import Deployment
     from deploy_tasks.transports import winrm as w
 
-    with tempfile.TemporaryDirectory(prefix="deploy-bench-") as tmp:
+    # the controller's files (the state file, the CA bundle) on this machine's disk, as inv deploy keeps them;
+    # the emulated hosts' disks under --fleet-dir (see fleet_dir)
+    with tempfile.TemporaryDirectory(prefix="deploy-bench-") as tmp, \
+            tempfile.TemporaryDirectory(prefix="deploy-bench-fleet-", dir=args.fleet_dir) as fleet_tmp:
         parts = max(1, min(args.fleet_processes, n))
         account = {"DEPLOY_WINRM_USER": "bench", "DEPLOY_WINRM_PASSWORD": secrets.token_urlsafe(18)}
         children = []
         try:
             for i in range(parts):  # each child its own root, CA and share of the hosts (host j in child j mod parts)
                 children.append(subprocess.Popen(
-                    [sys.executable, __file__, "--serve", "--root", f"{tmp}/fleet{i}", "--n", str(n), "--part", str(i),
+                    [sys.executable, __file__, "--serve", "--root", f"{fleet_tmp}/fleet{i}", "--n", str(n), "--part", str(i),
                      "--parts", str(parts), "--overhead", str(args.overhead), "--per-component", str(args.per_component)],
                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                     env=dict(os.environ, PYTHONPATH=str(ROOT), **account)))
@@ -288,7 +309,7 @@ def run_size(n: int, args) -> list:
             ports, cas = {}, []
             for i, child in enumerate(children):
                 assert child.stdout.readline().strip() == "ready"
-                info = json.loads((Path(tmp) / f"fleet{i}" / "fleet.json").read_text())
+                info = json.loads((Path(fleet_tmp) / f"fleet{i}" / "fleet.json").read_text())
                 ports.update({h["hostname"].upper(): (h["address"], h["https_port"]) for h in info["hosts"]})
                 cas.append(Path(info["ca_cert"]).read_text())
             bundle = Path(tmp) / "fleet-cas.pem"  # every child's CA: one trust file for the controller
@@ -323,7 +344,7 @@ def run_size(n: int, args) -> list:
                     row["ok"] = row["ok"] and answered.count(0) == len(answered)
                     row["preflight"] = preflight
                     if args.edges:
-                        row["edges"] = edges(Path(tmp), state, steps, args.overhead, since)
+                        row["edges"] = edges(Path(fleet_tmp), state, steps, args.overhead, since)
                 results.append(row)
 
             import winrm
@@ -378,6 +399,9 @@ def main() -> int:
                    help="run the emulated fleet on the last CPU core and the controller on the others")
     p.add_argument("--fleet-processes", type=int, default=2,
                    help="processes the emulated fleet is spread over (each host is its own machine; default 2)")
+    p.add_argument("--fleet-dir", default=fleet_dir(),
+                   help="where the emulated hosts keep their disks (default: /dev/shm when it is a writable "
+                        "tmpfs, else the temporary directory; the state file stays on this machine's disk)")
     p.add_argument("--methods", default="waves,dag,seed", help="which to measure (comma-separated; default all three)")
     p.add_argument("--edges", action="store_true",
                    help="also print, per group, when the controller and the hosts started and ended its runs")
@@ -401,7 +425,8 @@ def main() -> int:
     args.per_component *= args.scale
     print(f"timing model: {measured[0]:g} s per Puppet run + {measured[1]:g} s per component (measured on the "
           f"real-agent fleet), scaled by {args.scale:g}: {args.overhead:g} s + {args.per_component:g} s; "
-          f"the emulated fleet in {args.fleet_processes} process(es) (fewer when fewer hosts)"
+          f"the emulated fleet in {args.fleet_processes} process(es) (fewer when fewer hosts), its hosts' disks "
+          f"under {args.fleet_dir or tempfile.gettempdir()}"
           f"{', all on one core of their own (--pin)' if args.pin else ''}")
     print(f"{'hosts':>5} {'steps':>5} {'method':>6} {'makespan':>9} {'bound':>7} {'ratio':>6} {'cpu ms/step':>11} "
           f"{'fleet cpu':>9} {'pre-flight':>10} {'no-overhead':>11}  ok")
