@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import threading
 import time
 import uuid
@@ -158,6 +159,30 @@ def test_runs_that_start_and_end_together_share_the_state_file_s_writes(tmp_path
     assert 2 <= len(writes) <= 10, len(writes)
     saved = json.loads((tmp_path / "state.json").read_text())["steps"]
     assert {s["status"] for s in saved} == {"changed"} and len(saved) == 40
+
+
+@pytest.mark.parametrize("short", [False, True])
+def test_the_state_file_is_written_from_its_pieces_byte_for_byte(tmp_path, monkeypatch, short):
+    from deploy_tasks.runner import state as state_module
+
+    chunks = [b'{"steps": [\n '] + [f'{{"n": {i}}}'.encode() + b",\n " for i in range(2999)] + [b"", b"\n]}\n"]
+    if short:  # the kernel may write less than asked (a signal, a nearly full disk): the rest follows
+        monkeypatch.setattr(state_module.os, "writev", lambda fd, bufs: os.write(fd, b"".join(bufs)[:37]))
+    path = tmp_path / "state.json"
+    state_module._write_atomic(str(path), chunks)
+    assert path.read_bytes() == b"".join(chunks)
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
+
+
+def test_a_secret_spanning_lines_is_redacted_from_the_whole_state_file(tmp_path):
+    secret = f"pw-{uuid.uuid4().hex}\nsecond-line"
+    add_secret(secret)
+    state = tmp_path / "state.json"
+    steps = [Step("H1", "a", 1), Step("H2", "b", 2)]
+    result = Deployment(steps, lambda h: Host(h), release=lambda t: None, schedule="waves", max_parallel=2,
+                        handle_signals=False, retries=0, state_path=str(state)).run()
+    assert result.ok
+    assert [s["status"] for s in json.loads(state.read_text())["steps"]] == ["changed", "changed"]
 
 
 def test_a_state_file_that_cannot_be_written_stops_the_deploy_before_any_run(tmp_path, monkeypatch):

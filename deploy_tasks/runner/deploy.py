@@ -68,6 +68,7 @@ SCHEDULES = ("waves", "dag")
 RUNNING = "running"  # in the state file only: a step whose Puppet run had started and not ended
 PENDING = "pending"
 OUTPUT_LINES_KEPT = 400
+_BETWEEN, _END = b",\n ", b"\n]}\n"  # the state file's records are joined by _BETWEEN; _END closes it
 IDLE_WRITER = 2.0  # seconds the state file's writer thread waits for work before it ends (a new one starts on demand)
 
 
@@ -660,14 +661,20 @@ class Deployment:
             # once per run and only its records change, under the lock, as copied above)
             for sid, sig, entry in entries:
                 self._fragments[sid] = (sig, redact(json.dumps(entry, ensure_ascii=False)).encode("utf-8"))
-            parts = [self._fragments[sid][1] for sid in merged]
             head = redact(json.dumps({"schema": 1, "task": "deploy", "environment": self.environment,
                                       "updated": now_iso()}, ensure_ascii=False)[:-1])
+            # the file's pieces in order, written as they are (never joined: see _write_atomic)
+            data = [(head + ', "steps": [\n ').encode("utf-8")]
+            for sid in merged:
+                data += (self._fragments[sid][1], _BETWEEN)
+            if len(data) > 1:
+                data[-1] = _END  # (in place of the last record's _BETWEEN)
+            else:
+                data.append(_END)
             # each record's JSON is redacted on its own: a secret lies within one record's text, unless it
             # spans lines (the records are joined by ",\n "), and then the whole text is redacted as well
-            data = (head + ', "steps": [\n ').encode("utf-8") + b",\n ".join(parts) + b"\n]}\n"
             if any("\n" in x for x in secrets):
-                data = redact(data.decode("utf-8")).encode("utf-8")
+                data = redact(b"".join(data).decode("utf-8")).encode("utf-8")
             _write_atomic(self.state_path, data)  # a failure: _write_loop raises it to the waiting runs
             with self._lock:
                 self._written = generation

@@ -45,15 +45,43 @@ def load(path: str) -> Optional[RunResult]:
 
 
 def _write_atomic(path: str, text) -> None:
-    """Replace ``path`` with ``text`` (str, written as UTF-8, or bytes): a temporary file, then a rename."""
+    """Replace ``path`` with ``text``: a temporary file, then a rename.
+
+    ``text``: str (written as UTF-8), bytes, or a list of bytes written one after another. A list goes
+    to the file as it is (``os.writev``), never joined: the deploy's state file is ~0.8 MB at 2,600
+    steps and written hundreds of times a deploy; joining it first made a fresh buffer of that size
+    each time (mapped, faulted in page by page, unmapped), a tenth of the controller's CPU at 300 hosts.
+    """
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".state-", dir=directory)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(text.encode("utf-8") if isinstance(text, str) else text)
+        with os.fdopen(fd, "wb", buffering=0) as fh:
+            if isinstance(text, list):
+                _write_all(fh.fileno(), text)
+            else:
+                fh.write(text.encode("utf-8") if isinstance(text, str) else text)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+_IOV_MAX = 1024  # buffers per writev (Linux's IOV_MAX)
+
+
+def _write_all(fd: int, chunks: list) -> None:
+    """Write every byte of ``chunks`` to ``fd``, in order, with as few system calls as the kernel allows."""
+    for start in range(0, len(chunks), _IOV_MAX):
+        batch = chunks[start:start + _IOV_MAX]
+        done = os.writev(fd, batch)
+        if done < sum(map(len, batch)):  # a short write (a signal, a full disk): the rest one buffer at a time
+            for chunk in batch:
+                view = memoryview(chunk)
+                if done >= len(view):
+                    done -= len(view)
+                    continue
+                view, done = view[done:], 0
+                while view:
+                    view = view[os.write(fd, view):]
