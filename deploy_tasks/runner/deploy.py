@@ -70,6 +70,9 @@ PENDING = "pending"
 OUTPUT_LINES_KEPT = 400
 _BETWEEN, _END = b",\n ", b"\n]}\n"  # the state file's records are joined by _BETWEEN; _END closes it
 IDLE_WRITER = 2.0  # seconds the state file's writer thread waits for work before it ends (a new one starts on demand)
+# seconds an outcome may wait for company before the writer writes it, unless a run is waiting for its mark
+# (which is written at once, with every outcome so far): runs that end within this of each other share a write
+OUTCOME_WINDOW = 0.05
 
 
 @dataclass(frozen=True)
@@ -584,8 +587,9 @@ class Deployment:
 
         Called (outside ``self._lock``) before a Puppet run starts (waiting: the file holds the
         "running" mark before Puppet starts, so a resume after a crash re-checks the step) and after
-        a run ends (not waiting: the outcome follows within one write; a step that starts after it
-        waits for its own mark, written with it). One writer thread replaces the file: when many runs
+        a run ends (not waiting: the outcome follows within ``OUTCOME_WINDOW`` and one write, with the
+        outcomes of the runs that end meanwhile; a step that starts after it waits for its own mark,
+        written at once with every outcome so far). One writer thread replaces the file: when many runs
         start or end at once, one write carries all of their changes (group commit); each record's
         JSON is kept and only the records that changed are serialised again. A write that fails is
         raised to every thread waiting for it, and to the next ``_flush``.
@@ -641,6 +645,13 @@ class Deployment:
                     if left <= 0:
                         self._writer = None
                         return
+                    self._wake.wait(left)
+                # nobody is waiting (outcomes only): let the outcomes of runs ending about now ride one write
+                gather = time.monotonic() + OUTCOME_WINDOW
+                while not self._waiters and self._write_error is None:
+                    left = gather - time.monotonic()
+                    if left <= 0:
+                        break
                     self._wake.wait(left)
                 generation = self._generation
                 merged = self._merged
