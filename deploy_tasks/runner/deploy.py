@@ -648,7 +648,7 @@ class Deployment:
                     self._wake.wait(left)
                 # nobody is waiting (outcomes only): let the outcomes of runs ending about now ride one write
                 gather = time.monotonic() + OUTCOME_WINDOW
-                while not self._waiters and self._write_error is None:
+                while not self._waiters:
                     left = gather - time.monotonic()
                     if left <= 0:
                         break
