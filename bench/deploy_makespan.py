@@ -1,14 +1,15 @@
 """Benchmark: inv deploy's makespan on the TIMING-MODEL fleet, waves and dag, against their lower bounds and the seed's method.
 
     .venv/bin/python bench/deploy_makespan.py [--hosts 6,60,300] [--pin] [--overhead 2.47] [--per-component 0.17]
-        [--methods waves,dag,seed] [--edges] [--fleet-processes 2]
+        [--methods waves,dag,seed] [--edges] [--fleet-processes 2] [--fleet-dir /dev/shm]
 
 The fleet runs in child processes (``--fleet-processes``, default 2: the hosts dealt
 among them in turn; ``inv fleet.up`` runs one). Each emulated host stands for a
 Windows machine with CPUs of its own; one Python interpreter serving 300 of them
 makes their Puppet runs queue for its one interpreter lock, and the runs then last
 longer than the model says (measured at 300 hosts with one process: a 4-component
-run 3.15 s by the model, up to 3.45 s in the fleet). Its persona is the
+run 3.15 s by the model, up to 3.45 s in the fleet). The hosts' disks are under
+``--fleet-dir`` (default /dev/shm, see fleet_dir()). Its persona is the
 timing model (deploy_tasks/rehearsal/puppet.py, mode "timing"): a Puppet run costs
 ``--overhead`` seconds plus ``--per-component`` seconds for each tagged component
 (the overhead is added by this script's persona wrapper). Pass the figures measured
