@@ -134,7 +134,7 @@ def fleet_dir():
 
     Each emulated host stands for a Windows machine with a disk of its own. Its Puppet runs write a lock file,
     the run journal and the host's state, each a new file renamed into place; 300 hosts doing that at a wave's
-    start on this machine's one ext4 disk spent about a quarter of the fleet's CPU in the kernel finding free
+    start on this machine's one ext4 disk spent about a fifth of the fleet's CPU in the kernel finding free
     inodes (perf, 300 hosts: ext4's inode allocator under open(O_CREAT) and rename), CPU the controller then
     lacked. The controller's own state file stays on this disk, as inv deploy keeps it."""
     shm = Path("/dev/shm")

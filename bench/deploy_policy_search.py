@@ -77,12 +77,12 @@ def greedy(steps, by, hosts, o: float, c: float) -> float:
                 running.append((free[h], h, batch))
                 left -= set(batch)
                 started = True
-        if not started:
-            running.sort()
-            finish, _, batch = running.pop(0)
-            t = max(t, finish)
-            for sid in batch:
-                end[sid] = finish
+        if not started:  # the next moment runs end: every run ending then, before any host starts again
+            t = max(t, min(r[0] for r in running))
+            for finish, _, batch in [r for r in running if r[0] <= t]:
+                for sid in batch:
+                    end[sid] = finish
+            running = [r for r in running if r[0] > t]
     return max(end.values())
 
 

@@ -292,6 +292,7 @@ class Deployment:
         # every write had them all take the lock again, in turn, while other runs waited to mark theirs)
         self._waiters: List[Tuple[int, threading.Event]] = []
         self._writer: Optional[threading.Thread] = None
+        self._gathering = False  # the writer is in an outcome's window (OUTCOME_WINDOW)
         self._write_error: Optional[BaseException] = None
         self._generation = 0  # changes to the records so far
         self._written = -1  # the generation the state file holds
@@ -604,7 +605,8 @@ class Deployment:
                 if self._writer is None or not self._writer.is_alive():
                     self._writer = threading.Thread(target=self._write_loop, name="deploy-state-writer", daemon=True)
                     self._writer.start()
-                self._wake.notify()
+                if wait or not self._gathering:  # (an outcome for a gathering writer: taken at its window's end)
+                    self._wake.notify()
                 if wait:
                     written = threading.Event()
                     self._waiters.append((target, written))
@@ -629,7 +631,7 @@ class Deployment:
             with self._lock:
                 if self._write_error is None:
                     self._write_error = exc
-                self._writer = None
+                self._writer, self._gathering = None, False
                 woken, self._waiters = self._waiters, []
             for _, event in woken:
                 event.set()
@@ -648,11 +650,13 @@ class Deployment:
                     self._wake.wait(left)
                 # nobody is waiting (outcomes only): let the outcomes of runs ending about now ride one write
                 gather = time.monotonic() + OUTCOME_WINDOW
+                self._gathering = True  # meanwhile only a run waiting for its mark wakes this thread
                 while not self._waiters:
                     left = gather - time.monotonic()
                     if left <= 0:
                         break
                     self._wake.wait(left)
+                self._gathering = False
                 generation = self._generation
                 merged = self._merged
                 secrets = registered()

@@ -8,6 +8,7 @@ absent, so a resumed run checks them again); ``load(path)`` gives the
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -56,11 +57,10 @@ def _write_atomic(path: str, text) -> None:
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".state-", dir=directory)
     try:
-        with os.fdopen(fd, "wb", buffering=0) as fh:
-            if isinstance(text, list):
-                _write_all(fh.fileno(), text)
-            else:
-                fh.write(text.encode("utf-8") if isinstance(text, str) else text)
+        with os.fdopen(fd, "wb", buffering=0) as fh:  # (unbuffered: every byte goes through _write_all)
+            if not isinstance(text, list):
+                text = [text.encode("utf-8") if isinstance(text, str) else text]
+            _write_all(fh.fileno(), text)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -68,14 +68,23 @@ def _write_atomic(path: str, text) -> None:
         raise
 
 
-_IOV_MAX = 1024  # buffers per writev (Linux's IOV_MAX)
+def _iov_max() -> int:
+    try:
+        return max(1, min(os.sysconf("SC_IOV_MAX"), 1024))
+    except (AttributeError, ValueError, OSError):
+        return 16  # POSIX's least
+
+
+_IOV_MAX = _iov_max()  # buffers per writev
 
 
 def _write_all(fd: int, chunks: list) -> None:
-    """Write every byte of ``chunks`` to ``fd``, in order, with as few system calls as the kernel allows."""
-    for start in range(0, len(chunks), _IOV_MAX):
-        batch = chunks[start:start + _IOV_MAX]
-        done = os.writev(fd, batch)
+    """Write every byte of ``chunks`` to ``fd``, in order, with as few system calls as the kernel allows;
+    raise OSError when the kernel writes nothing (a write that cannot finish never passes as done)."""
+    writev = getattr(os, "writev", None)  # (not on Windows: one buffer at a time there)
+    for start in range(0, len(chunks), _IOV_MAX if writev else 1):
+        batch = chunks[start:start + _IOV_MAX] if writev else chunks[start:start + 1]
+        done = writev(fd, batch) if writev else 0
         if done < sum(map(len, batch)):  # a short write (a signal, a full disk): the rest one buffer at a time
             for chunk in batch:
                 view = memoryview(chunk)
@@ -84,4 +93,7 @@ def _write_all(fd: int, chunks: list) -> None:
                     continue
                 view, done = view[done:], 0
                 while view:
-                    view = view[os.write(fd, view):]
+                    wrote = os.write(fd, view)
+                    if wrote <= 0:
+                        raise OSError(errno.EIO, f"the state file took no more bytes ({len(view)} left)")
+                    view = view[wrote:]
