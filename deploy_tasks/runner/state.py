@@ -70,9 +70,10 @@ def _write_atomic(path: str, text) -> None:
 
 def _iov_max() -> int:
     try:
-        return max(1, min(os.sysconf("SC_IOV_MAX"), 1024))
+        limit = os.sysconf("SC_IOV_MAX")
     except (AttributeError, ValueError, OSError):
-        return 16  # POSIX's least
+        limit = -1
+    return min(limit, 1024) if limit > 0 else 16  # (16: POSIX's least, when the system does not say)
 
 
 _IOV_MAX = _iov_max()  # buffers per writev
