@@ -219,7 +219,8 @@ def test_a_state_file_write_that_comes_up_short_fails_and_keeps_the_file_it_woul
     def full(fd, data):  # the disk fills after 100 bytes
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(state_module.os, "writev", lambda fd, bufs: os.write(fd, b"".join(bufs)[:100]))
+    real_write = os.write  # (state_module.os is os: patched below for everyone)
+    monkeypatch.setattr(state_module.os, "writev", lambda fd, bufs: real_write(fd, b"".join(bufs)[:100]))
     monkeypatch.setattr(state_module.os, "write", full)
     data = [b"x" * 5000, b"y" * 5000]
     with pytest.raises(OSError, match="No space left"):
